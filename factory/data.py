@@ -1,0 +1,91 @@
+"""The content-image stream: every image file under a folder or S3 prefix, decoded by Ray Data.
+
+Ray Train splits the stream across the workers of a pack, so each image is used once per epoch across
+the cluster. Real folders are dirty (COCO has grayscale and CMYK JPEGs; users have truncated, empty,
+non-image and enormous files): each bad file is skipped, never fatal, and recorded in a SkipLedger
+so the run can report how many were skipped and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import pyarrow.fs
+import ray
+
+from factory import images, storage
+from factory.settings import DataSettings
+
+logger = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0)
+class SkipLedger:
+    """Which files were skipped, and why; shared by every decoding task of a factory run."""
+
+    def __init__(self):
+        self.reasons: dict[str, str] = {}
+
+    def add(self, skipped: dict[str, str]) -> None:
+        self.reasons.update(skipped)
+
+    def summary(self) -> dict:
+        """{'count': unique files skipped, 'by_reason': {reason: count}, 'examples': [(path, reason)]}."""
+        kinds = Counter(reason.split(":")[0].split(" (")[0] for reason in self.reasons.values())
+        return {"count": len(self.reasons), "by_reason": dict(kinds), "examples": sorted(self.reasons.items())[:10]}
+
+
+def list_image_files(settings: DataSettings) -> tuple[pyarrow.fs.FileSystem, list[str], dict[str, str]]:
+    """All files under data.source, minus hidden ones, and the oversized ones as (path -> reason)."""
+    filesystem, root = storage.pyarrow_filesystem(settings.source)
+    info = filesystem.get_file_info(root)
+    if info.type != pyarrow.fs.FileType.Directory and not storage.is_s3(settings.source):
+        raise FileNotFoundError(
+            f"no image folder at {settings.source!r}: put the content images there (for COCO, unzip "
+            "train2014.zip into data/, see the README) or set data.source to a folder or s3://bucket/prefix"
+        )
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    paths, oversized = [], {}
+    for entry in entries:
+        if entry.type != pyarrow.fs.FileType.File or any(part.startswith(".") for part in entry.path[len(root):].split("/")):
+            continue
+        if entry.size is not None and entry.size > settings.max_file_bytes:
+            oversized[entry.path] = f"file too large ({entry.size} bytes > data.max_file_bytes={settings.max_file_bytes})"
+        else:
+            paths.append(entry.path)
+    if not paths:
+        raise FileNotFoundError(f"no image files under {settings.source!r}: point data.source at a folder or s3://bucket/prefix of JPEG/PNG images")
+    return filesystem, sorted(paths), oversized
+
+
+def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int, ledger) -> dict[str, np.ndarray]:
+    """{'bytes', 'path'} -> {'image': (n, size, size, 3) uint8}, dropping the files that fail to decode."""
+    decoded, skipped = [], {}
+    for data, path in zip(batch["bytes"], batch["path"]):
+        try:
+            image = images.decode_rgb(data, max_pixels=max_pixels, min_side=image_size)
+            decoded.append(images.resize_and_center_crop(image, image_size))
+        except images.ImageRejected as error:
+            skipped[str(path)] = str(error)
+    if skipped:
+        logger.warning("skipped %d unusable image(s), e.g. %s: %s", len(skipped), *next(iter(skipped.items())))
+        ledger.add.remote(skipped)
+    stacked = np.stack(decoded) if decoded else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return {"image": stacked}
+
+
+def content_dataset(settings: DataSettings, paths: list[str], filesystem: pyarrow.fs.FileSystem, ledger) -> ray.data.Dataset:
+    """The decoded stream of (size, size, 3) uint8 'image' rows from the files `list_image_files` found."""
+    context = ray.data.DataContext.get_current()
+    # One execution per epoch per pack: its banner and progress bars would drown the training log.
+    context.print_on_execution_start = False
+    context.enable_progress_bars = False
+    dataset = ray.data.read_binary_files(paths, filesystem=filesystem, include_paths=True, shuffle="files")
+    return dataset.map_batches(
+        decode_batch,
+        fn_kwargs={"image_size": settings.image_size, "max_pixels": settings.max_image_pixels, "ledger": ledger},
+        batch_size=16,
+        batch_format="numpy",
+    )

@@ -1,0 +1,97 @@
+"""Decoding untrusted image bytes into RGB, and the pixel conventions every part of the factory shares.
+
+Convention: an image tensor is float RGB in 0..255, shaped (B, 3, H, W) or (3, H, W). The transform
+network takes and returns that; each loss network source does its own preprocessing from it.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ENCODE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+class ImageRejected(ValueError):
+    """The bytes are not a usable image; the message says why (empty, not an image, truncated, too big)."""
+
+
+def decode_rgb(data: bytes, *, max_pixels: int, min_side: int | None = None) -> Image.Image:
+    """Decode to an RGB image, whatever the mode (grayscale, CMYK, palette, alpha) or EXIF rotation.
+
+    `min_side` lets JPEG decode at a reduced scale (libjpeg's DCT scaling) when the caller will
+    shrink the image anyway, which is several times faster for large photos.
+    """
+    if not data:
+        raise ImageRejected("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (unrecognised format)") from None
+    except Exception as error:  # PIL raises many types for malformed headers
+        raise ImageRejected(f"unreadable image header: {error}") from None
+    width, height = image.size
+    # Checked before decoding: a small file can declare a huge canvas (a decompression bomb).
+    if width * height > max_pixels:
+        raise ImageRejected(f"{width}x{height} is over the limit of {max_pixels} pixels")
+    if width < 1 or height < 1:
+        raise ImageRejected(f"degenerate size {width}x{height}")
+    if min_side is not None and image.format == "JPEG":
+        scale = min(width, height) / min_side
+        if scale >= 2:
+            image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            background = Image.new("RGB", image.size, (255, 255, 255))
+            background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+            return background
+        return image.convert("RGB")  # also CMYK and grayscale JPEGs, as found in COCO
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(str(error)) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageRejected(f"corrupt or truncated image: {error}") from None
+
+
+def resize_and_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """Scale the shorter side to `size`, crop the centre square: (size, size, 3) uint8, no distortion."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_width, new_height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    """Downscale (never upscale) so the longer side is at most `max_side`, keeping the aspect ratio."""
+    scale = max_side / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in 0..255."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """(3, H, W) float in 0..255 -> RGB image."""
+    array = tensor.detach().float().clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def encode(image: Image.Image, image_format: str = "jpeg", quality: int = 90) -> bytes:
+    """Encode to 'jpeg', 'png' or 'webp' bytes."""
+    if image_format not in ENCODE_FORMATS:
+        raise ValueError(f"unsupported output format {image_format!r}; choose one of {', '.join(ENCODE_FORMATS)}")
+    buffer = io.BytesIO()
+    options = {"quality": quality} if image_format in ("jpeg", "webp") else {}
+    image.save(buffer, ENCODE_FORMATS[image_format], **options)
+    return buffer.getvalue()

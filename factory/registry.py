@@ -1,0 +1,114 @@
+"""The model registry: where training publishes finished styles and serving reads them.
+
+Layout under the registry root (a folder or s3://bucket/prefix):
+
+    <style>/current.json                      {"version": ..., "published_at": ...}, written last
+    <style>/versions/<version>/model.pt        TransformNet state dict (tensors only)
+    <style>/versions/<version>/metadata.json   style, image hash, loss network, config, steps, losses...
+    <style>/versions/<version>/thumbnail.jpg   the style image, at most 256 px
+    <style>/versions/<version>/preview.jpg     a sample photo stylised by this model
+
+A version's files are written first, `current.json` last: it is one small atomic write (a rename on
+disk, a PUT on S3), so a reader that follows it never sees a half-written model, and a retrained
+style replaces the old one in one step while the old version stays readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+from datetime import datetime, timezone
+
+import torch
+
+from factory import storage
+from factory.style_names import validate_style_name
+from factory.transform_net import TransformNet
+
+FORMAT_VERSION = 1
+MODEL_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE = "model.pt", "metadata.json", "thumbnail.jpg", "preview.jpg"
+MAX_MODEL_BYTES = 64 * 1024 * 1024  # a TransformNet is about 7 MB; anything far bigger is not ours
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+def version_uri(registry: str, style: str, version: str, filename: str = "") -> str:
+    validate_style_name(style)
+    parts = [style, "versions", version] + ([filename] if filename else [])
+    return storage.join(registry, *parts)
+
+
+def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbnail_jpeg: bytes, preview_jpeg: bytes) -> str:
+    """Write a complete new version of `style`, then point current.json at it. Returns the version."""
+    validate_style_name(style)
+    now = datetime.now(timezone.utc)
+    version = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    buffer = io.BytesIO()
+    torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, buffer)
+    model_bytes = buffer.getvalue()
+    metadata = {
+        **metadata,
+        "format": FORMAT_VERSION,
+        "style": style,
+        "version": version,
+        "published_at": now.isoformat(),
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+    }
+    storage.write_bytes(version_uri(registry, style, version, MODEL_FILE), model_bytes)
+    storage.write_bytes(version_uri(registry, style, version, THUMBNAIL_FILE), thumbnail_jpeg)
+    storage.write_bytes(version_uri(registry, style, version, PREVIEW_FILE), preview_jpeg)
+    storage.write_bytes(version_uri(registry, style, version, METADATA_FILE), json.dumps(metadata, indent=2, sort_keys=True).encode())
+    pointer = {"version": version, "published_at": metadata["published_at"]}
+    storage.write_bytes(storage.join(registry, style, "current.json"), json.dumps(pointer).encode())
+    return version
+
+
+def current_version(registry: str, style: str) -> str:
+    validate_style_name(style)
+    try:
+        pointer = json.loads(storage.read_bytes(storage.join(registry, style, "current.json")))
+    except FileNotFoundError:
+        raise ModelNotFound(f"no published model named {style!r} in registry {registry!r}") from None
+    return pointer["version"]
+
+
+def list_styles(registry: str) -> list[str]:
+    """Names of the styles with a complete published version, sorted."""
+    names = []
+    for name in storage.list_subfolders(registry):
+        try:
+            validate_style_name(name)
+        except ValueError:
+            continue  # not ours (a stray folder); never turn it into a URL
+        if storage.exists(storage.join(registry, name, "current.json")):
+            names.append(name)
+    return names
+
+
+def read_metadata(registry: str, style: str, version: str | None = None) -> dict:
+    version = version or current_version(registry, style)
+    return json.loads(storage.read_bytes(version_uri(registry, style, version, METADATA_FILE)))
+
+
+def read_file(registry: str, style: str, filename: str, version: str | None = None) -> bytes:
+    if filename not in (MODEL_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE):
+        raise ValueError(f"unknown registry file {filename!r}")
+    return storage.read_bytes(version_uri(registry, style, version or current_version(registry, style), filename))
+
+
+def load_model(registry: str, style: str, version: str | None = None) -> tuple[TransformNet, dict]:
+    """The published network (eval mode, CPU) and its metadata. Never unpickles code."""
+    metadata = read_metadata(registry, style, version)
+    model_bytes = storage.read_bytes(version_uri(registry, style, metadata["version"], MODEL_FILE))
+    if len(model_bytes) > MAX_MODEL_BYTES:
+        raise ValueError(f"model file of {style!r} is {len(model_bytes)} bytes, more than a TransformNet can be")
+    if hashlib.sha256(model_bytes).hexdigest() != metadata["model_sha256"]:
+        raise ValueError(f"model file of {style!r} version {metadata['version']} does not match its recorded sha256")
+    state_dict = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
+    net = TransformNet(upsample=metadata.get("architecture", {}).get("upsample", "nearest"))
+    net.load_state_dict(state_dict)
+    return net.eval(), metadata

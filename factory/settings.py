@@ -1,0 +1,262 @@
+"""Every setting of a factory run, one frozen dataclass per kind; the YAML config maps onto them one to one.
+
+Defaults follow the paper's recipe (Johnson et al. 2016: batch 4, Adam 1e-3, two COCO epochs of about
+40k steps) and the loss settings of lengstrom/fast-style-transfer, which trains with the same MatConvNet
+VGG-19 file the seed names. `configs/tiny.yaml` overrides them for a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from factory.style_names import validate_style_name
+
+VGG19_LAYER_NAMES = tuple(
+    f"relu{block}_{index}"
+    for block, count in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
+    for index in range(1, count + 1)
+)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ACCELERATORS = ("auto", "cpu", "gpu")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSettings:
+    # Folder or s3://bucket/prefix holding the content images (searched recursively).
+    source: str = "data/train2014"
+    # Side of the square crops the networks train on.
+    image_size: int = 256
+    # Files larger than this are skipped unread: a multi-GB "image" must not stall a worker.
+    max_file_bytes: int = 64 * 1024 * 1024
+    # Images with more pixels than this are skipped (also guards against decompression bombs).
+    max_image_pixels: int = 64_000_000
+
+    def __post_init__(self):
+        _require(bool(self.source), "data.source is empty: give a folder or an s3://bucket/prefix of images")
+        _require(16 <= self.image_size <= 4096, f"data.image_size must be 16..4096, got {self.image_size}")
+        _require(self.image_size % 4 == 0, f"data.image_size must be a multiple of 4 (two stride-2 downsamplings), got {self.image_size}")
+        _require(self.max_file_bytes > 0, "data.max_file_bytes must be positive")
+        _require(self.max_image_pixels > 0, "data.max_image_pixels must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossNetworkSettings:
+    # Where the VGG-19 weights come from, tried in order: a .mat or .pth path (local or s3://),
+    # "torchvision" (torchvision's download, needs internet) or "random" (offline smoke runs only).
+    weights: tuple[str, ...] = ("data/imagenet-vgg-verydeep-19.mat",)
+
+    def __post_init__(self):
+        _require(len(self.weights) > 0, "loss_network.weights is empty: list at least one VGG-19 source")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossSettings:
+    # VGG-19 layer whose features the stylised image must keep (lengstrom/fast-style-transfer: relu4_2).
+    content_layer: str = "relu4_2"
+    # Layers whose Gram matrices carry the style (Gatys et al. and lengstrom: the first ReLU of each block).
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    # Weight of the content loss (mean squared feature difference).
+    content_weight: float = 7.5
+    # Weight of the style loss (mean squared Gram difference, summed over style_layers).
+    style_weight: float = 100.0
+    # Weight of the total-variation loss (mean squared neighbour difference, pixels in 0..255).
+    tv_weight: float = 200.0
+    # Longest side the style image is resized to before its Gram matrices are taken.
+    style_size: int = 512
+
+    def __post_init__(self):
+        for layer in (self.content_layer, *self.style_layers):
+            _require(layer in VGG19_LAYER_NAMES, f"unknown VGG-19 layer {layer!r}; choose from {', '.join(VGG19_LAYER_NAMES)}")
+        _require(len(self.style_layers) > 0, "loss.style_layers is empty: name at least one layer")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        _require(16 <= self.style_size <= 4096, f"loss.style_size must be 16..4096, got {self.style_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSettings:
+    # Content images per optimiser step, per style (the paper: 4). Split across workers.
+    batch_size: int = 4
+    # Optimiser steps per style (the paper: 40k, about two COCO epochs at batch 4).
+    steps: int = 40_000
+    # Adam learning rate (the paper: 1e-3).
+    learning_rate: float = 1e-3
+    # Data-parallel workers per pack.
+    num_workers: int = 1
+    # "gpu", "cpu", or "auto": GPUs when the cluster has any.
+    accelerator: str = "auto"
+    # CPUs reserved per training worker; leave the rest of the node to Ray Data's decoding.
+    cpus_per_worker: int = 1
+    # Styles trained together on one content stream (shared decoding and VGG content features).
+    styles_per_pack: int = 4
+    # Packs training at once; 0 means as many as the cluster's resources hold.
+    max_concurrent_packs: int = 0
+    # "auto" (bf16 on GPUs that have it, else fp16; fp32 on CPU), "fp32", "bf16" or "fp16".
+    precision: str = "auto"
+    # torch.compile the transform networks and loss network (GPU only; ignored on CPU).
+    compile: bool = False
+    # Steps between checkpoints.
+    checkpoint_every: int = 1_000
+    # Steps between progress lines and TensorBoard points.
+    log_every: int = 50
+    # Checkpoints and TensorBoard events: a folder or s3://bucket/prefix.
+    storage_path: str = "data/checkpoints"
+    # Worker failures tolerated per pack before it is given up (each restarts from the last checkpoint).
+    max_failures: int = 3
+    # Seed for weight initialisation.
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "num_workers", "cpus_per_worker", "styles_per_pack", "checkpoint_every", "log_every"):
+            _require(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
+        _require(self.batch_size % self.num_workers == 0, f"training.batch_size ({self.batch_size}) must be divisible by training.num_workers ({self.num_workers})")
+        _require(self.learning_rate > 0, f"training.learning_rate must be > 0, got {self.learning_rate}")
+        _require(self.max_concurrent_packs >= 0, "training.max_concurrent_packs must be >= 0 (0 = automatic)")
+        _require(self.max_failures >= 0, "training.max_failures must be >= 0")
+        _require(self.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _require(self.accelerator in ACCELERATORS, f"training.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StyleSpec:
+    # Style name: a URL path segment and storage key, e.g. "starry_night".
+    name: str
+    # The style image: a local path or s3:// URI.
+    image: str
+    # Per-style overrides of loss and training settings; None takes the global value.
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float | None = None
+    steps: int | None = None
+    learning_rate: float | None = None
+
+    def __post_init__(self):
+        validate_style_name(self.name)
+        _require(bool(self.image), f"style {self.name!r} has no image: give a path or s3:// URI")
+        _require(self.steps is None or self.steps >= 1, f"style {self.name!r}: steps must be >= 1")
+        _require(self.learning_rate is None or self.learning_rate > 0, f"style {self.name!r}: learning_rate must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedStyle:
+    """One style with every per-style setting filled in: what a training worker needs."""
+
+    name: str
+    image_bytes: bytes
+    image_sha256: str
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+    steps: int
+    learning_rate: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class FactoryConfig:
+    # Names the run: checkpoints live under <storage_path>/<name>-<pack>, so a rerun resumes them.
+    name: str = "factory"
+    # Where finished models are published: a folder or s3://bucket/prefix.
+    registry: str = "data/registry"
+    # Photo stylised for each model's preview image (local path or s3://).
+    preview_image: str = "data/samples/content/chelsea.png"
+    data: DataSettings = field(default_factory=DataSettings)
+    loss_network: LossNetworkSettings = field(default_factory=LossNetworkSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    styles: tuple[StyleSpec, ...] = ()
+
+    def __post_init__(self):
+        validate_style_name(self.name)  # the run name becomes a storage key too
+        _require(len(self.styles) > 0, "the config lists no styles: add at least one under 'styles:' with a name and an image")
+        names = [style.name for style in self.styles]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        _require(not duplicates, f"style names must be unique; repeated: {', '.join(duplicates)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: object, where: str):
+    """Build dataclass `cls` from a YAML mapping, rejecting unknown keys with the list of known ones."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or 'the config'} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(repr(k) for k in unknown)} in {where or 'the config'}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for key, value in values.items():
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # a required field is missing
+        raise ValueError(f"{where or 'the config'}: {error}") from None
+
+
+def _convert(hint, value, where: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if isinstance(value, (str, dict)):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        return tuple(_convert(item_type, item, f"{where}[{index}]") for index, item in enumerate(value))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        return _convert(next(arg for arg in typing.get_args(hint) if arg is not type(None)), value, where)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-3" as a string
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _set_dotted(values: dict, dotted_key: str, value) -> None:
+    *parents, leaf = dotted_key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {dotted_key}: {part} is not a section")
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> FactoryConfig:
+    """Read a YAML config and apply `section.key=value` overrides (values parsed as YAML)."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} not found; pass --config with a YAML file such as configs/tiny.yaml")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping of settings at the top level")
+    for override in overrides:
+        key, separator, raw_value = override.partition("=")
+        if not separator or not key:
+            raise ValueError(f"override {override!r} must look like section.key=value, e.g. training.steps=100")
+        _set_dotted(values, key.strip(), yaml.safe_load(raw_value))
+    return _build(FactoryConfig, values, "")

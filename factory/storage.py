@@ -1,0 +1,110 @@
+"""Read and write blobs at a local path or an s3://bucket/key URI through one small interface.
+
+S3 goes through boto3 (and pyarrow for Ray Data and Ray Train), configured the standard AWS way:
+credentials, AWS_DEFAULT_REGION and, for S3-compatible servers, AWS_ENDPOINT_URL.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket: expected s3://bucket/prefix")
+    return bucket, key.strip("/")
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_s3(uri):
+        return "/".join([uri.rstrip("/"), *(part.strip("/") for part in parts)])
+    return str(Path(uri, *parts))
+
+
+@functools.lru_cache(maxsize=1)
+def _s3_client():
+    import boto3  # S3 users only
+
+    return boto3.client("s3")  # honours AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the credential chain
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object or file; FileNotFoundError (naming the URI) when it is absent."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = _s3_client()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"no object at {uri}") from None
+        except client.exceptions.NoSuchBucket:
+            raise FileNotFoundError(f"no bucket for {uri}") from None
+    path = Path(uri)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {uri}")
+    return path.read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write atomically: a reader sees the old content or the new, never a part (S3 PUTs are atomic)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(data)
+        temporary = Path(handle.name)
+    os.replace(temporary, path)
+
+
+def exists(uri: str) -> bool:
+    if not is_s3(uri):
+        return Path(uri).is_file()
+    bucket, key = split_s3(uri)
+    client = _s3_client()
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except client.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket"):
+            return False
+        raise
+
+
+def list_subfolders(uri: str) -> list[str]:
+    """Names of the immediate 'folders' under `uri` (S3: common prefixes), sorted; [] when absent."""
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        prefix = f"{prefix}/" if prefix else ""
+        names = []
+        for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names += [entry["Prefix"][len(prefix):].rstrip("/") for entry in page.get("CommonPrefixes", [])]
+        return sorted(names)
+    path = Path(uri)
+    return sorted(child.name for child in path.iterdir() if child.is_dir()) if path.is_dir() else []
+
+
+def pyarrow_filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for Ray Data reads and Ray Train storage."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        options = {}
+        if os.environ.get("AWS_ENDPOINT_URL"):  # an S3-compatible server rather than AWS
+            options["endpoint_override"] = os.environ["AWS_ENDPOINT_URL"]
+        if os.environ.get("AWS_DEFAULT_REGION"):
+            options["region"] = os.environ["AWS_DEFAULT_REGION"]
+        return pyarrow.fs.S3FileSystem(**options), f"{bucket}/{key}".rstrip("/")
+    return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())

@@ -1,0 +1,117 @@
+"""A pack of styles trained on one content stream, and its training step. No Ray here.
+
+Every content batch is seen by all the pack's transform networks: it is decoded once and its VGG
+content features are computed once, however many styles the pack holds, and the stylised images of
+all styles go through the loss network as one batch, which keeps a GPU busy at the paper's batch of 4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from factory import images
+from factory.loss_network import LossNetwork
+from factory.losses import content_loss, gram_matrix, style_loss, total_variation_loss
+from factory.settings import LossSettings, ResolvedStyle
+from factory.transform_net import TransformNet
+
+
+class StylePack(nn.Module):
+    """One TransformNet per style. forward((B, 3, H, W)) -> (S, B, 3, H, W), styles in pack order."""
+
+    def __init__(self, style_names: list[str], upsample: str = "nearest"):
+        super().__init__()
+        self.nets = nn.ModuleDict({name: TransformNet(upsample) for name in style_names})
+
+    def forward(self, content: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(content) for net in self.nets.values()])
+
+
+def style_targets(loss_network: LossNetwork, style_image: bytes, settings: LossSettings, device) -> list[torch.Tensor]:
+    """Gram matrices (1, C, C) of the style image at each style layer, computed once per run."""
+    image = images.fit_within(images.decode_rgb(style_image, max_pixels=200_000_000), settings.style_size)
+    with torch.no_grad():
+        features = loss_network(images.to_tensor(image).unsqueeze(0).to(device))
+    return [gram_matrix(features[layer]) for layer in settings.style_layers]
+
+
+class PerceptualObjective:
+    """The weighted content + style + TV loss of every style in a pack, from one loss-network pass."""
+
+    def __init__(self, loss_network: LossNetwork, settings: LossSettings, styles: list[ResolvedStyle], device):
+        self.loss_network = loss_network
+        self.settings = settings
+        self.styles = styles
+        self.targets = [style_targets(loss_network, style.image_bytes, settings, device) for style in styles]
+
+    def __call__(self, content: torch.Tensor, stylised: torch.Tensor) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """content (B, 3, H, W), stylised (S, B, 3, H, W) -> (sum of total losses, per-style parts)."""
+        count, batch = stylised.shape[:2]
+        with torch.no_grad():
+            content_features = self.loss_network(content)[self.settings.content_layer]
+        features = self.loss_network(stylised.flatten(0, 1))  # every style in one pass: (S*B, C, h, w)
+        parts = {}
+        total = stylised.new_zeros((), dtype=torch.float32)
+        for index, style in enumerate(self.styles):
+            rows = slice(index * batch, (index + 1) * batch)
+            style_value = style_loss(
+                [gram_matrix(features[layer][rows]) for layer in self.settings.style_layers],
+                self.targets[index],
+            )
+            content_value = content_loss(features[self.settings.content_layer][rows], content_features)
+            tv_value = total_variation_loss(stylised[index])
+            style_total = style.content_weight * content_value + style.style_weight * style_value + style.tv_weight * tv_value
+            parts[style.name] = {"content": content_value, "style": style_value, "tv": tv_value, "total": style_total}
+            total = total + style_total
+        return total, parts
+
+
+@dataclass
+class StepRunner:
+    """Runs one optimiser step of a pack at a given precision; the same code on CPU and GPU."""
+
+    pack: nn.Module
+    objective: PerceptualObjective
+    optimizer: torch.optim.Optimizer
+    precision: str  # "fp32", "bf16" or "fp16"
+    device_type: str
+
+    def __post_init__(self):
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device_type, dtype=dtype)
+
+    def step(self, content: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """content: (B, 3, H, W) float 0..255 on the device. Returns detached per-style losses."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            stylised = self.pack(content)
+            total, parts = self.objective(content, stylised)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {name: {key: value.detach() for key, value in values.items()} for name, values in parts.items()}
+
+
+def make_optimizer(pack: StylePack, styles: list[ResolvedStyle]) -> torch.optim.Adam:
+    """Adam with one parameter group per style, so each style keeps its own learning rate."""
+    groups = [{"params": pack.nets[style.name].parameters(), "lr": style.learning_rate} for style in styles]
+    return torch.optim.Adam(groups)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """'auto' -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (where AMP only slows)."""
+    if device.type != "cuda":
+        return "fp32"
+    if requested != "auto":
+        return requested
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -1,0 +1,264 @@
+"""Train every style in a config on Ray Train and publish each finished model to the registry.
+
+    python factory/train_all.py --config configs/tiny.yaml                 # starts a local Ray
+    ray job submit --working-dir . -- python factory/train_all.py --config configs/coco.yaml
+
+Styles are grouped into packs (one Ray Train run each, sharing one content stream); packs run
+concurrently as the cluster's resources allow. Rerunning the same command resumes unfinished packs
+from their checkpoints and skips styles already published with the same recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (`python factory/train_all.py`), as ray job submit does
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import ray
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from factory import data, images, registry, storage
+from factory.packs import PackPlan, plan_packs, recipe, recipe_hash, resolve_style
+from factory.settings import FactoryConfig, load_config
+from factory.train_loop import CHECKPOINT_FILE, train_pack
+from factory.transform_net import TransformNet
+from factory.vgg_weights import CONV_NAMES, VGGWeights, load_vgg19
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
+PREVIEW_MAX_SIDE, THUMBNAIL_MAX_SIDE = 512, 256
+logger = logging.getLogger("factory")
+
+
+@dataclass
+class Outcome:
+    style: str
+    status: str  # "published", "already published", "failed"
+    steps: int = 0
+    loss: float | None = None
+    images_per_second: float | None = None
+    version: str = ""
+    detail: str = ""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/tiny.yaml, the bundled sample data)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config setting, e.g. --set training.steps=100 (repeatable)")
+    parser.add_argument("--steps", type=int, help="shorthand for --set training.steps=N")
+    parser.add_argument("--registry", help="shorthand for --set registry=URI")
+    parser.add_argument("--num-workers", type=int, help="shorthand for --set training.num_workers=N")
+    parser.add_argument("--styles", help="comma-separated subset of the config's styles to train")
+    parser.add_argument("--retrain", action="store_true", help="train styles even if the registry has them with the same recipe")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> FactoryConfig:
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"training.steps={args.steps}")
+    if args.registry:
+        overrides.append(f"registry={args.registry}")
+    if args.num_workers is not None:
+        overrides.append(f"training.num_workers={args.num_workers}")
+    config = load_config(args.config, overrides)
+    if args.styles:
+        wanted = [name.strip() for name in args.styles.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - {style.name for style in config.styles})
+        if unknown:
+            raise ValueError(f"--styles names {', '.join(unknown)}, not in the config; it has {', '.join(s.name for s in config.styles)}")
+        config = FactoryConfig(**{**config.__dict__, "styles": tuple(s for s in config.styles if s.name in wanted)})
+    return config
+
+
+def init_ray(config: FactoryConfig) -> None:
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
+        ray.init()
+        return
+    # A local Ray on this machine: reserve a CPU for Ray Data's decoding beside the training workers,
+    # or a small laptop's pipeline stalls.
+    training = config.training
+    needed = training.num_workers * training.cpus_per_worker + 1
+    ray.init(num_cpus=max(os.cpu_count() or 1, needed), runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+
+
+def use_gpu(config: FactoryConfig) -> bool:
+    if config.training.accelerator == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return config.training.accelerator == "gpu"
+
+
+def concurrent_packs(config: FactoryConfig, gpu: bool, pack_count: int) -> int:
+    training = config.training
+    if training.max_concurrent_packs:
+        return min(pack_count, training.max_concurrent_packs)
+    resources = ray.cluster_resources()
+    if gpu:
+        fits = int(resources.get("GPU", 0) // training.num_workers)
+    else:  # keep one CPU for Ray Data
+        fits = int((resources.get("CPU", 1) - 1) // (training.num_workers * training.cpus_per_worker))
+    return max(1, min(pack_count, fits))
+
+
+def loss_network_weights(config: FactoryConfig) -> VGGWeights:
+    """Loaded once on the driver and shared through the object store: the only copy any worker needs."""
+    weights = load_vgg19(config.loss_network.weights)
+    deepest = max(CONV_NAMES.index(layer.replace("relu", "conv")) for layer in (config.loss.content_layer, *config.loss.style_layers))
+    return weights.first(deepest + 1)
+
+
+def stylise_preview(state_dict: dict, photo: "images.Image.Image") -> bytes:
+    net = TransformNet()
+    net.load_state_dict(state_dict)
+    with torch.inference_mode():
+        output = net.eval()(images.to_tensor(photo).unsqueeze(0))[0]
+    return images.encode(images.to_image(output), "jpeg")
+
+
+def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeights, hashes: dict, photo) -> list[Outcome]:
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    metrics = result.metrics or {}
+    train_seconds = max(float(state["train_seconds"]), 1e-9)
+    images_per_second = state["step"] * config.training.batch_size / train_seconds
+    outcomes = []
+    for style in plan.styles:
+        losses = metrics.get("losses", {}).get(style.name, {})
+        metadata = {
+            "style_image_sha256": style.image_sha256,
+            "loss_network": {"source": weights.source, "random_weights": weights.is_random},
+            "recipe_hash": hashes[style.name],
+            "recipe": recipe(style, config, weights.source),
+            "steps": state["step"],
+            "final_losses": losses,
+            "throughput": {"images_per_second_per_style": images_per_second, "styles_in_pack": len(plan.styles),
+                           "workers": config.training.num_workers, "train_seconds": train_seconds},
+            "run_name": plan.run_name,
+            "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest"},
+        }
+        thumbnail = images.encode(images.fit_within(images.decode_rgb(style.image_bytes, max_pixels=200_000_000), THUMBNAIL_MAX_SIDE))
+        preview = stylise_preview(state["nets"][style.name], photo)
+        version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail, preview)
+        logger.info("published %s version %s to %s", style.name, version, config.registry)
+        outcomes.append(Outcome(style.name, "published", state["step"], losses.get("total"), images_per_second, version))
+    return outcomes
+
+
+def train_one_pack(config: FactoryConfig, plan: PackPlan, paths, filesystem, ledger, vgg_ref, gpu: bool) -> "ray.train.Result":
+    dataset = data.content_dataset(config.data, paths, filesystem, ledger)
+    storage_filesystem, storage_path = storage.pyarrow_filesystem(config.training.storage_path)
+    trainer = TorchTrainer(
+        train_pack,
+        train_loop_config={"plan": plan, "vgg": vgg_ref},
+        scaling_config=ScalingConfig(
+            num_workers=config.training.num_workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": config.training.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=plan.run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=config.training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": dataset},
+    )
+    return trainer.fit()
+
+
+def print_table(outcomes: list[Outcome], skipped: dict) -> None:
+    print("\n" + "=" * 100)
+    print(f"{'style':<24} {'outcome':<18} {'steps':>7} {'loss':>11} {'img/s/style':>12}  version / detail")
+    for outcome in outcomes:
+        loss = f"{outcome.loss:.4g}" if outcome.loss is not None else "-"
+        rate = f"{outcome.images_per_second:.1f}" if outcome.images_per_second is not None else "-"
+        print(f"{outcome.style:<24} {outcome.status:<18} {outcome.steps:>7} {loss:>11} {rate:>12}  {outcome.version or outcome.detail}")
+    print(f"skipped content files: {skipped.get('count', 0)} {skipped.get('by_reason', {})}")
+    print("=" * 100, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+        weights = loss_network_weights(config)
+        styles = [resolve_style(spec, config) for spec in config.styles]
+        for style in styles:  # a bad style image must stop the run before any GPU time is spent
+            try:
+                images.decode_rgb(style.image_bytes, max_pixels=200_000_000)
+            except images.ImageRejected as error:
+                raise ValueError(f"style {style.name!r}: its image is unusable ({error})") from None
+        photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=200_000_000), PREVIEW_MAX_SIDE)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    hashes = {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles}
+    outcomes, to_train = [], []
+    for style in styles:
+        published = None
+        if not args.retrain and style.name in registry.list_styles(config.registry):
+            published = registry.read_metadata(config.registry, style.name)
+        if published and published.get("recipe_hash") == hashes[style.name]:
+            outcomes.append(Outcome(style.name, "already published", published["steps"], None, None, published["version"]))
+        else:
+            to_train.append(style)
+    plans = plan_packs(config, to_train, hashes)
+
+    init_ray(config)
+    ledger = data.SkipLedger.remote()
+    skipped = {}
+    if plans:
+        try:
+            filesystem, paths, oversized = data.list_image_files(config.data)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if oversized:
+            ledger.add.remote(oversized)
+        gpu = use_gpu(config)
+        vgg_ref = ray.put(weights)
+        workers = concurrent_packs(config, gpu, len(plans))
+        logger.info("%d style(s) to train in %d pack(s), %d at a time, %d content files, on %s; loss network: %s",
+                    len(to_train), len(plans), workers, len(paths), "GPU" if gpu else "CPU", weights.source)
+
+        def run(plan: PackPlan) -> list[Outcome]:
+            started = time.time()
+            try:
+                result = train_one_pack(config, plan, paths, filesystem, ledger, vgg_ref, gpu)
+                return publish_pack(config, plan, result, weights, hashes, photo)
+            except Exception as error:  # one failed pack must not stop the others
+                logger.exception("pack %s failed after %.0f s", plan.run_name, time.time() - started)
+                return [Outcome(style.name, "failed", detail=f"{type(error).__name__}: {str(error)[:200]}") for style in plan.styles]
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for pack_outcomes in pool.map(run, plans):
+                outcomes += pack_outcomes
+        skipped = ray.get(ledger.summary.remote())
+    order = {style.name: index for index, style in enumerate(styles)}
+    outcomes.sort(key=lambda outcome: order[outcome.style])
+    print_table(outcomes, skipped)
+    if weights.is_random:
+        print("WARNING: these models were trained with a RANDOM loss network (loss_network.weights: random); "
+              "they are marked so in the registry and will not look like their styles.", flush=True)
+    return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

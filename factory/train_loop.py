@@ -1,0 +1,157 @@
+"""What each Ray Train worker runs for one pack: setup, resume, loop, report."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from factory import storage
+from factory.loss_network import LossNetwork
+from factory.packs import PackPlan
+from factory.style_pack import PerceptualObjective, StepRunner, StylePack, make_optimizer, resolve_precision
+
+CHECKPOINT_FILE = "pack.pt"
+
+
+def _load_checkpoint(pack: StylePack, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """Restore from Ray Train's latest checkpoint, if any (a replaced worker or a rerun). -> (step, seconds)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, 0.0
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    for name, net in pack.nets.items():
+        net.load_state_dict(state["nets"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"]), float(state["train_seconds"])
+
+
+def _checkpoint_bytes(pack: StylePack, optimizer, step: int, train_seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    state = {
+        "step": step,
+        "train_seconds": train_seconds,
+        "nets": {name: net.state_dict() for name, net in pack.nets.items()},
+        "optimizer": optimizer.state_dict(),
+    }
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+class TensorBoardLog:
+    """Rank 0's event files: written locally, mirrored to plan.tensorboard_uri (which may be S3)."""
+
+    def __init__(self, uri: str):
+        from tensorboardX import SummaryWriter  # a Ray Train dependency already
+
+        self.uri = uri
+        self.local = uri if not storage.is_s3(uri) else tempfile.mkdtemp(prefix="tensorboard-")
+        self.writer = SummaryWriter(self.local, flush_secs=30)
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def sync(self) -> None:
+        self.writer.flush()
+        if storage.is_s3(self.uri):
+            for path in Path(self.local).iterdir():
+                storage.write_bytes(storage.join(self.uri, path.name), path.read_bytes())
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def train_pack(config: dict) -> None:
+    """The Ray Train worker function. config: {'plan': PackPlan, 'vgg': ObjectRef of VGGWeights}."""
+    plan: PackPlan = config["plan"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    precision = resolve_precision(plan.training.precision, device)
+    torch.manual_seed(plan.training.seed)
+
+    pack = StylePack(plan.style_names)
+    optimizer = make_optimizer(pack, list(plan.styles))
+    start_step, train_seconds = _load_checkpoint(pack, optimizer)
+    if rank == 0 and start_step:
+        print(f"[{plan.run_name}] resuming from checkpoint at step {start_step}/{plan.steps}", flush=True)
+    model = ray.train.torch.prepare_model(pack)  # moves to the device; DDP when world_size > 1
+
+    weights = ray.get(config["vgg"])
+    loss_network = LossNetwork(weights, [plan.loss.content_layer, *plan.loss.style_layers]).to(device)
+    if plan.training.compile and device.type == "cuda":  # compiling on CPU costs more than it gains
+        model = torch.compile(model)
+        loss_network = torch.compile(loss_network)
+    objective = PerceptualObjective(loss_network, plan.loss, list(plan.styles), device)
+    runner = StepRunner(model, objective, optimizer, precision, device.type)
+    tensorboard = TensorBoardLog(plan.tensorboard_uri) if rank == 0 else None
+
+    per_worker_batch = plan.training.batch_size // world_size
+    shard = ray.train.get_dataset_shard("train")
+    step, losses = start_step, {}
+    window_start, window_steps = time.perf_counter(), 0
+    while step < plan.steps:
+        batches_this_epoch = 0
+        for batch in shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, device=device):
+            content = batch["image"].permute(0, 3, 1, 2).float()  # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255
+            losses = runner.step(content)
+            step += 1
+            batches_this_epoch += 1
+            window_steps += 1
+            at_end = step >= plan.steps
+            if step % plan.training.log_every == 0 or at_end:
+                elapsed = time.perf_counter() - window_start
+                train_seconds += elapsed
+                steps_per_second = window_steps / max(elapsed, 1e-9)
+                images_per_second = steps_per_second * plan.training.batch_size  # per style
+                window_start, window_steps = time.perf_counter(), 0
+                if rank == 0:
+                    eta = _format_eta((plan.steps - step) / max(steps_per_second, 1e-9))
+                    for name, parts in losses.items():
+                        print(
+                            f"[{plan.run_name}] {name:>16} step {step}/{plan.steps}  {images_per_second:7.1f} img/s  "
+                            f"loss {float(parts['total']):.4g} (content {float(parts['content']):.4g}, "
+                            f"style {float(parts['style']):.4g}, tv {float(parts['tv']):.4g})  ETA {eta}",
+                            flush=True,
+                        )
+                        tensorboard.add(step, {f"{name}/{key}": float(value) for key, value in parts.items()})
+                    tensorboard.add(step, {"pack/images_per_second_per_style": images_per_second})
+            if step % plan.training.checkpoint_every == 0 or at_end:
+                _report(plan, pack, optimizer, step, train_seconds, losses, rank, tensorboard)
+            if at_end:
+                break
+        if batches_this_epoch == 0:
+            raise RuntimeError(
+                f"the data set gave worker {rank} no full batch of {per_worker_batch}: {plan.data.source!r} "
+                f"needs at least {plan.training.batch_size} usable images; add images or lower training.batch_size"
+            )
+
+
+def _report(plan: PackPlan, pack: StylePack, optimizer, step: int, train_seconds: float, losses: dict, rank: int, tensorboard) -> None:
+    """Every rank must call ray.train.report (it is a barrier); rank 0 alone attaches the checkpoint."""
+    metrics = {
+        "step": step,
+        "train_seconds": train_seconds,
+        "losses": {name: {key: float(value) for key, value in parts.items()} for name, parts in losses.items()},
+    }
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    tensorboard.sync()
+    directory = tempfile.mkdtemp(prefix="pack-checkpoint-")
+    try:
+        Path(directory, CHECKPOINT_FILE).write_bytes(_checkpoint_bytes(pack, optimizer, step, train_seconds))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
