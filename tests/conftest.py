@@ -1,0 +1,96 @@
+"""Shared fixtures: a real local Ray, a real S3-compatible server, and dirty image folders."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/vgg_files.py
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray for the session: 4 logical CPUs on 2 cores, so Ray Data keeps room to decode
+    beside two training workers."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, reached through boto3 and pyarrow exactly as AWS S3 would be,
+    via the standard AWS_ENDPOINT_URL setting."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    settings = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+    previous = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                process.kill()
+                raise RuntimeError("moto server did not start")
+            time.sleep(0.2)
+    yield settings
+    process.terminate()
+    process.wait(timeout=10)
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def write_dirty_image_folder(folder: Path, clean_count: int = 12, size: int = 48) -> dict[str, int]:
+    """A content folder as real data comes: RGB JPEGs and PNGs plus a grayscale and a CMYK JPEG
+    (both usable) and a corrupt, a truncated, a zero-byte and a non-image file (all skipped)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(clean_count):
+        # Smooth gradients with noise: something a style network can learn to reproduce.
+        y, x = np.mgrid[0:size, 0:size]
+        pixels = np.stack([(x * 5 + index * 20) % 256, (y * 5) % 256, (x + y + index * 7) % 256], axis=-1)
+        pixels = np.clip(pixels + rng.normal(0, 10, pixels.shape), 0, 255).astype(np.uint8)
+        suffix = "png" if index % 3 == 0 else "jpg"
+        Image.fromarray(pixels).save(folder / f"photo_{index:03d}.{suffix}")
+    nested = folder / "nested"
+    nested.mkdir()
+    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8), "L").save(nested / "grayscale.jpg")
+    Image.fromarray(rng.integers(0, 255, (size, size, 4), dtype=np.uint8), "CMYK").save(nested / "cmyk.jpg")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
+    good = (folder / "photo_001.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    return {"usable": clean_count + 2, "skipped": 4}
+
+
+@pytest.fixture
+def dirty_images(tmp_path) -> tuple[Path, dict[str, int]]:
+    folder = tmp_path / "content"
+    return folder, write_dirty_image_folder(folder)

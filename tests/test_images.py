@@ -1,0 +1,81 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from factory import images
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "I;16"])
+def test_every_mode_comes_out_rgb(mode):
+    fmt = "JPEG" if mode in ("L", "CMYK") else "PNG"
+    image = Image.new(mode, (20, 10))
+    decoded = images.decode_rgb(encoded(image, fmt), max_pixels=10_000)
+    assert decoded.mode == "RGB" and decoded.size == (20, 10)
+
+
+def test_exif_rotation_is_applied():
+    image = Image.new("RGB", (30, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    decoded = images.decode_rgb(encoded(image, "JPEG", exif=exif), max_pixels=10_000)
+    assert decoded.size == (10, 30)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty"),
+    (b"hello, world" * 10, "not an image"),
+])
+def test_unusable_bytes_are_rejected_with_a_reason(data, reason):
+    with pytest.raises(images.ImageRejected, match=reason):
+        images.decode_rgb(data, max_pixels=10_000)
+
+
+def test_truncated_image_is_rejected():
+    data = encoded(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)), "JPEG")
+    with pytest.raises(images.ImageRejected, match="truncated|corrupt"):
+        images.decode_rgb(data[: len(data) // 2], max_pixels=10_000)
+
+
+def test_decompression_bomb_is_rejected_before_decoding():
+    bomb = encoded(Image.new("L", (10_000, 10_000)), "PNG")  # ~100 kB that decodes to 100 MP
+    assert len(bomb) < 200_000
+    with pytest.raises(images.ImageRejected, match="over the limit"):
+        images.decode_rgb(bomb, max_pixels=1_000_000)
+
+
+def test_resize_and_center_crop_keeps_aspect_and_gives_the_square():
+    image = Image.new("RGB", (200, 100), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 40, 100))  # a blue band on the left that a centre crop drops
+    array = images.resize_and_center_crop(image, 32)
+    assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+    assert array[..., 2].max() < 10  # no blue left: the crop is centred, not a squashed resize
+
+
+def test_large_jpeg_decodes_at_reduced_scale_when_allowed():
+    data = encoded(Image.new("RGB", (2048, 1536)), "JPEG")
+    assert images.decode_rgb(data, max_pixels=10**8, min_side=256).size == (512, 384)
+    assert images.decode_rgb(data, max_pixels=10**8).size == (2048, 1536)
+
+
+def test_fit_within_only_shrinks():
+    image = Image.new("RGB", (400, 200))
+    assert images.fit_within(image, 100).size == (100, 50)
+    assert images.fit_within(image, 1000).size == (400, 200)
+
+
+@pytest.mark.parametrize("fmt, magic", [("jpeg", b"\xff\xd8"), ("png", b"\x89PNG"), ("webp", b"RIFF")])
+def test_encode_formats(fmt, magic):
+    assert images.encode(Image.new("RGB", (8, 8)), fmt).startswith(magic)
+
+
+def test_tensor_round_trip_is_exact():
+    array = np.random.default_rng(1).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(images.to_image(images.to_tensor(array))), array)

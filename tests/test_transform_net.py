@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from factory.transform_net import TransformNet
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+def test_output_keeps_the_input_shape(upsample):
+    net = TransformNet(upsample)
+    images = torch.rand(2, 3, 32, 48) * 255
+    assert net(images).shape == (2, 3, 32, 48)
+
+
+def test_sizes_that_are_not_multiples_of_four_come_back_unchanged():
+    output = TransformNet()(torch.rand(1, 3, 37, 30) * 255)
+    assert output.shape == (1, 3, 37, 30)
+
+
+def test_output_stays_within_0_255_even_for_extreme_inputs():
+    net = TransformNet()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.mul_(50)  # push the tanh into saturation
+        output = net(torch.rand(2, 3, 32, 32) * 255)
+    assert output.min() >= 0 and output.max() <= 255
+    assert output.max() - output.min() > 100  # saturated, not collapsed
+
+
+def test_architecture_follows_the_paper():
+    net = TransformNet()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].kernel_size == (9, 9) and convs[-1].kernel_size == (9, 9)
+    assert [c.stride for c in convs[1:3]] == [(2, 2), (2, 2)]
+    assert sum(1 for m in net.modules() if type(m).__name__ == "ResidualBlock") == 5
+    assert not any(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in net.modules())
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert len(norms) == len(convs) - 1  # every conv but the output conv is normalised
+
+
+def test_unknown_upsample_mode_is_refused():
+    with pytest.raises(ValueError, match="upsample mode"):
+        TransformNet("bilinear-ish")
