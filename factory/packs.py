@@ -96,6 +96,6 @@ def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes
                 data=config.data,
                 loss=config.loss,
                 training=config.training,
-                tensorboard_uri=storage.join(config.training.storage_path, run_name, "tensorboard"),
+                tensorboard_uri=storage.join(storage.absolute(config.training.storage_path), run_name, "tensorboard"),
             ))
     return plans

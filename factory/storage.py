@@ -32,6 +32,11 @@ def join(uri: str, *parts: str) -> str:
     return str(Path(uri, *parts))
 
 
+def absolute(uri: str) -> str:
+    """Local paths made absolute, so they mean the same on Ray workers (whose cwd differs)."""
+    return uri if is_s3(uri) else str(Path(uri).resolve())
+
+
 @functools.lru_cache(maxsize=1)
 def _s3_client():
     import boto3  # S3 users only

@@ -133,8 +133,9 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     metrics = result.metrics or {}
-    train_seconds = max(float(state["train_seconds"]), 1e-9)
-    images_per_second = state["step"] * config.training.batch_size / train_seconds
+    progress = state["progress"]
+    train_seconds = max(float(progress["train_seconds"]), 1e-9)
+    images_per_second = progress["step"] * config.training.batch_size / train_seconds
     outcomes = []
     for style in plan.styles:
         losses = metrics.get("losses", {}).get(style.name, {})
@@ -143,8 +144,10 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
             "loss_network": {"source": weights.source, "random_weights": weights.is_random},
             "recipe_hash": hashes[style.name],
             "recipe": recipe(style, config, weights.source),
-            "steps": state["step"],
+            "steps": progress["step"],
             "final_losses": losses,
+            "loss_history": progress["loss_history"].get(style.name, []),
+            "resumed_at_steps": progress["resumed_at_steps"],
             "throughput": {"images_per_second_per_style": images_per_second, "styles_in_pack": len(plan.styles),
                            "workers": config.training.num_workers, "train_seconds": train_seconds},
             "run_name": plan.run_name,
@@ -154,7 +157,7 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
         preview = stylise_preview(state["nets"][style.name], photo)
         version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail, preview)
         logger.info("published %s version %s to %s", style.name, version, config.registry)
-        outcomes.append(Outcome(style.name, "published", state["step"], losses.get("total"), images_per_second, version))
+        outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version))
     return outcomes
 
 

@@ -6,6 +6,7 @@ import io
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import ray
@@ -21,24 +22,37 @@ from factory.style_pack import PerceptualObjective, StepRunner, StylePack, make_
 CHECKPOINT_FILE = "pack.pt"
 
 
-def _load_checkpoint(pack: StylePack, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
-    """Restore from Ray Train's latest checkpoint, if any (a replaced worker or a rerun). -> (step, seconds)."""
+@dataclass
+class Progress:
+    """What a pack's run carries across restarts besides the weights; saved in every checkpoint."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    # {style: [[step, total loss], ...]} at every log point: the loss curve, published with the model.
+    loss_history: dict = field(default_factory=dict)
+    # Steps at which the run was resumed from a checkpoint (a replaced worker or a rerun).
+    resumed_at_steps: list = field(default_factory=list)
+
+
+def _load_checkpoint(pack: StylePack, optimizer: torch.optim.Optimizer) -> Progress:
+    """Restore from Ray Train's latest checkpoint, if any (a replaced worker or a rerun)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0, 0.0
+        return Progress()
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     for name, net in pack.nets.items():
         net.load_state_dict(state["nets"][name])
     optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"]), float(state["train_seconds"])
+    progress = Progress(**state["progress"])
+    progress.resumed_at_steps.append(progress.step)
+    return progress
 
 
-def _checkpoint_bytes(pack: StylePack, optimizer, step: int, train_seconds: float) -> bytes:
+def _checkpoint_bytes(pack: StylePack, optimizer, progress: Progress) -> bytes:
     buffer = io.BytesIO()
     state = {
-        "step": step,
-        "train_seconds": train_seconds,
+        "progress": asdict(progress),
         "nets": {name: net.state_dict() for name, net in pack.nets.items()},
         "optimizer": optimizer.state_dict(),
     }
@@ -83,9 +97,9 @@ def train_pack(config: dict) -> None:
 
     pack = StylePack(plan.style_names)
     optimizer = make_optimizer(pack, list(plan.styles))
-    start_step, train_seconds = _load_checkpoint(pack, optimizer)
-    if rank == 0 and start_step:
-        print(f"[{plan.run_name}] resuming from checkpoint at step {start_step}/{plan.steps}", flush=True)
+    progress = _load_checkpoint(pack, optimizer)
+    if rank == 0 and progress.resumed_at_steps:
+        print(f"[{plan.run_name}] resuming from checkpoint at step {progress.step}/{plan.steps}", flush=True)
     model = ray.train.torch.prepare_model(pack)  # moves to the device; DDP when world_size > 1
 
     weights = ray.get(config["vgg"])
@@ -99,23 +113,26 @@ def train_pack(config: dict) -> None:
 
     per_worker_batch = plan.training.batch_size // world_size
     shard = ray.train.get_dataset_shard("train")
-    step, losses = start_step, {}
+    losses = {}
     window_start, window_steps = time.perf_counter(), 0
-    while step < plan.steps:
+    while progress.step < plan.steps:
         batches_this_epoch = 0
         for batch in shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, device=device):
             content = batch["image"].permute(0, 3, 1, 2).float()  # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255
             losses = runner.step(content)
-            step += 1
+            progress.step += 1
+            step = progress.step
             batches_this_epoch += 1
             window_steps += 1
             at_end = step >= plan.steps
             if step % plan.training.log_every == 0 or at_end:
                 elapsed = time.perf_counter() - window_start
-                train_seconds += elapsed
+                progress.train_seconds += elapsed
                 steps_per_second = window_steps / max(elapsed, 1e-9)
                 images_per_second = steps_per_second * plan.training.batch_size  # per style
                 window_start, window_steps = time.perf_counter(), 0
+                for name, parts in losses.items():
+                    progress.loss_history.setdefault(name, []).append([step, float(parts["total"])])
                 if rank == 0:
                     eta = _format_eta((plan.steps - step) / max(steps_per_second, 1e-9))
                     for name, parts in losses.items():
@@ -128,7 +145,7 @@ def train_pack(config: dict) -> None:
                         tensorboard.add(step, {f"{name}/{key}": float(value) for key, value in parts.items()})
                     tensorboard.add(step, {"pack/images_per_second_per_style": images_per_second})
             if step % plan.training.checkpoint_every == 0 or at_end:
-                _report(plan, pack, optimizer, step, train_seconds, losses, rank, tensorboard)
+                _report(pack, optimizer, progress, losses, rank, tensorboard)
             if at_end:
                 break
         if batches_this_epoch == 0:
@@ -138,11 +155,11 @@ def train_pack(config: dict) -> None:
             )
 
 
-def _report(plan: PackPlan, pack: StylePack, optimizer, step: int, train_seconds: float, losses: dict, rank: int, tensorboard) -> None:
+def _report(pack: StylePack, optimizer, progress: Progress, losses: dict, rank: int, tensorboard) -> None:
     """Every rank must call ray.train.report (it is a barrier); rank 0 alone attaches the checkpoint."""
     metrics = {
-        "step": step,
-        "train_seconds": train_seconds,
+        "step": progress.step,
+        "train_seconds": progress.train_seconds,
         "losses": {name: {key: float(value) for key, value in parts.items()} for name, parts in losses.items()},
     }
     if rank != 0:
@@ -151,7 +168,7 @@ def _report(plan: PackPlan, pack: StylePack, optimizer, step: int, train_seconds
     tensorboard.sync()
     directory = tempfile.mkdtemp(prefix="pack-checkpoint-")
     try:
-        Path(directory, CHECKPOINT_FILE).write_bytes(_checkpoint_bytes(pack, optimizer, step, train_seconds))
+        Path(directory, CHECKPOINT_FILE).write_bytes(_checkpoint_bytes(pack, optimizer, progress))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -24,12 +24,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3_server):
     """One real local Ray for the session: 4 logical CPUs on 2 cores, so Ray Data keeps room to decode
-    beside two training workers."""
+    beside two training workers. Started after the S3 server so its workers inherit the endpoint."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    ray.init(num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     yield ray
     ray.shutdown()
 

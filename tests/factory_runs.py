@@ -1,0 +1,30 @@
+"""Helpers for tests that run the whole factory: a tiny config written to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STYLES = REPO_ROOT / "data" / "samples" / "styles"
+
+
+def write_config(path: Path, *, source: str, registry: str, storage_path: str, steps: int, weights=("random",),
+                 num_workers: int = 2, styles=("starry_night", "the_scream"), style_images=None, **training) -> Path:
+    """A config small enough for 2 CPU cores: 32 px crops, a few dozen steps."""
+    style_images = style_images or {name: str(STYLES / f"{name}.jpg") for name in styles}
+    config = {
+        "name": "test",
+        "registry": registry,
+        "preview_image": str(REPO_ROOT / "data" / "samples" / "content" / "chelsea.png"),
+        "data": {"source": source, "image_size": 32},
+        "loss_network": {"weights": list(weights)},
+        "loss": {"style_size": 64},
+        "training": {"steps": steps, "batch_size": 4, "num_workers": num_workers, "accelerator": "cpu",
+                     "styles_per_pack": 4, "checkpoint_every": 10, "log_every": 5, "storage_path": storage_path,
+                     "max_concurrent_packs": 1, **training},
+        "styles": [{"name": name, "image": style_images[name]} for name in styles],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
