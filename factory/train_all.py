@@ -83,6 +83,20 @@ def build_config(args: argparse.Namespace) -> FactoryConfig:
     return config
 
 
+def refuse_outputs_inside_job_copy(config: FactoryConfig) -> None:
+    """Under `ray job submit --working-dir`, the job runs in a temporary copy of that folder, which Ray
+    deletes later: a relative registry or checkpoint path would put the results there and lose them."""
+    if "working_dir" not in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
+        return
+    for setting, value in (("registry", config.registry), ("training.storage_path", config.training.storage_path)):
+        if not storage.is_s3(value) and not Path(value).is_absolute():
+            raise ValueError(
+                f"{setting} is the relative path {value!r}: under `ray job submit --working-dir` it would land in "
+                "the job's temporary copy of the working dir and be deleted with it. Give an absolute path that "
+                f"every node can reach, or an s3://bucket/prefix, e.g. --set {setting}=/shared/style-factory/{Path(value).name}"
+            )
+
+
 def init_ray(config: FactoryConfig) -> None:
     if ray.is_initialized():
         return
@@ -200,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
+        refuse_outputs_inside_job_copy(config)
         weights = loss_network_weights(config)
         styles = [resolve_style(spec, config) for spec in config.styles]
         for style in styles:  # a bad style image must stop the run before any GPU time is spent

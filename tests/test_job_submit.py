@@ -1,0 +1,93 @@
+"""`ray job submit` of factory/train_all.py against a real `ray start --head` cluster, as users run it;
+a job stopped mid-run and submitted again resumes from its checkpoint instead of starting over."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, free_port
+from factory import registry
+from factory_runs import write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A one-node Ray cluster started the way a user starts one, with token authentication on."""
+    # A short temp dir: Ray's unix socket paths must fit in 107 bytes, pytest's tmp_path may not.
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
+    dashboard_port = free_port()
+    # `python` in a submitted job is whatever the cluster's PATH finds: this test's interpreter.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=3",
+         f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.time() + 120
+    while subprocess.run(ray_cli("job", "list", "--address", address), env=env, capture_output=True).returncode != 0:
+        assert head.poll() is None, "ray start --head exited"
+        assert time.time() < deadline, "the Ray cluster did not come up"
+        time.sleep(1)
+    yield address, env
+    # The whole process group: a graceful SIGTERM drains for 30 s, and `ray stop` would also end
+    # the test session's own Ray.
+    os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def ray_cli(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "ray"), *args]
+
+
+def submit(address, env, config, *extra):
+    return ray_cli("job", "submit", "--address", address, "--working-dir", str(REPO_ROOT), *extra,
+                   "--", "python", "factory/train_all.py", "--config", str(config))
+
+
+def test_job_submit_trains_and_a_stopped_job_resubmitted_resumes(ray_head, dirty_images, tmp_path):
+    address, env = ray_head
+    folder, _ = dirty_images
+    checkpoints = tmp_path / "checkpoints"
+    config = write_config(tmp_path / "config.yaml", source=str(folder), registry=str(tmp_path / "registry"),
+                          storage_path=str(checkpoints), steps=60, num_workers=1, styles=("the_scream",))
+
+    first = subprocess.run(submit(address, env, config, "--no-wait", "--submission-id", "factory-1"),
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    deadline = time.time() + 150
+    while len(list(checkpoints.glob("*/checkpoint_*/pack.pt"))) < 2:
+        status = subprocess.run(ray_cli("job", "status", "--address", address, "factory-1"), env=env, capture_output=True, text=True)
+        if time.time() > deadline or "FAILED" in status.stdout + status.stderr:
+            logs = subprocess.run(ray_cli("job", "logs", "--address", address, "factory-1"), env=env, capture_output=True, text=True)
+            pytest.fail(f"the submitted job wrote no checkpoints; its log ends:\n{logs.stdout[-4000:]}{logs.stderr[-2000:]}")
+        time.sleep(1)
+    stop = subprocess.run(ray_cli("job", "stop", "--address", address, "factory-1"), env=env, capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert registry.list_styles(str(tmp_path / "registry")) == []  # stopped before it could publish
+
+    second = subprocess.run(submit(address, env, config, "--submission-id", "factory-2"),
+                            env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming from checkpoint at step" in second.stdout
+    assert "the_scream" in second.stdout and "published" in second.stdout
+    _, metadata = registry.load_model(str(tmp_path / "registry"), "the_scream")
+    assert metadata["steps"] == 60 and metadata["resumed_at_steps"][0] >= 10
+
+
+def test_a_job_with_relative_output_paths_is_refused_before_it_loses_them(ray_head, tmp_path):
+    address, env = ray_head
+    job = subprocess.run(submit(address, env, "configs/tiny.yaml"), env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode != 0
+    assert "registry is the relative path 'data/registry'" in job.stdout + job.stderr
