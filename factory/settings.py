@@ -25,7 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu")
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
 
@@ -42,11 +42,11 @@ class DataSettings:
     max_image_pixels: int = 64_000_000
 
     def __post_init__(self):
-        _require(bool(self.source), "data.source is empty: give a folder or an s3://bucket/prefix of images")
-        _require(16 <= self.image_size <= 4096, f"data.image_size must be 16..4096, got {self.image_size}")
-        _require(self.image_size % 4 == 0, f"data.image_size must be a multiple of 4 (two stride-2 downsamplings), got {self.image_size}")
-        _require(self.max_file_bytes > 0, "data.max_file_bytes must be positive")
-        _require(self.max_image_pixels > 0, "data.max_image_pixels must be positive")
+        require(bool(self.source), "data.source is empty: give a folder or an s3://bucket/prefix of images")
+        require(16 <= self.image_size <= 4096, f"data.image_size must be 16..4096, got {self.image_size}")
+        require(self.image_size % 4 == 0, f"data.image_size must be a multiple of 4 (two stride-2 downsamplings), got {self.image_size}")
+        require(self.max_file_bytes > 0, "data.max_file_bytes must be positive")
+        require(self.max_image_pixels > 0, "data.max_image_pixels must be positive")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +56,7 @@ class LossNetworkSettings:
     weights: tuple[str, ...] = ("data/imagenet-vgg-verydeep-19.mat",)
 
     def __post_init__(self):
-        _require(len(self.weights) > 0, "loss_network.weights is empty: list at least one VGG-19 source")
+        require(len(self.weights) > 0, "loss_network.weights is empty: list at least one VGG-19 source")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,11 +76,11 @@ class LossSettings:
 
     def __post_init__(self):
         for layer in (self.content_layer, *self.style_layers):
-            _require(layer in VGG19_LAYER_NAMES, f"unknown VGG-19 layer {layer!r}; choose from {', '.join(VGG19_LAYER_NAMES)}")
-        _require(len(self.style_layers) > 0, "loss.style_layers is empty: name at least one layer")
+            require(layer in VGG19_LAYER_NAMES, f"unknown VGG-19 layer {layer!r}; choose from {', '.join(VGG19_LAYER_NAMES)}")
+        require(len(self.style_layers) > 0, "loss.style_layers is empty: name at least one layer")
         for name in ("content_weight", "style_weight", "tv_weight"):
-            _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
-        _require(16 <= self.style_size <= 4096, f"loss.style_size must be 16..4096, got {self.style_size}")
+            require(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        require(16 <= self.style_size <= 4096, f"loss.style_size must be 16..4096, got {self.style_size}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,13 +118,13 @@ class TrainingSettings:
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "num_workers", "cpus_per_worker", "styles_per_pack", "checkpoint_every", "log_every"):
-            _require(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
-        _require(self.batch_size % self.num_workers == 0, f"training.batch_size ({self.batch_size}) must be divisible by training.num_workers ({self.num_workers})")
-        _require(self.learning_rate > 0, f"training.learning_rate must be > 0, got {self.learning_rate}")
-        _require(self.max_concurrent_packs >= 0, "training.max_concurrent_packs must be >= 0 (0 = automatic)")
-        _require(self.max_failures >= 0, "training.max_failures must be >= 0")
-        _require(self.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _require(self.accelerator in ACCELERATORS, f"training.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+            require(getattr(self, name) >= 1, f"training.{name} must be >= 1, got {getattr(self, name)}")
+        require(self.batch_size % self.num_workers == 0, f"training.batch_size ({self.batch_size}) must be divisible by training.num_workers ({self.num_workers})")
+        require(self.learning_rate > 0, f"training.learning_rate must be > 0, got {self.learning_rate}")
+        require(self.max_concurrent_packs >= 0, "training.max_concurrent_packs must be >= 0 (0 = automatic)")
+        require(self.max_failures >= 0, "training.max_failures must be >= 0")
+        require(self.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        require(self.accelerator in ACCELERATORS, f"training.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,9 +142,9 @@ class StyleSpec:
 
     def __post_init__(self):
         validate_style_name(self.name)
-        _require(bool(self.image), f"style {self.name!r} has no image: give a path or s3:// URI")
-        _require(self.steps is None or self.steps >= 1, f"style {self.name!r}: steps must be >= 1")
-        _require(self.learning_rate is None or self.learning_rate > 0, f"style {self.name!r}: learning_rate must be > 0")
+        require(bool(self.image), f"style {self.name!r} has no image: give a path or s3:// URI")
+        require(self.steps is None or self.steps >= 1, f"style {self.name!r}: steps must be >= 1")
+        require(self.learning_rate is None or self.learning_rate > 0, f"style {self.name!r}: learning_rate must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,16 +177,16 @@ class FactoryConfig:
 
     def __post_init__(self):
         validate_style_name(self.name)  # the run name becomes a storage key too
-        _require(len(self.styles) > 0, "the config lists no styles: add at least one under 'styles:' with a name and an image")
+        require(len(self.styles) > 0, "the config lists no styles: add at least one under 'styles:' with a name and an image")
         names = [style.name for style in self.styles]
         duplicates = sorted({name for name in names if names.count(name) > 1})
-        _require(not duplicates, f"style names must be unique; repeated: {', '.join(duplicates)}")
+        require(not duplicates, f"style names must be unique; repeated: {', '.join(duplicates)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _build(cls, values: object, where: str):
+def build_settings(cls, values: object, where: str):
     """Build dataclass `cls` from a YAML mapping, rejecting unknown keys with the list of known ones."""
     if not isinstance(values, dict):
         raise ValueError(f"{where or 'the config'} must be a mapping, got {type(values).__name__}")
@@ -207,7 +207,7 @@ def _build(cls, values: object, where: str):
 def _convert(hint, value, where: str):
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
+        return build_settings(hint, value, where)
     if origin is tuple:
         item_type = typing.get_args(hint)[0]
         if isinstance(value, (str, dict)):
@@ -259,4 +259,4 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
         if not separator or not key:
             raise ValueError(f"override {override!r} must look like section.key=value, e.g. training.steps=100")
         _set_dotted(values, key.strip(), yaml.safe_load(raw_value))
-    return _build(FactoryConfig, values, "")
+    return build_settings(FactoryConfig, values, "")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,3 +97,40 @@ def write_dirty_image_folder(folder: Path, clean_count: int = 12, size: int = 48
 def dirty_images(tmp_path) -> tuple[Path, dict[str, int]]:
     folder = tmp_path / "content"
     return folder, write_dirty_image_folder(folder)
+
+
+def ray_cli(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "ray"), *args]
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A one-node Ray cluster started the way a user starts one, with token authentication on."""
+    # A short temp dir: Ray's unix socket paths must fit in 107 bytes, pytest's tmp_path may not.
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
+    dashboard_port = free_port()
+    # `python` in a submitted job is whatever the cluster's PATH finds: this test's interpreter.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    head = subprocess.Popen(
+        ray_cli("start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4", f"--temp-dir={temp_dir}"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    # Ready when a trivial job runs: the dashboard answers before its job agent can take jobs.
+    deadline = time.time() + 180
+    while subprocess.run(ray_cli("job", "submit", "--address", address, "--", "python", "-c", "pass"),
+                         env=env, capture_output=True).returncode != 0:
+        assert head.poll() is None, "ray start --head exited"
+        assert time.time() < deadline, "the Ray cluster did not come up"
+        time.sleep(2)
+    yield address, env
+    # The whole process group: a graceful SIGTERM drains for 30 s, and `ray stop` would also end
+    # the test session's own Ray.
+    os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def ray_cli(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "ray"), *args]

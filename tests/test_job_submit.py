@@ -1,54 +1,16 @@
 """`ray job submit` of factory/train_all.py against a real `ray start --head` cluster, as users run it;
 a job stopped mid-run and submitted again resumes from its checkpoint instead of starting over."""
 
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, ray_cli
 from factory import registry
 from factory_runs import write_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """A one-node Ray cluster started the way a user starts one, with token authentication on."""
-    # A short temp dir: Ray's unix socket paths must fit in 107 bytes, pytest's tmp_path may not.
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
-    dashboard_port = free_port()
-    # `python` in a submitted job is whatever the cluster's PATH finds: this test's interpreter.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=3",
-         f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard_port}"
-    deadline = time.time() + 120
-    while subprocess.run(ray_cli("job", "list", "--address", address), env=env, capture_output=True).returncode != 0:
-        assert head.poll() is None, "ray start --head exited"
-        assert time.time() < deadline, "the Ray cluster did not come up"
-        time.sleep(1)
-    yield address, env
-    # The whole process group: a graceful SIGTERM drains for 30 s, and `ray stop` would also end
-    # the test session's own Ray.
-    os.killpg(head.pid, signal.SIGKILL)
-    head.wait(timeout=60)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def ray_cli(*args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "ray"), *args]
 
 
 def submit(address, env, config, *extra):

@@ -1,0 +1,45 @@
+"""Every error a client sees is JSON: {"error": message, "status": code}, with the right status."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.http_input import HTTPError
+
+
+def json_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+class BarePrefixIsRoot:
+    """ASGI middleware: a request for an application's bare route prefix (POST /styles/x) reaches it
+    as the empty path, which no route can match and Starlette would answer with a redirect that makes
+    clients send the body twice; it is routed as "/" instead."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("root_path") and scope["path"] == scope["root_path"]:
+            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope["path"].encode() + b"/"}
+        await self.app(scope, receive, send)
+
+
+def json_errors_api() -> FastAPI:
+    """A FastAPI app whose own errors (404, 405, validation) are JSON in the same shape as ours."""
+    api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    api.router.redirect_slashes = False  # a redirect would make clients re-send large POST bodies
+    api.add_middleware(BarePrefixIsRoot)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def starlette_error(request: Request, error: StarletteHTTPException):
+        message = {404: f"no such path: {request.url.path}", 405: f"method {request.method} not allowed on {request.url.path}"}
+        return json_error(error.status_code, message.get(error.status_code, str(error.detail)))
+
+    @api.exception_handler(HTTPError)
+    async def our_error(request: Request, error: HTTPError):
+        return json_error(error.status, error.message)
+
+    return api

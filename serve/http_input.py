@@ -1,0 +1,120 @@
+"""Turning an untrusted HTTP request into an image and options, or a clear JSON error.
+
+Every size a client controls is bounded here: the body is read in chunks and abandoned past the
+limit (413), the image header is checked against the pixel limit before decoding (413), and
+max_side is capped.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+from dataclasses import dataclass
+
+from PIL import Image
+
+from factory import images
+from serve.settings import EndpointSettings
+
+ACCEPTED_INPUT_FORMATS = {"JPEG", "PNG", "WEBP"}
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StyliseOptions:
+    max_side: int
+    strength: float
+    preserve_colors: bool
+    output_format: str  # "jpeg", "png" or "webp"
+
+
+async def read_body(request, max_bytes: int) -> bytes:
+    """The request body, or 413 as soon as it is known to be larger than max_bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPError(413, f"request body of {declared} bytes is over the limit of {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPError(413, f"request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def image_bytes_from_body(body: bytes, content_type: str) -> bytes:
+    """The image: the raw body, or the 'image' field (else the first file) of a multipart form."""
+    if not body:
+        raise HTTPError(400, "empty request body: send the image as the body or as a multipart form field named 'image'")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return body
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + body
+    )
+    if not message.is_multipart():
+        raise HTTPError(400, "malformed multipart body: send a form with a file field named 'image'")
+    parts = [part for part in message.iter_parts() if part.get_param("name", header="content-disposition")]
+    chosen = next((p for p in parts if p.get_param("name", header="content-disposition") == "image"), None)
+    chosen = chosen or next((p for p in parts if p.get_filename()), None)
+    if chosen is None:
+        raise HTTPError(400, "multipart form has no field named 'image'")
+    data = chosen.get_payload(decode=True) or b""
+    if not data:
+        raise HTTPError(400, "the form's 'image' field is empty")
+    return data
+
+
+def decode_image(data: bytes, settings: EndpointSettings) -> Image.Image:
+    """Decode a JPEG, PNG or WebP; anything else is 415, a broken one 400, a too-big one 413."""
+    import io
+
+    try:
+        header = Image.open(io.BytesIO(data))
+    except Exception:
+        raise HTTPError(415, "not an image: send a JPEG, PNG or WebP file") from None
+    if header.format not in ACCEPTED_INPUT_FORMATS:
+        raise HTTPError(415, f"unsupported image format {header.format}: send a JPEG, PNG or WebP file")
+    try:
+        return images.decode_rgb(data, max_pixels=settings.max_input_pixels)
+    except images.ImageRejected as error:
+        status = 413 if "over the limit" in str(error) else 400
+        raise HTTPError(status, f"unusable image: {error}") from None
+
+
+def _number(query, name: str, kind, low, high, default):
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise HTTPError(400, f"{name} must be a {kind.__name__} between {low} and {high}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise HTTPError(400, f"{name} must be between {low} and {high}, got {raw!r}")
+    return value
+
+
+def parse_options(query, accept: str, settings: EndpointSettings) -> StyliseOptions:
+    """Query parameters: max_side, strength (0..1), preserve_colors, format (or the Accept header)."""
+    output_format = (query.get("format") or "").lower()
+    if not output_format:
+        output_format = next((fmt for fmt, media in MEDIA_TYPES.items() if media in (accept or "")), "jpeg")
+    output_format = {"jpg": "jpeg"}.get(output_format, output_format)
+    if output_format not in MEDIA_TYPES:
+        raise HTTPError(400, f"format must be one of jpeg, png, webp, got {output_format!r}")
+    preserve = (query.get("preserve_colors") or "false").lower()
+    if preserve not in ("true", "false", "1", "0", "yes", "no"):
+        raise HTTPError(400, f"preserve_colors must be true or false, got {preserve!r}")
+    return StyliseOptions(
+        max_side=_number(query, "max_side", int, 16, settings.max_side_limit, settings.default_max_side),
+        strength=_number(query, "strength", float, 0.0, 1.0, 1.0),
+        preserve_colors=preserve in ("true", "1", "yes"),
+        output_format=output_format,
+    )

@@ -1,0 +1,100 @@
+"""Serving settings: one frozen dataclass per style endpoint, defaults plus per-style overrides.
+
+A serving config (YAML) looks like:
+
+    registry: data/registry
+    http: {host: 0.0.0.0, port: 8000}
+    defaults: {max_replicas: 4}
+    styles:
+      starry_night: {max_replicas: 8, num_gpus: 0.25}
+      rarely_used: {min_replicas: 0}          # scale to zero when idle
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from factory.settings import build_settings, require
+from factory.style_names import validate_style_name
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointSettings:
+    # Replicas kept when idle; 0 lets a rarely used style scale to zero (its first request waits).
+    min_replicas: int = 1
+    # Upper bound of the autoscaler.
+    max_replicas: int = 4
+    # Requests in flight per replica the autoscaler aims for.
+    target_ongoing_requests: float = 2.0
+    # Requests one replica accepts at once (the rest queue at the proxy).
+    max_ongoing_requests: int = 8
+    # Requests allowed to queue per endpoint; past it the proxy sheds load with 503.
+    max_queued_requests: int = 32
+    # CPUs and GPU fraction per replica (e.g. 0.25 puts four styles on one GPU).
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # Same-sized requests arriving within batch_wait_timeout_s are run as one batch of up to this many.
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.01
+    # Request body limit (bytes): larger bodies get 413 before they are read whole.
+    max_body_bytes: int = 20 * 1024 * 1024
+    # Decoded pixel limit: larger images (decompression bombs included) get 413 before decoding.
+    max_input_pixels: int = 40_000_000
+    # Longest side the image is downscaled to before stylising, unless the request asks for less.
+    default_max_side: int = 1024
+    # The most a request's max_side may ask for (bounds memory and time per request).
+    max_side_limit: int = 2048
+
+    def __post_init__(self):
+        require(self.min_replicas >= 0, "min_replicas must be >= 0")
+        require(self.max_replicas >= max(1, self.min_replicas), "max_replicas must be >= 1 and >= min_replicas")
+        require(self.target_ongoing_requests > 0, "target_ongoing_requests must be > 0")
+        require(self.max_ongoing_requests >= 1, "max_ongoing_requests must be >= 1")
+        require(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
+        require(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0")
+        require(self.max_batch_size >= 1, "max_batch_size must be >= 1")
+        require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s must be >= 0")
+        require(self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")
+        require(self.max_input_pixels >= 64 * 64, "max_input_pixels must be >= 4096")
+        require(16 <= self.default_max_side <= self.max_side_limit, "default_max_side must be 16..max_side_limit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    # Where Serve's HTTP proxy listens.
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingConfig:
+    # The registry to serve: a folder or s3://bucket/prefix.
+    registry: str = "data/registry"
+    http: HttpSettings = field(default_factory=HttpSettings)
+    defaults: EndpointSettings = field(default_factory=EndpointSettings)
+    # Per-style overrides of `defaults`, by style name.
+    styles: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, overrides in self.styles.items():
+            validate_style_name(name)
+            require(isinstance(overrides, dict), f"styles.{name} must be a mapping of endpoint settings")
+            self.for_style(name)  # validate now, not at deploy time
+
+    def for_style(self, name: str) -> EndpointSettings:
+        values = {**dataclasses.asdict(self.defaults), **self.styles.get(name, {})}
+        return build_settings(EndpointSettings, values, f"styles.{name}")
+
+
+def load_serving_config(path: str | Path | None, **overrides) -> ServingConfig:
+    values = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ValueError(f"serving config {str(path)!r} not found")
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return build_settings(ServingConfig, values, "")

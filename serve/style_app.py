@@ -1,0 +1,99 @@
+"""One style's endpoint: a Ray Serve application of its own, mounted at /styles/<style>.
+
+    POST /styles/<style>               the image (raw body or multipart field 'image') -> stylised image
+         ?max_side=&strength=&preserve_colors=&format=jpeg|png|webp
+    GET  /styles/<style>               the model's metadata
+    GET  /styles/<style>/thumbnail.jpg, /styles/<style>/preview.jpg
+
+Each style is its own application so that adding or retraining one redeploys it alone.
+"""
+
+import asyncio
+from collections import defaultdict
+
+import torch
+from fastapi import Request
+from fastapi.responses import Response
+from ray import serve
+
+from factory import images, registry
+from serve import http_input, postprocess
+from serve.errors import json_errors_api
+from serve.settings import EndpointSettings
+
+api = json_errors_api()
+
+
+def public_metadata(metadata: dict) -> dict:
+    """What clients may see of a model's metadata (not the config's storage paths)."""
+    keep = ("style", "version", "published_at", "steps", "final_losses", "loss_network", "style_image_sha256", "throughput")
+    return {key: metadata[key] for key in keep if key in metadata}
+
+
+@serve.deployment(name="StyleEndpoint", health_check_period_s=10, health_check_timeout_s=30)
+@serve.ingress(api)
+class StyleEndpoint:
+    def __init__(self, registry_uri: str, style: str, version: str, settings: dict):
+        self.settings = EndpointSettings(**settings)
+        net, self.metadata = registry.load_model(registry_uri, style, version)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.net = net.to(self.device).eval()
+        self.thumbnail = registry.read_file(registry_uri, style, registry.THUMBNAIL_FILE, version)
+        self.preview = registry.read_file(registry_uri, style, registry.PREVIEW_FILE, version)
+        self.run_batch.set_max_batch_size(self.settings.max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+
+    @api.get("/")
+    def describe(self) -> dict:
+        return public_metadata(self.metadata)
+
+    @api.get("/thumbnail.jpg")
+    def thumbnail(self) -> Response:
+        return Response(self.thumbnail, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
+
+    @api.get("/preview.jpg")
+    def preview(self) -> Response:
+        return Response(self.preview, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
+
+    @api.post("/")
+    async def stylise(self, request: Request) -> Response:
+        options = http_input.parse_options(request.query_params, request.headers.get("accept", ""), self.settings)
+        body = await http_input.read_body(request, self.settings.max_body_bytes)
+        data = http_input.image_bytes_from_body(body, request.headers.get("content-type", ""))
+        # Decoding and encoding are CPU work: off the event loop, so other requests keep flowing.
+        original = await asyncio.to_thread(lambda: images.fit_within(http_input.decode_image(data, self.settings), options.max_side))
+        stylised = await self.run_batch(images.to_tensor(original))
+        output = await asyncio.to_thread(
+            lambda: images.encode(postprocess.finish(images.to_image(stylised), original, options.strength, options.preserve_colors), options.output_format)
+        )
+        return Response(output, media_type=http_input.MEDIA_TYPES[options.output_format],
+                        headers={"X-Style": self.metadata["style"], "X-Model-Version": self.metadata["version"]})
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def run_batch(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Requests that arrived together; those of the same size run as one batch on the device."""
+        return await asyncio.to_thread(self._forward_by_size, tensors)
+
+    def _forward_by_size(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        groups = defaultdict(list)
+        for index, tensor in enumerate(tensors):
+            groups[tuple(tensor.shape)].append(index)
+        outputs: list[torch.Tensor] = [None] * len(tensors)
+        with torch.inference_mode():
+            for indices in groups.values():
+                batch = torch.stack([tensors[i] for i in indices]).to(self.device)
+                for index, result in zip(indices, self.net(batch).cpu()):
+                    outputs[index] = result
+        return outputs
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
+        with torch.inference_mode():
+            output = self.net(torch.full((1, 3, 16, 16), 128.0, device=self.device))
+        if not torch.isfinite(output).all():
+            raise RuntimeError(f"model {self.metadata['style']} produces non-finite output")
+
+
+def build_app(args: dict):
+    """Application builder for Serve config files: args {registry, style, version, settings}."""
+    return StyleEndpoint.bind(args["registry"], args["style"], args["version"], args.get("settings", {}))
