@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, help="shorthand for --set training.num_workers=N")
     parser.add_argument("--styles", help="comma-separated subset of the config's styles to train")
     parser.add_argument("--retrain", action="store_true", help="train styles even if the registry has them with the same recipe")
+    parser.add_argument("--deploy", action="store_true",
+                        help="deploy each style to Ray Serve as soon as it is published (see serve/deploy.py)")
+    parser.add_argument("--serve-config", help="serving config YAML for --deploy (autoscaling, limits, HTTP port)")
+    parser.add_argument("--dashboard-address", default=os.environ.get("RAY_DASHBOARD_ADDRESS"),
+                        help="Ray dashboard address for --deploy (default: the cluster this run is on)")
     return parser.parse_args(argv)
 
 
@@ -97,17 +103,39 @@ def refuse_outputs_inside_job_copy(config: FactoryConfig) -> None:
             )
 
 
-def init_ray(config: FactoryConfig) -> None:
+def init_ray(config: FactoryConfig) -> str | None:
+    """Start or join Ray; returns the dashboard URL when this call started the connection."""
     if ray.is_initialized():
-        return
+        return None
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
-        ray.init()
-        return
+        return ray.init().dashboard_url
     # A local Ray on this machine: reserve a CPU for Ray Data's decoding beside the training workers,
     # or a small laptop's pipeline stalls.
     training = config.training
     needed = training.num_workers * training.cpus_per_worker + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, needed), runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    return ray.init(num_cpus=max(os.cpu_count() or 1, needed), runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}).dashboard_url
+
+
+class Deployer:
+    """--deploy: after each publish, redeploy the registry; Serve updates only the changed styles."""
+
+    def __init__(self, registry_uri: str, serve_config: str | None, dashboard_address: str):
+        from serve.settings import load_serving_config  # serving code only when asked for
+
+        self.config = load_serving_config(serve_config, registry=registry_uri)
+        self.address = dashboard_address if "://" in dashboard_address else f"http://{dashboard_address}"
+        self.lock = threading.Lock()  # packs publish concurrently; deploys go one at a time
+
+    def deploy(self) -> str:
+        from serve import deploy
+
+        with self.lock:
+            try:
+                deploy.deploy(self.config, self.address)
+                return "deployed"
+            except Exception as error:  # a serving problem must not lose the trained models
+                logger.exception("deploying to Ray Serve at %s failed", self.address)
+                return f"deploy failed: {type(error).__name__}: {str(error)[:150]}"
 
 
 def use_gpu(config: FactoryConfig) -> bool:
@@ -204,7 +232,7 @@ def print_table(outcomes: list[Outcome], skipped: dict) -> None:
     for outcome in outcomes:
         loss = f"{outcome.loss:.4g}" if outcome.loss is not None else "-"
         rate = f"{outcome.images_per_second:.1f}" if outcome.images_per_second is not None else "-"
-        print(f"{outcome.style:<24} {outcome.status:<18} {outcome.steps:>7} {loss:>11} {rate:>12}  {outcome.version or outcome.detail}")
+        print(f"{outcome.style:<24} {outcome.status:<18} {outcome.steps:>7} {loss:>11} {rate:>12}  {' '.join(part for part in (outcome.version, outcome.detail) if part)}")
     print(f"skipped content files: {skipped.get('count', 0)} {skipped.get('by_reason', {})}")
     print("=" * 100, flush=True)
 
@@ -239,7 +267,23 @@ def main(argv: list[str] | None = None) -> int:
             to_train.append(style)
     plans = plan_packs(config, to_train, hashes)
 
-    init_ray(config)
+    if args.deploy and not (os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        print("error: --deploy needs a Ray cluster that outlives this command (a local Ray started here would take "
+              "the endpoints down with it): run `ray start --head` and then RAY_ADDRESS=auto python factory/train_all.py "
+              "--deploy ..., or use ray job submit", file=sys.stderr)
+        return 2
+    dashboard_url = init_ray(config)
+    deployer = None
+    if args.deploy:
+        address = args.dashboard_address or dashboard_url
+        if not address:
+            print("error: --deploy needs --dashboard-address (or RAY_DASHBOARD_ADDRESS)", file=sys.stderr)
+            return 2
+        try:
+            deployer = Deployer(config.registry, args.serve_config, address)
+        except ValueError as error:
+            print(f"error: --serve-config: {error}", file=sys.stderr)
+            return 2
     ledger = data.SkipLedger.remote()
     skipped = {}
     if plans:
@@ -260,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
             started = time.time()
             try:
                 result = train_one_pack(config, plan, paths, filesystem, ledger, vgg_ref, gpu)
-                return publish_pack(config, plan, result, weights, hashes, photo)
+                published = publish_pack(config, plan, result, weights, hashes, photo)
+                if deployer:
+                    deployed = deployer.deploy()
+                    for outcome in published:
+                        outcome.detail = deployed
+                return published
             except Exception as error:  # one failed pack must not stop the others
                 logger.exception("pack %s failed after %.0f s", plan.run_name, time.time() - started)
                 return [Outcome(style.name, "failed", detail=f"{type(error).__name__}: {str(error)[:200]}") for style in plan.styles]
@@ -269,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             for pack_outcomes in pool.map(run, plans):
                 outcomes += pack_outcomes
         skipped = ray.get(ledger.summary.remote())
+    if deployer:  # also styles that were already published, so the run ends with every style live
+        deployed = deployer.deploy()
+        for outcome in outcomes:
+            if outcome.status != "failed":
+                outcome.detail = deployed
     order = {style.name: index for index, style in enumerate(styles)}
     outcomes.sort(key=lambda outcome: order[outcome.style])
     print_table(outcomes, skipped)

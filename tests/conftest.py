@@ -113,23 +113,36 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     head = subprocess.Popen(
         ray_cli("start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4", f"--temp-dir={temp_dir}"),
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4", f"--temp-dir={temp_dir}",
+                # Ports of their own: the defaults (52365, 10001, ...) are taken by the session's other Ray.
+                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}"),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        _wait_for_job_agent(head, address, env)
+        yield address, env
+    finally:
+        # The whole process group: a graceful SIGTERM drains for 30 s, and `ray stop` would also end
+        # the test session's own Ray.
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_job_agent(head, address, env) -> None:
     # Ready when a trivial job runs: the dashboard answers before its job agent can take jobs.
     deadline = time.time() + 180
-    while subprocess.run(ray_cli("job", "submit", "--address", address, "--", "python", "-c", "pass"),
-                         env=env, capture_output=True).returncode != 0:
+    while True:
+        probe = subprocess.run(ray_cli("job", "submit", "--address", address, "--", "python", "-c", "pass"),
+                               env=env, capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
         assert head.poll() is None, "ray start --head exited"
-        assert time.time() < deadline, "the Ray cluster did not come up"
+        assert time.time() < deadline, f"the Ray cluster did not come up: {probe.stderr[-2000:]}"
         time.sleep(2)
-    yield address, env
-    # The whole process group: a graceful SIGTERM drains for 30 s, and `ray stop` would also end
-    # the test session's own Ray.
-    os.killpg(head.pid, signal.SIGKILL)
-    head.wait(timeout=60)
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def ray_cli(*args: str) -> list[str]:

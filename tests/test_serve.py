@@ -1,0 +1,197 @@
+"""Every published style as its own Serve application, over real HTTP on 127.0.0.1."""
+
+import concurrent.futures
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from conftest import free_port
+from factory import images, registry
+from serve.deploy import _client
+from serving import deploy, publish_random_style
+
+pytestmark = pytest.mark.slow
+MAX_BODY = 2_000_000
+
+
+@pytest.fixture(scope="module")
+def served(ray_head, tmp_path_factory):
+    """alpha and beta from a registry the test builds, plus 'slow' with a one-request queue."""
+    address, env = ray_head
+    root = tmp_path_factory.mktemp("serving")
+    for seed, name in enumerate(["alpha", "beta", "slow"]):
+        publish_random_style(root / "registry", name, seed)
+    port = free_port()
+    config = {
+        "registry": str(root / "registry"),
+        "http": {"host": "127.0.0.1", "port": port},
+        "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY},
+        "styles": {"slow": {"max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1}},
+    }
+    done = deploy(config, root / "serving.yaml", address, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    yield {"base": f"http://127.0.0.1:{port}", "root": root, "config": config, "address": address, "env": env}
+    _client(address).delete_applications()
+
+
+def photo_bytes(size=(96, 64), fmt="JPEG", seed=0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def good_request_works(base):
+    response = requests.post(f"{base}/styles/alpha", data=photo_bytes(), timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+
+
+def test_stylises_raw_jpeg_into_jpeg_of_the_same_size(served):
+    response = requests.post(f"{served['base']}/styles/alpha", data=photo_bytes((96, 64)), timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/jpeg" and response.headers["x-style"] == "alpha"
+    assert Image.open(io.BytesIO(response.content)).size == (96, 64)
+
+
+def test_output_is_the_models_output(served):
+    data = photo_bytes((40, 32), "PNG", seed=3)
+    response = requests.post(f"{served['base']}/styles/beta?format=png", data=data, timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    net, _ = registry.load_model(str(served["root"] / "registry"), "beta")
+    with torch.inference_mode():
+        expected = images.to_image(net(images.to_tensor(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0))[0])
+    difference = np.abs(np.asarray(Image.open(io.BytesIO(response.content)), int) - np.asarray(expected, int))
+    assert difference.max() <= 1
+
+
+def test_multipart_webp_in_and_webp_out_by_accept_header_with_max_side(served):
+    files = {"image": ("photo.webp", photo_bytes((200, 100), "WEBP"), "image/webp")}
+    response = requests.post(f"{served['base']}/styles/beta?max_side=50", files=files, headers={"Accept": "image/webp"}, timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(response.content)).size == (50, 25)
+
+
+def test_strength_zero_gives_back_the_photo_and_preserve_colors_keeps_its_colours(served):
+    red = io.BytesIO()
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(red, "PNG")
+    original = requests.post(f"{served['base']}/styles/alpha?strength=0&format=png", data=red.getvalue(), timeout=60)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(original.content)), int) - [220, 30, 30]).max() <= 1
+    kept = requests.post(f"{served['base']}/styles/alpha?preserve_colors=true&format=png", data=red.getvalue(), timeout=60)
+    mean = np.asarray(Image.open(io.BytesIO(kept.content)), float).mean(axis=(0, 1))
+    assert mean[0] > mean[1] + 40 and mean[0] > mean[2] + 40  # still red whatever the style did
+
+
+def test_listing_has_every_style_with_working_thumbnail_and_preview_urls(served):
+    listing = requests.get(f"{served['base']}/styles", timeout=30).json()
+    assert [entry["name"] for entry in listing] == ["alpha", "beta", "slow"]
+    assert listing[0]["metadata"]["loss_network"]["random_weights"] is True
+    for url in (listing[0]["thumbnail_url"], listing[1]["preview_url"]):
+        response = requests.get(served["base"] + url, timeout=30)
+        assert response.status_code == 200 and response.content.startswith(b"\xff\xd8")
+    page = requests.get(served["base"] + "/", timeout=30)
+    assert page.status_code == 200 and "<title>style-factory</title>" in page.text
+
+
+def bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (10_000, 10_000)).save(buffer, "PNG")  # ~100 kB that decodes to 100 megapixels
+    return buffer.getvalue()
+
+
+def truncated() -> bytes:
+    data = photo_bytes((64, 64))
+    return data[: len(data) // 2]
+
+
+def gif() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "GIF")
+    return buffer.getvalue()
+
+
+BAD_REQUESTS = {
+    "empty body": ("post", "/styles/alpha", b"", 400, "empty request body"),
+    "not an image": ("post", "/styles/alpha", b"hello world" * 20, 415, "not an image"),
+    "truncated image": ("post", "/styles/alpha", truncated(), 400, "unusable image"),
+    "unsupported format": ("post", "/styles/alpha", gif(), 415, "unsupported image format GIF"),
+    "body over the limit": ("post", "/styles/alpha", b"\0" * (MAX_BODY + 1), 413, "over the limit"),
+    "decompression bomb": ("post", "/styles/alpha", bomb(), 413, "over the limit"),
+    "unknown style": ("post", "/styles/nope", photo_bytes(), 404, "unknown style 'nope'"),
+    "path tricks": ("post", "/styles/..%2F..%2Fetc%2Fpasswd", photo_bytes(), 400, "invalid style name"),
+    "upper-case name": ("get", "/styles/ALPHA", b"", 400, "invalid style name"),
+    "wrong method": ("delete", "/styles/alpha", b"", 405, "not allowed"),
+    "bad option": ("post", "/styles/alpha?strength=2", photo_bytes(), 400, "strength must be between"),
+    "bad format": ("post", "/styles/alpha?format=bmp", photo_bytes(), 400, "format must be one of"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(served, case):
+    method, path, body, status, message = BAD_REQUESTS[case]
+    response = requests.request(method, served["base"] + path, data=body, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["status"] == status and message in error["error"]
+    good_request_works(served["base"])
+
+
+def test_concurrent_load_completes_without_server_errors(served):
+    body = photo_bytes((64, 64))
+
+    def one(index):
+        return requests.post(f"{served['base']}/styles/{'alpha' if index % 2 else 'beta'}", data=body, timeout=120).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = list(pool.map(one, range(50)))
+    assert statuses == [200] * 50
+
+
+def test_requests_past_a_full_queue_are_shed_with_503(served):
+    big = photo_bytes((1024, 1024))  # seconds of CPU each: the one replica stays busy
+
+    def one(_):
+        response = requests.post(f"{served['base']}/styles/slow?max_side=1024", data=big, timeout=300)
+        return response.status_code, response.text[:200]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, range(6)))
+    statuses = [status for status, _ in results]
+    assert 503 in statuses and 200 in statuses, results
+    assert set(statuses) <= {200, 503}, results
+    good_request_works(served["base"])
+
+
+def replica_ids(address, app):
+    details = _client(address).get_serve_details()
+    deployments = details["applications"][app]["deployments"]
+    return sorted(replica["replica_id"] for deployment in deployments.values() for replica in deployment["replicas"])
+
+
+def test_serve_status_shows_every_application_running(served):
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    done = subprocess.run([serve_cli, "status", "--address", served["address"]], env=served["env"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for app in ("gallery", "style-alpha", "style-beta", "style-slow"):
+        assert f"{app}:" in done.stdout
+    assert "DEPLOY_FAILED" not in done.stdout and "RUNNING" in done.stdout
+
+
+def test_retraining_one_style_redeploys_it_alone(served):
+    alpha_before = replica_ids(served["address"], "style-alpha")
+    old_version = requests.post(f"{served['base']}/styles/beta", data=photo_bytes(), timeout=60).headers["x-model-version"]
+    new_version = publish_random_style(served["root"] / "registry", "beta", seed=42)
+
+    done = deploy(served["config"], served["root"] / "serving.yaml", served["address"], served["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    response = requests.post(f"{served['base']}/styles/beta", data=photo_bytes(), timeout=60)
+    assert response.status_code == 200 and response.headers["x-model-version"] == new_version != old_version
+    assert replica_ids(served["address"], "style-alpha") == alpha_before
+    good_request_works(served["base"])
