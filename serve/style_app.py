@@ -9,8 +9,6 @@ Each style is its own application so that adding or retraining one redeploys it 
 """
 
 import asyncio
-from collections import defaultdict
-
 import torch
 from fastapi import Request
 from fastapi.responses import Response
@@ -20,6 +18,7 @@ from factory import images, registry
 from serve import http_input, postprocess
 from serve.errors import json_errors_api
 from serve.settings import EndpointSettings
+from serve.style_model import StyleModel
 
 api = json_errors_api()
 
@@ -35,9 +34,8 @@ def public_metadata(metadata: dict) -> dict:
 class StyleEndpoint:
     def __init__(self, registry_uri: str, style: str, version: str, settings: dict):
         self.settings = EndpointSettings(**settings)
-        net, self.metadata = registry.load_model(registry_uri, style, version)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.net = net.to(self.device).eval()
+        self.model = StyleModel(registry_uri, style, version)
+        self.metadata = self.model.metadata
         self.thumbnail = registry.read_file(registry_uri, style, registry.THUMBNAIL_FILE, version)
         self.preview = registry.read_file(registry_uri, style, registry.PREVIEW_FILE, version)
         self.run_batch.set_max_batch_size(self.settings.max_batch_size)
@@ -72,26 +70,11 @@ class StyleEndpoint:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def run_batch(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Requests that arrived together; those of the same size run as one batch on the device."""
-        return await asyncio.to_thread(self._forward_by_size, tensors)
-
-    def _forward_by_size(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        groups = defaultdict(list)
-        for index, tensor in enumerate(tensors):
-            groups[tuple(tensor.shape)].append(index)
-        outputs: list[torch.Tensor] = [None] * len(tensors)
-        with torch.inference_mode():
-            for indices in groups.values():
-                batch = torch.stack([tensors[i] for i in indices]).to(self.device)
-                for index, result in zip(indices, self.net(batch).cpu()):
-                    outputs[index] = result
-        return outputs
+        return await asyncio.to_thread(self.model.forward_by_size, tensors)
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
-        with torch.inference_mode():
-            output = self.net(torch.full((1, 3, 16, 16), 128.0, device=self.device))
-        if not torch.isfinite(output).all():
-            raise RuntimeError(f"model {self.metadata['style']} produces non-finite output")
+        self.model.check_health()
 
 
 def build_app(args: dict):

@@ -99,6 +99,12 @@ def dirty_images(tmp_path) -> tuple[Path, dict[str, int]]:
     return folder, write_dirty_image_folder(folder)
 
 
+@pytest.fixture(scope="session")
+def serve_http_port() -> int:
+    """One HTTP port for Ray Serve on the test cluster: Serve keeps the port it first started with."""
+    return free_port()
+
+
 def ray_cli(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "ray"), *args]
 
@@ -109,8 +115,10 @@ def ray_head():
     # A short temp dir: Ray's unix socket paths must fit in 107 bytes, pytest's tmp_path may not.
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
     dashboard_port = free_port()
+    # Ray 2.60 clusters require token auth; this process's dashboard clients (serve.deploy) too.
+    os.environ["RAY_AUTH_MODE"] = "token"
     # `python` in a submitted job is whatever the cluster's PATH finds: this test's interpreter.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     head = subprocess.Popen(
         ray_cli("start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4", f"--temp-dir={temp_dir}",
@@ -143,6 +151,12 @@ def _wait_for_job_agent(head, address, env) -> None:
         assert head.poll() is None, "ray start --head exited"
         assert time.time() < deadline, f"the Ray cluster did not come up: {probe.stderr[-2000:]}"
         time.sleep(2)
+
+
+@pytest.fixture(scope="session")
+def serve_http_port() -> int:
+    """One HTTP port for Ray Serve on the test cluster: Serve keeps the port it first started with."""
+    return free_port()
 
 
 def ray_cli(*args: str) -> list[str]:

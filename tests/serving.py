@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import torch
 import yaml
 from PIL import Image
@@ -15,6 +17,7 @@ from factory import images, registry
 from factory.transform_net import TransformNet
 
 STYLES = REPO_ROOT / "data" / "samples" / "styles"
+MAX_BODY = 2_000_000
 
 
 def publish_random_style(root: Path, name: str, seed: int, style_image: str = "udnie.jpg") -> str:
@@ -30,3 +33,25 @@ def deploy(serving_config: dict, path: Path, address: str, env: dict) -> subproc
     return subprocess.run([sys.executable, "-m", "serve.deploy", "--config", str(path), "--address", address,
                            "--write", str(path.with_suffix(".serve.yaml"))],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def served(ray_head, serve_http_port, tmp_path_factory):
+    """alpha and beta from a registry the test builds, plus 'slow' with a one-request queue."""
+    address, env = ray_head
+    root = tmp_path_factory.mktemp("serving")
+    for seed, name in enumerate(["alpha", "beta", "slow"]):
+        publish_random_style(root / "registry", name, seed)
+    port = serve_http_port
+    config = {
+        "registry": str(root / "registry"),
+        "http": {"host": "127.0.0.1", "port": port},
+        "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY},
+        "styles": {"slow": {"max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1}},
+    }
+    done = deploy(config, root / "serving.yaml", address, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    yield {"base": f"http://127.0.0.1:{port}", "root": root, "config": config, "address": address, "env": env}
+    from serve.deploy import _client
+
+    _client(address).delete_applications()

@@ -5,6 +5,8 @@ import subprocess
 import time
 
 import pytest
+import requests
+import yaml
 
 from conftest import REPO_ROOT, ray_cli
 from factory import registry
@@ -18,7 +20,7 @@ def submit(address, env, config, *extra):
                    "--", "python", "factory/train_all.py", "--config", str(config))
 
 
-def test_job_submit_trains_and_a_stopped_job_resubmitted_resumes(ray_head, dirty_images, tmp_path):
+def test_job_submit_trains_and_a_stopped_job_resubmitted_resumes_and_deploys(ray_head, serve_http_port, dirty_images, tmp_path):
     address, env = ray_head
     folder, _ = dirty_images
     checkpoints = tmp_path / "checkpoints"
@@ -39,13 +41,23 @@ def test_job_submit_trains_and_a_stopped_job_resubmitted_resumes(ray_head, dirty
     assert stop.returncode == 0, stop.stderr
     assert registry.list_styles(str(tmp_path / "registry")) == []  # stopped before it could publish
 
-    second = subprocess.run(submit(address, env, config, "--submission-id", "factory-2"),
+    serving = tmp_path / "serving.yaml"
+    serving.write_text(yaml.safe_dump({"http": {"host": "127.0.0.1", "port": serve_http_port}, "defaults": {"num_cpus": 0.25}}))
+    second = subprocess.run(submit(address, env, config, "--submission-id", "factory-2") + ["--deploy", "--serve-config", str(serving)],
                             env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming from checkpoint at step" in second.stdout
     assert "the_scream" in second.stdout and "published" in second.stdout
     _, metadata = registry.load_model(str(tmp_path / "registry"), "the_scream")
     assert metadata["steps"] == 60 and metadata["resumed_at_steps"][0] >= 10
+
+    # --deploy: the factory run ends with the style live on Ray Serve.
+    assert "deployed" in second.stdout
+    base = f"http://127.0.0.1:{serve_http_port}"
+    assert [entry["name"] for entry in requests.get(f"{base}/styles", timeout=30).json()] == ["the_scream"]
+    photo = (REPO_ROOT / "data" / "samples" / "content" / "rocket.jpg").read_bytes()
+    response = requests.post(f"{base}/styles/the_scream?max_side=64", data=photo, timeout=60)
+    assert response.status_code == 200 and response.headers["x-model-version"] == metadata["version"]
 
 
 def test_a_job_with_relative_output_paths_is_refused_before_it_loses_them(ray_head, tmp_path):

@@ -12,33 +12,11 @@ import requests
 import torch
 from PIL import Image
 
-from conftest import free_port
 from factory import images, registry
 from serve.deploy import _client
-from serving import deploy, publish_random_style
+from serving import MAX_BODY, deploy, publish_random_style, served  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
-MAX_BODY = 2_000_000
-
-
-@pytest.fixture(scope="module")
-def served(ray_head, tmp_path_factory):
-    """alpha and beta from a registry the test builds, plus 'slow' with a one-request queue."""
-    address, env = ray_head
-    root = tmp_path_factory.mktemp("serving")
-    for seed, name in enumerate(["alpha", "beta", "slow"]):
-        publish_random_style(root / "registry", name, seed)
-    port = free_port()
-    config = {
-        "registry": str(root / "registry"),
-        "http": {"host": "127.0.0.1", "port": port},
-        "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY},
-        "styles": {"slow": {"max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1}},
-    }
-    done = deploy(config, root / "serving.yaml", address, env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    yield {"base": f"http://127.0.0.1:{port}", "root": root, "config": config, "address": address, "env": env}
-    _client(address).delete_applications()
 
 
 def photo_bytes(size=(96, 64), fmt="JPEG", seed=0) -> bytes:

@@ -1,0 +1,53 @@
+"""The web page in a real headless Chromium: pick a style, upload a photo, see the result."""
+
+import shutil
+
+import pytest
+
+from serving import served  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def page():
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    with playwright_api.sync_playwright() as playwright:
+        # The flags keep Chromium off the network: this machine reaches only loopback.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield browser.new_page()
+        browser.close()
+
+
+def test_pick_a_style_upload_a_photo_and_see_the_result(served, page, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (80, 60), (30, 120, 200)).save(tmp_path / "photo.png")
+    page.goto(served["base"] + "/")
+    cards = page.locator(".style")
+    cards.first.wait_for(timeout=30_000)
+    assert cards.count() == 3
+    assert page.locator(".style img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+
+    page.locator('.style[data-style="beta"]').click()
+    page.set_input_files("#photo", str(tmp_path / "photo.png"))
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=60_000)
+    size = page.locator("#result").evaluate("img => new Promise(ok => img.decode().then(() => ok([img.naturalWidth, img.naturalHeight])))")
+    assert size == [80, 60]
+    assert page.locator("#original").evaluate("img => img.naturalWidth") == 80
+    page.screenshot(path=str(tmp_path / "page.png"))
+
+
+def test_an_error_from_the_server_is_shown_to_the_person(served, page, tmp_path):
+    (tmp_path / "notes.png").write_bytes(b"not really a png")
+    page.goto(served["base"] + "/")
+    page.locator(".style").first.wait_for(timeout=30_000)
+    page.locator(".style").first.click()
+    page.set_input_files("#photo", str(tmp_path / "notes.png"))
+    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=60_000)
+    assert "415" in page.locator("#status").text_content()

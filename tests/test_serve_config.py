@@ -1,0 +1,61 @@
+"""The generated Serve config and the endpoint's health check, without a cluster."""
+
+import pytest
+import torch
+import yaml
+
+from serve import deploy
+from serve.settings import load_serving_config
+from serve.style_model import StyleModel
+from serving import publish_random_style
+
+
+def test_generated_config_is_one_application_per_style_and_valid_for_serve(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    for seed, name in enumerate(["alpha", "rare"]):
+        publish_random_style(tmp_path / "registry", name, seed)
+    serving = tmp_path / "serving.yaml"
+    serving.write_text(yaml.safe_dump({"registry": str(tmp_path / "registry"), "styles": {"rare": {"min_replicas": 0, "num_gpus": 0.25}}}))
+    assert deploy.main(["--config", str(serving), "--dry-run", "--write", str(tmp_path / "serve_config.yaml")]) == 0
+
+    config = yaml.safe_load((tmp_path / "serve_config.yaml").read_text())
+    ServeDeploySchema.model_validate(config)  # what `serve deploy` itself checks
+    apps = {app["name"]: app for app in config["applications"]}
+    assert list(apps) == ["gallery", "style-alpha", "style-rare"]
+    assert apps["style-rare"]["route_prefix"] == "/styles/rare"
+    rare = apps["style-rare"]["deployments"][0]
+    assert rare["autoscaling_config"]["min_replicas"] == 0  # scale to zero
+    assert rare["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert apps["style-alpha"]["deployments"][0]["autoscaling_config"]["min_replicas"] == 1
+    assert apps["gallery"]["args"]["styles"].keys() == {"alpha", "rare"}
+
+
+def test_bad_serving_settings_are_refused_with_the_setting_named(tmp_path):
+    with pytest.raises(ValueError, match="max_replicas must be"):
+        load_serving_config(None, styles={"alpha": {"min_replicas": 3, "max_replicas": 2}})
+    with pytest.raises(ValueError, match="unknown setting.*'replicas'"):
+        load_serving_config(None, styles={"alpha": {"replicas": 3}})
+    with pytest.raises(ValueError, match="invalid style name"):
+        load_serving_config(None, styles={"../x": {}})
+
+
+def test_health_check_fails_when_the_model_is_not_usable(tmp_path):
+    version = publish_random_style(tmp_path, "alpha", 0)
+    model = StyleModel(str(tmp_path), "alpha", version)  # what each StyleEndpoint replica's health check calls
+    model.check_health()  # a healthy model passes
+    with torch.no_grad():
+        next(model.net.parameters()).fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="non-finite"):
+        model.check_health()
+
+
+def test_requests_of_the_same_size_share_a_batch_and_keep_their_order(tmp_path):
+    version = publish_random_style(tmp_path, "alpha", 0)
+    model = StyleModel(str(tmp_path), "alpha", version)
+    inputs = [torch.rand(3, 16, 16) * 255, torch.rand(3, 8, 12) * 255, torch.rand(3, 16, 16) * 255]
+    outputs = model.forward_by_size(inputs)
+    with torch.inference_mode():
+        for tensor, output in zip(inputs, outputs):
+            assert output.shape == tensor.shape
+            assert torch.allclose(output, model.net(tensor.unsqueeze(0))[0], atol=1e-3)
