@@ -93,7 +93,7 @@ def wait_until_running(address: str, app_names: list[str], timeout_s: float = 30
         if all(app.get("status") == "RUNNING" for app in statuses.values()):
             return details
         if time.time() > deadline:
-            raise TimeoutError(f"applications not running after {timeout_s:.0f} s: "
+            raise TimeoutError(f"applications not running after {timeout_s:.0f} s (see `serve status` and `ray status`: replicas may wait for CPUs or GPUs the cluster lacks): "
                                + ", ".join(f"{name}={app.get('status', 'absent')}" for name, app in statuses.items()))
         time.sleep(1)
 
