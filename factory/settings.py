@@ -97,6 +97,9 @@ class TrainingSettings:
     accelerator: str = "auto"
     # CPUs reserved per training worker; leave the rest of the node to Ray Data's decoding.
     cpus_per_worker: int = 1
+    # Extra Ray resources each worker asks for, e.g. {train_node: 0.001} to keep training on
+    # cluster.yaml's gpu_train nodes.
+    worker_resources: dict = field(default_factory=dict)
     # Styles trained together on one content stream (shared decoding and VGG content features).
     styles_per_pack: int = 4
     # Packs training at once; 0 means as many as the cluster's resources hold.

@@ -212,7 +212,8 @@ def train_one_pack(config: FactoryConfig, plan: PackPlan, paths, filesystem, led
         scaling_config=ScalingConfig(
             num_workers=config.training.num_workers,
             use_gpu=gpu,
-            resources_per_worker={"CPU": config.training.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+            resources_per_worker={"CPU": config.training.cpus_per_worker, **({"GPU": 1} if gpu else {}),
+                                  **config.training.worker_resources},
         ),
         run_config=RunConfig(
             name=plan.run_name,

@@ -61,7 +61,8 @@ def build_serve_config(config: ServingConfig) -> dict:
                     "max_replicas": settings.max_replicas,
                     "target_ongoing_requests": settings.target_ongoing_requests,
                 },
-                "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
+                "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus,
+                                      **({"resources": settings.resources} if settings.resources else {})},
             }],
         })
     return {

@@ -37,6 +37,8 @@ class EndpointSettings:
     # CPUs and GPU fraction per replica (e.g. 0.25 puts four styles on one GPU).
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    # Extra Ray resources per replica, e.g. {serve_node: 0.001} to keep replicas on cluster.yaml's gpu_serve nodes.
+    resources: dict = field(default_factory=dict)
     # Same-sized requests arriving within batch_wait_timeout_s are run as one batch of up to this many.
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.01
