@@ -1,0 +1,189 @@
+"""Download COCO train2014 and the VGG-19 weights into data/ or to an S3 prefix.
+
+    python -m factory.download coco vgg19-mat            # into data/ (data/train2014/, data/*.mat)
+    python -m factory.download vgg19-pth --dest s3://my-bucket/style-factory
+
+Resumable: bytes go to <file>.part and a rerun continues it with an HTTP Range request. Checked:
+the size the server announced, and the sha256 where one is published. Never leaves a partial file
+where a complete one is expected: the .part file is renamed only once it checks out. --mirror
+fetches the same file names from another base URL (an internal mirror, or a test server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from factory import storage
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Item:
+    url: str
+    filename: str
+    # Full sha256, or the prefix torchvision publishes in its file names; None where none is published.
+    sha256: str | None
+    # Unzip into this folder (under the destination) instead of keeping the archive.
+    unpack_to: str | None = None
+
+
+ITEMS = {
+    "coco": Item("http://images.cocodataset.org/zips/train2014.zip", "train2014.zip", None, unpack_to="train2014"),
+    "vgg19-mat": Item("https://www.vlfeat.org/matconvnet/models/imagenet-vgg-verydeep-19.mat", "imagenet-vgg-verydeep-19.mat", None),
+    "vgg19-pth": Item("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "vgg19.pth", "dcbb9e9d"),
+}
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+class Progress:
+    """A one-line progress bar on stderr: bytes, percent and speed, redrawn twice a second."""
+
+    def __init__(self, name: str, total: int | None, done: int):
+        self.name, self.total, self.done, self.start_done = name, total, done, done
+        self.started = self.last = time.monotonic()
+
+    def update(self, count: int, final: bool = False) -> None:
+        self.done += count
+        now = time.monotonic()
+        if not final and now - self.last < 0.5:
+            return
+        self.last = now
+        speed = (self.done - self.start_done) / max(now - self.started, 1e-9) / 1e6
+        share = f"{100 * self.done / self.total:5.1f}%" if self.total else "     "
+        total = f"/{self.total / 1e6:.0f}" if self.total else ""
+        print(f"\r{self.name}: {share} {self.done / 1e6:.0f}{total} MB at {speed:.1f} MB/s", end="\n" if final else "", file=sys.stderr, flush=True)
+
+
+def fetch(url: str, target: Path, expected_sha256: str | None) -> Path:
+    """Download url to target, resuming target.part; returns target once complete and checked."""
+    if target.exists():
+        return target
+    partial = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # the .part file is already whole
+            response = None
+        else:
+            raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise DownloadError(f"{url}: {error.reason}; check the network, or use --mirror") from None
+    total = None
+    if response is not None:
+        with response:
+            resumed = response.status == 206
+            if not resumed:
+                have = 0  # the server ignored the Range header: start over
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length else None
+            progress = Progress(target.name, total, have)
+            with open(partial, "ab" if resumed else "wb") as handle:
+                try:
+                    while chunk := response.read(CHUNK):
+                        handle.write(chunk)
+                        progress.update(len(chunk))
+                except (OSError, TimeoutError) as error:
+                    raise DownloadError(f"{url}: interrupted after {progress.done} bytes ({error}); run the same command again to resume") from None
+            progress.update(0, final=True)
+    size = partial.stat().st_size
+    if total is not None and size != total:
+        raise DownloadError(f"{url}: got {size} of {total} bytes; run the same command again to resume")
+    digest = sha256_of(partial)
+    if expected_sha256 and not digest.startswith(expected_sha256):
+        partial.unlink()
+        raise DownloadError(f"{url}: sha256 {digest} does not match the published {expected_sha256}; the file was removed, download it again")
+    target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
+    os.replace(partial, target)
+    return target
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safe_member_name(name: str) -> str | None:
+    """The archive member's path if it is a plain relative file path (no zip-slip), else None."""
+    path = PurePosixPath(name)
+    if name.endswith("/") or path.is_absolute() or ".." in path.parts or not path.parts:
+        return None
+    return str(path)
+
+
+def unpack(archive: Path, dest: str, folder: str) -> int:
+    """Extract the archive's files into dest/<folder>/ (local or S3); skips what is already there."""
+    count = 0
+    with zipfile.ZipFile(archive) as zipped:
+        for member in zipped.infolist():
+            name = safe_member_name(member.filename)
+            if name is None:
+                continue
+            parts = PurePosixPath(name).parts
+            relative = "/".join(parts[1:] if parts[0] == folder else parts)  # train2014/x.jpg -> x.jpg
+            target = storage.join(dest, folder, relative)
+            if storage.exists(target):
+                continue
+            storage.write_bytes(target, zipped.read(member))  # atomic per file
+            count += 1
+    return count
+
+
+def download(name: str, dest: str, cache: Path, mirror: str | None = None) -> str:
+    item = ITEMS[name]
+    url = f"{mirror.rstrip('/')}/{item.filename}" if mirror else item.url
+    local_dest = not storage.is_s3(dest)
+    # Archives and S3-bound files are fetched to a local cache first: resuming needs a local .part.
+    target = Path(dest, item.filename) if local_dest and not item.unpack_to else cache / item.filename
+    if not local_dest and not item.unpack_to and storage.exists(storage.join(dest, item.filename)):
+        return storage.join(dest, item.filename)
+    path = fetch(url, target, item.sha256)
+    if item.unpack_to:
+        written = unpack(path, dest, item.unpack_to)
+        print(f"{name}: {written} new files in {storage.join(dest, item.unpack_to)}", file=sys.stderr)
+        return storage.join(dest, item.unpack_to)
+    if not local_dest:
+        storage.write_bytes(storage.join(dest, item.filename), path.read_bytes())
+        return storage.join(dest, item.filename)
+    return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("items", nargs="+", choices=sorted(ITEMS), help="what to download")
+    parser.add_argument("--dest", default="data", help="folder or s3://bucket/prefix (default: data)")
+    parser.add_argument("--cache", type=Path, default=Path("data/.downloads"), help="where archives and S3-bound files are staged")
+    parser.add_argument("--mirror", help="base URL to fetch the same file names from instead")
+    args = parser.parse_args(argv)
+    for name in args.items:
+        try:
+            print(f"{name}: ready at {download(name, args.dest, args.cache, args.mirror)}")
+        except DownloadError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

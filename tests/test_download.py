@@ -1,0 +1,125 @@
+"""The download command against a real HTTP server on 127.0.0.1 that serves byte ranges and can
+drop a connection half-way, as real downloads do."""
+
+import hashlib
+import http.server
+import io
+import threading
+import zipfile
+
+import boto3
+import pytest
+
+from factory import download
+
+
+class Server:
+    """Serves `files`; the first request for a name in `cut_once` is cut after half its bytes."""
+
+    def __init__(self, files: dict[str, bytes], cut_once=()):
+        self.files, self.cut_once, self.requests = files, set(cut_once), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                server.requests.append((name, self.headers.get("Range")))
+                data = server.files.get(name)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if name in server.cut_once:
+                    server.cut_once.discard(name)
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the connection drops mid-file
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def weights_bytes():
+    return bytes(range(256)) * 4000  # ~1 MB, a stand-in for the weights file
+
+
+def test_an_interrupted_download_leaves_no_file_and_the_rerun_resumes(tmp_path, weights_bytes, monkeypatch, capsys):
+    digest = hashlib.sha256(weights_bytes).hexdigest()
+    monkeypatch.setitem(download.ITEMS, "vgg19-pth", download.Item("unused", "vgg19.pth", digest[:8]))
+    server = Server({"vgg19.pth": weights_bytes}, cut_once={"vgg19.pth"})
+    try:
+        arguments = ["vgg19-pth", "--dest", str(tmp_path / "data"), "--mirror", server.url]
+        assert download.main(arguments) == 1
+        assert "run the same command again to resume" in capsys.readouterr().err
+        assert not (tmp_path / "data" / "vgg19.pth").exists()  # never a partial file under the real name
+        partial = (tmp_path / "data" / "vgg19.pth.part").stat().st_size
+        assert 0 < partial < len(weights_bytes)
+
+        assert download.main(arguments) == 0
+        assert (tmp_path / "data" / "vgg19.pth").read_bytes() == weights_bytes
+        assert server.requests[-1] == ("vgg19.pth", f"bytes={partial}-")  # resumed, not restarted
+        assert (tmp_path / "data" / "vgg19.pth.sha256").read_text().startswith(digest)
+        assert "100.0%" in capsys.readouterr().err  # the progress bar
+    finally:
+        server.close()
+
+
+def test_a_checksum_mismatch_keeps_nothing(tmp_path, weights_bytes, monkeypatch, capsys):
+    monkeypatch.setitem(download.ITEMS, "vgg19-pth", download.Item("unused", "vgg19.pth", "deadbeef"))
+    server = Server({"vgg19.pth": weights_bytes})
+    try:
+        assert download.main(["vgg19-pth", "--dest", str(tmp_path), "--mirror", server.url]) == 1
+        assert "does not match" in capsys.readouterr().err
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        server.close()
+
+
+def coco_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("train2014/COCO_train2014_000000000009.jpg", b"jpeg-1")
+        archive.writestr("train2014/COCO_train2014_000000000025.jpg", b"jpeg-2")
+        archive.writestr("../escape.jpg", b"zip slip")  # never written outside the destination
+    return buffer.getvalue()
+
+
+def test_coco_is_unpacked_into_train2014_and_zip_slip_is_ignored(tmp_path):
+    server = Server({"train2014.zip": coco_zip()})
+    try:
+        arguments = ["coco", "--dest", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--mirror", server.url]
+        assert download.main(arguments) == 0
+    finally:
+        server.close()
+    assert sorted(p.name for p in (tmp_path / "data" / "train2014").iterdir()) == [
+        "COCO_train2014_000000000009.jpg", "COCO_train2014_000000000025.jpg"]
+    assert not (tmp_path / "escape.jpg").exists() and not (tmp_path / "data" / "escape.jpg").exists()
+
+
+def test_download_to_an_s3_prefix(s3_server, tmp_path, weights_bytes, monkeypatch):
+    monkeypatch.setitem(download.ITEMS, "vgg19-pth", download.Item("unused", "vgg19.pth", None))
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="downloads")
+    server = Server({"vgg19.pth": weights_bytes, "train2014.zip": coco_zip()})
+    try:
+        arguments = ["vgg19-pth", "coco", "--dest", "s3://downloads/factory", "--cache", str(tmp_path), "--mirror", server.url]
+        assert download.main(arguments) == 0
+    finally:
+        server.close()
+    assert client.get_object(Bucket="downloads", Key="factory/vgg19.pth")["Body"].read() == weights_bytes
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket="downloads", Prefix="factory/train2014/")["Contents"]]
+    assert len(keys) == 2
