@@ -8,6 +8,7 @@ so the run can report how many were skipped and why.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 
@@ -19,6 +20,8 @@ from factory import images, storage
 from factory.settings import DataSettings
 
 logger = logging.getLogger(__name__)
+SHARD_MANIFEST = "manifest.json"
+SHARD_FORMAT = "style-factory-shards-v1"
 
 
 @ray.remote(num_cpus=0)
@@ -89,3 +92,32 @@ def content_dataset(settings: DataSettings, paths: list[str], filesystem: pyarro
         batch_size=16,
         batch_format="numpy",
     )
+
+
+def shard_manifest(settings: DataSettings) -> dict | None:
+    """The manifest if data.source is a prepared shard folder (factory/prepare_shards.py), else None."""
+    manifest_uri = storage.join(storage.absolute(settings.source), SHARD_MANIFEST)
+    if not storage.exists(manifest_uri):
+        return None
+    manifest = json.loads(storage.read_bytes(manifest_uri))
+    if manifest.get("format") != SHARD_FORMAT:
+        raise ValueError(f"{manifest_uri} is not a style-factory shard manifest")
+    if manifest["image_size"] != settings.image_size:
+        raise ValueError(
+            f"the shards at {settings.source!r} hold {manifest['image_size']} px images but data.image_size is "
+            f"{settings.image_size}: prepare shards at that size (python -m factory.prepare_shards --image-size "
+            f"{settings.image_size}) or train at {manifest['image_size']}"
+        )
+    return manifest
+
+
+def list_shard_files(source: str) -> list[str]:
+    filesystem, root = storage.pyarrow_filesystem(source)
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
+    return sorted(entry.path for entry in entries if entry.path.endswith(".npy"))
+
+
+def shard_dataset(paths: list[str], filesystem: pyarrow.fs.FileSystem) -> ray.data.Dataset:
+    """Prepared (size, size, 3) uint8 images as 'image' rows: no decoding, only reading."""
+    dataset = ray.data.read_numpy(paths, filesystem=filesystem, shuffle="files")
+    return dataset.rename_columns({"data": "image"})

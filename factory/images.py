@@ -64,7 +64,7 @@ def resize_and_center_crop(image: Image.Image, size: int) -> np.ndarray:
     new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
     image = image.resize((new_width, new_height), Image.Resampling.BILINEAR, reducing_gap=3.0)
     left, top = (new_width - size) // 2, (new_height - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable, for torch
 
 
 def fit_within(image: Image.Image, max_side: int) -> Image.Image:

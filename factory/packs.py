@@ -61,7 +61,7 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
     """What determines a style's trained weights: equal recipes give interchangeable models."""
     training = dataclasses.asdict(config.training)
     for irrelevant in ("num_workers", "accelerator", "cpus_per_worker", "styles_per_pack", "max_concurrent_packs",
-                       "compile", "checkpoint_every", "log_every", "storage_path", "max_failures", "worker_resources"):
+                       "compile", "channels_last", "checkpoint_every", "log_every", "storage_path", "max_failures", "worker_resources"):
         training.pop(irrelevant)
     style_fields = {key: value for key, value in dataclasses.asdict(style).items() if key != "image_bytes"}
     return {

@@ -108,6 +108,8 @@ class TrainingSettings:
     precision: str = "auto"
     # torch.compile the transform networks and loss network (GPU only; ignored on CPU).
     compile: bool = False
+    # channels_last (NHWC) memory layout, which tensor cores want (GPU only; ignored on CPU).
+    channels_last: bool = True
     # Steps between checkpoints.
     checkpoint_every: int = 1_000
     # Steps between progress lines and TensorBoard points.

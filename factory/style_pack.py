@@ -79,6 +79,9 @@ class StepRunner:
     optimizer: torch.optim.Optimizer
     precision: str  # "fp32", "bf16" or "fp16"
     device_type: str
+    # Feed batches in channels_last layout (NHWC), which tensor cores want; the caller converts the
+    # pack and loss network too.
+    channels_last: bool = False
 
     def __post_init__(self):
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
@@ -93,6 +96,8 @@ class StepRunner:
     def step(self, content: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         """content: (B, 3, H, W) float 0..255 on the device. Returns detached per-style losses."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.channels_last:
+            content = content.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             stylised = self.pack(content)
             total, parts = self.objective(content, stylised)

@@ -203,8 +203,8 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
     return outcomes
 
 
-def train_one_pack(config: FactoryConfig, plan: PackPlan, paths, filesystem, ledger, vgg_ref, gpu: bool) -> "ray.train.Result":
-    dataset = data.content_dataset(config.data, paths, filesystem, ledger)
+def train_one_pack(config: FactoryConfig, plan: PackPlan, make_dataset, vgg_ref, gpu: bool) -> "ray.train.Result":
+    dataset = make_dataset()  # one per pack: each pack streams its own epochs
     storage_filesystem, storage_path = storage.pyarrow_filesystem(config.training.storage_path)
     trainer = TorchTrainer(
         train_pack,
@@ -225,6 +225,21 @@ def train_one_pack(config: FactoryConfig, plan: PackPlan, paths, filesystem, led
         datasets={"train": dataset},
     )
     return trainer.fit()
+
+
+def content_source(config: FactoryConfig, ledger):
+    """(a function making the content dataset, how many images or files it holds): prepared shards
+    when data.source has a shard manifest, else the image files, decoded as they stream."""
+    manifest = data.shard_manifest(config.data)
+    if manifest:
+        paths = data.list_shard_files(storage.absolute(config.data.source))
+        filesystem, _ = storage.pyarrow_filesystem(config.data.source)
+        logger.info("reading %d prepared images from %d shards at %s", manifest["count"], len(paths), config.data.source)
+        return (lambda: data.shard_dataset(paths, filesystem)), manifest["count"]
+    filesystem, paths, oversized = data.list_image_files(config.data)
+    if oversized:
+        ledger.add.remote(oversized)
+    return (lambda: data.content_dataset(config.data, paths, filesystem, ledger)), len(paths)
 
 
 def print_table(outcomes: list[Outcome], skipped: dict) -> None:
@@ -289,22 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {}
     if plans:
         try:
-            filesystem, paths, oversized = data.list_image_files(config.data)
-        except FileNotFoundError as error:
+            make_dataset, content_count = content_source(config, ledger)
+        except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        if oversized:
-            ledger.add.remote(oversized)
         gpu = use_gpu(config)
         vgg_ref = ray.put(weights)
         workers = concurrent_packs(config, gpu, len(plans))
         logger.info("%d style(s) to train in %d pack(s), %d at a time, %d content files, on %s; loss network: %s",
-                    len(to_train), len(plans), workers, len(paths), "GPU" if gpu else "CPU", weights.source)
+                    len(to_train), len(plans), workers, content_count, "GPU" if gpu else "CPU", weights.source)
 
         def run(plan: PackPlan) -> list[Outcome]:
             started = time.time()
             try:
-                result = train_one_pack(config, plan, paths, filesystem, ledger, vgg_ref, gpu)
+                result = train_one_pack(config, plan, make_dataset, vgg_ref, gpu)
                 published = publish_pack(config, plan, result, weights, hashes, photo)
                 if deployer:
                     deployed = deployer.deploy()

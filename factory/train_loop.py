@@ -100,15 +100,20 @@ def train_pack(config: dict) -> None:
     progress = _load_checkpoint(pack, optimizer)
     if rank == 0 and progress.resumed_at_steps:
         print(f"[{plan.run_name}] resuming from checkpoint at step {progress.step}/{plan.steps}", flush=True)
+    channels_last = plan.training.channels_last and device.type == "cuda"
+    if channels_last:
+        pack = pack.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(pack)  # moves to the device; DDP when world_size > 1
 
     weights = ray.get(config["vgg"])
     loss_network = LossNetwork(weights, [plan.loss.content_layer, *plan.loss.style_layers]).to(device)
+    if channels_last:
+        loss_network = loss_network.to(memory_format=torch.channels_last)
     if plan.training.compile and device.type == "cuda":  # compiling on CPU costs more than it gains
         model = torch.compile(model)
         loss_network = torch.compile(loss_network)
     objective = PerceptualObjective(loss_network, plan.loss, list(plan.styles), device)
-    runner = StepRunner(model, objective, optimizer, precision, device.type)
+    runner = StepRunner(model, objective, optimizer, precision, device.type, channels_last)
     tensorboard = TensorBoardLog(plan.tensorboard_uri) if rank == 0 else None
 
     per_worker_batch = plan.training.batch_size // world_size

@@ -1,3 +1,4 @@
+import pytest
 import ray
 
 from factory import data
@@ -29,7 +30,25 @@ def test_oversized_files_are_skipped_unread(dirty_images):
 
 
 def test_missing_source_says_where_to_put_the_images(tmp_path):
-    import pytest
 
     with pytest.raises(FileNotFoundError, match="no image folder at .*train2014"):
         data.list_image_files(DataSettings(source=str(tmp_path / "train2014")))
+
+
+def test_prepared_shards_hold_every_usable_image_and_stream_like_files(ray_local, dirty_images, tmp_path):
+    from factory import prepare_shards
+
+    folder, expected = dirty_images
+    dest = tmp_path / "shards"
+    assert prepare_shards.main(["--source", str(folder), "--dest", str(dest), "--image-size", "32", "--images-per-shard", "5"]) == 0
+    manifest = data.shard_manifest(DataSettings(source=str(dest), image_size=32))
+    assert manifest["count"] == expected["usable"] and manifest["skipped"]["count"] == expected["skipped"]
+    paths = data.list_shard_files(str(dest))
+    assert len(paths) >= 2  # split into several shards
+    import pyarrow.fs
+
+    rows = data.shard_dataset(paths, pyarrow.fs.LocalFileSystem()).take_all()
+    assert len(rows) == expected["usable"] and rows[0]["image"].shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="hold 32 px images but data.image_size is 64"):
+        data.shard_manifest(DataSettings(source=str(dest), image_size=64))
+    assert prepare_shards.main(["--source", str(folder), "--dest", str(dest), "--image-size", "32"]) == 2  # never overwritten

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import registry, train_all
+from factory import prepare_shards, registry, train_all
 from factory_runs import write_config
 
 pytestmark = pytest.mark.slow
@@ -56,8 +56,10 @@ def train_worker_pids() -> list[int]:
 
 def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(ray_local, dirty_images, tmp_path):
     folder, _ = dirty_images
+    # This run reads prepared shards rather than image files: training takes either form.
+    assert prepare_shards.main(["--source", str(folder), "--dest", str(tmp_path / "shards"), "--image-size", "32"]) == 0
     checkpoints = tmp_path / "checkpoints"
-    config = write_config(tmp_path / "config.yaml", source=str(folder), registry=str(tmp_path / "registry"),
+    config = write_config(tmp_path / "config.yaml", source=str(tmp_path / "shards"), registry=str(tmp_path / "registry"),
                           storage_path=str(checkpoints), steps=60, styles=("udnie",))
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", train_all.main(["--config", str(config)])))
