@@ -34,7 +34,7 @@ def public_metadata(metadata: dict) -> dict:
 class StyleEndpoint:
     def __init__(self, registry_uri: str, style: str, version: str, settings: dict):
         self.settings = EndpointSettings(**settings)
-        self.model = StyleModel(registry_uri, style, version)
+        self.model = StyleModel(registry_uri, style, version, compile_on_cpu=self.settings.compile_on_cpu)
         self.metadata = self.model.metadata
         self.thumbnail = registry.read_file(registry_uri, style, registry.THUMBNAIL_FILE, version)
         self.preview = registry.read_file(registry_uri, style, registry.PREVIEW_FILE, version)
