@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import tempfile
 import time
@@ -20,6 +21,9 @@ from factory.packs import PackPlan
 from factory.style_pack import PerceptualObjective, StepRunner, StylePack, make_optimizer, resolve_precision
 
 CHECKPOINT_FILE = "pack.pt"
+# Progress goes through logging, not print: Ray Train patches print in workers to log *and* echo,
+# which showed every line twice in the job log.
+logger = logging.getLogger("factory.train")
 
 
 @dataclass
@@ -99,7 +103,7 @@ def train_pack(config: dict) -> None:
     optimizer = make_optimizer(pack, list(plan.styles))
     progress = _load_checkpoint(pack, optimizer)
     if rank == 0 and progress.resumed_at_steps:
-        print(f"[{plan.run_name}] resuming from checkpoint at step {progress.step}/{plan.steps}", flush=True)
+        logger.info("[%s] resuming from checkpoint at step %d/%d", plan.run_name, progress.step, plan.steps)
     channels_last = plan.training.channels_last and device.type == "cuda"
     if channels_last:
         pack = pack.to(memory_format=torch.channels_last)
@@ -141,11 +145,10 @@ def train_pack(config: dict) -> None:
                 if rank == 0:
                     eta = _format_eta((plan.steps - step) / max(steps_per_second, 1e-9))
                     for name, parts in losses.items():
-                        print(
+                        logger.info(
                             f"[{plan.run_name}] {name:>16} step {step}/{plan.steps}  {images_per_second:7.1f} img/s  "
                             f"loss {float(parts['total']):.4g} (content {float(parts['content']):.4g}, "
-                            f"style {float(parts['style']):.4g}, tv {float(parts['tv']):.4g})  ETA {eta}",
-                            flush=True,
+                            f"style {float(parts['style']):.4g}, tv {float(parts['tv']):.4g})  ETA {eta}"
                         )
                         tensorboard.add(step, {f"{name}/{key}": float(value) for key, value in parts.items()})
                     tensorboard.add(step, {"pack/images_per_second_per_style": images_per_second})
