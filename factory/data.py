@@ -74,7 +74,9 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int,
             skipped[str(path)] = str(error)
     if skipped:
         logger.warning("skipped %d unusable image(s), e.g. %s: %s", len(skipped), *next(iter(skipped.items())))
-        ledger.add.remote(skipped)
+        # Waited for: calls from different tasks reach the actor in no set order, and the skipped
+        # count read at the end of a run must include every batch that had finished.
+        ray.get(ledger.add.remote(skipped))
     stacked = np.stack(decoded) if decoded else np.zeros((0, image_size, image_size, 3), np.uint8)
     return {"image": stacked}
 
