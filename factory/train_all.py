@@ -11,7 +11,6 @@ from their checkpoints and skips styles already published with the same recipe.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import sys
