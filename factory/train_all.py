@@ -272,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
 
     hashes = {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles}
     outcomes, to_train = [], []
+    in_registry = set() if args.retrain else set(registry.list_styles(config.registry))
     for style in styles:
         published = None
-        if not args.retrain and style.name in registry.list_styles(config.registry):
+        if style.name in in_registry:
             published = registry.read_metadata(config.registry, style.name)
         if published and published.get("recipe_hash") == hashes[style.name]:
             outcomes.append(Outcome(style.name, "already published", published["steps"], None, None, published["version"]))
