@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, help="folder or s3:// prefix of images")
     parser.add_argument("--dest", required=True, help="folder or s3:// prefix for the shards")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square crops (the training size)")
-    parser.add_argument("--images-per-shard", type=int, default=1024)
+    parser.add_argument("--images-per-shard", type=int, default=1024,
+                        help="at least this many images per .npy file (fewer, larger files read faster from S3)")
     args = parser.parse_args(argv)
     try:
         settings = DataSettings(source=args.source, image_size=args.image_size)
