@@ -25,7 +25,7 @@ def test_job_submit_trains_and_a_stopped_job_resubmitted_resumes_and_deploys(ray
     folder, _ = dirty_images
     checkpoints = tmp_path / "checkpoints"
     config = write_config(tmp_path / "config.yaml", source=str(folder), registry=str(tmp_path / "registry"),
-                          storage_path=str(checkpoints), steps=60, num_workers=1, styles=("the_scream",))
+                          storage_path=str(checkpoints), steps=150, num_workers=1, styles=("the_scream",))  # long enough to be stopped mid-run
 
     first = subprocess.run(submit(address, env, config, "--no-wait", "--submission-id", "factory-1"),
                            env=env, capture_output=True, text=True, timeout=120)
@@ -49,7 +49,7 @@ def test_job_submit_trains_and_a_stopped_job_resubmitted_resumes_and_deploys(ray
     assert "resuming from checkpoint at step" in second.stdout
     assert "the_scream" in second.stdout and "published" in second.stdout
     _, metadata = registry.load_model(str(tmp_path / "registry"), "the_scream")
-    assert metadata["steps"] == 60 and metadata["resumed_at_steps"][0] >= 10
+    assert metadata["steps"] == 150 and metadata["resumed_at_steps"][0] >= 10
 
     # --deploy: the factory run ends with the style live on Ray Serve.
     assert "deployed" in second.stdout
