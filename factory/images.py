@@ -13,6 +13,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ENCODE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# Pixel limit for images the config names (style images, the preview photo): generous, since the
+# operator chose them, but still a bound against a decompression bomb in a shared bucket.
+CONFIG_IMAGE_MAX_PIXELS = 200_000_000
 
 
 class ImageRejected(ValueError):

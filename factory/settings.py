@@ -187,9 +187,6 @@ class FactoryConfig:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         require(not duplicates, f"style names must be unique; repeated: {', '.join(duplicates)}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def build_settings(cls, values: object, where: str):
     """Build dataclass `cls` from a YAML mapping, rejecting unknown keys with the list of known ones."""

@@ -33,7 +33,7 @@ class StylePack(nn.Module):
 
 def style_targets(loss_network: LossNetwork, style_image: bytes, settings: LossSettings, device) -> list[torch.Tensor]:
     """Gram matrices (1, C, C) of the style image at each style layer, computed once per run."""
-    image = images.fit_within(images.decode_rgb(style_image, max_pixels=200_000_000), settings.style_size)
+    image = images.fit_within(images.decode_rgb(style_image, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS), settings.style_size)
     with torch.no_grad():
         features = loss_network(images.to_tensor(image).unsqueeze(0).to(device))
     return [gram_matrix(features[layer]) for layer in settings.style_layers]

@@ -29,11 +29,12 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from factory import data, images, registry, storage
+from factory.loss_network import relu_index
 from factory.packs import PackPlan, plan_packs, recipe, recipe_hash, resolve_style
 from factory.settings import FactoryConfig, load_config
 from factory.train_loop import CHECKPOINT_FILE, train_pack
 from factory.transform_net import TransformNet
-from factory.vgg_weights import CONV_NAMES, VGGWeights, load_vgg19
+from factory.vgg_weights import VGGWeights, load_vgg19
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
@@ -158,7 +159,7 @@ def concurrent_packs(config: FactoryConfig, gpu: bool, pack_count: int) -> int:
 def loss_network_weights(config: FactoryConfig) -> VGGWeights:
     """Loaded once on the driver and shared through the object store: the only copy any worker needs."""
     weights = load_vgg19(config.loss_network.weights)
-    deepest = max(CONV_NAMES.index(layer.replace("relu", "conv")) for layer in (config.loss.content_layer, *config.loss.style_layers))
+    deepest = max(relu_index(layer) for layer in (config.loss.content_layer, *config.loss.style_layers))
     return weights.first(deepest + 1)
 
 
@@ -194,7 +195,7 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
             "run_name": plan.run_name,
             "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest"},
         }
-        thumbnail = images.encode(images.fit_within(images.decode_rgb(style.image_bytes, max_pixels=200_000_000), THUMBNAIL_MAX_SIDE))
+        thumbnail = images.encode(images.fit_within(images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS), THUMBNAIL_MAX_SIDE))
         preview = stylise_preview(state["nets"][style.name], photo)
         version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail, preview)
         logger.info("published %s version %s to %s", style.name, version, config.registry)
@@ -262,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         styles = [resolve_style(spec, config) for spec in config.styles]
         for style in styles:  # a bad style image must stop the run before any GPU time is spent
             try:
-                images.decode_rgb(style.image_bytes, max_pixels=200_000_000)
+                images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
             except images.ImageRejected as error:
                 raise ValueError(f"style {style.name!r}: its image is unusable ({error})") from None
-        photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=200_000_000), PREVIEW_MAX_SIDE)
+        photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS), PREVIEW_MAX_SIDE)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
