@@ -102,7 +102,7 @@ def gpu_decoded_batches(paths, size, batch_size, device):
 
 
 def make_runner(style_count, device, precision, channels_last, compile_models, style_image):
-    settings = LossSettings()
+    settings = LossSettings(normalisation="none")  # the weights below are the seed's, for the MatConvNet file
     styles = [ResolvedStyle(name=f"style{i}", image_bytes=style_image, image_sha256="-", content_weight=7.5,
                             style_weight=100.0, tv_weight=200.0, steps=PAPER_STEPS, learning_rate=1e-3) for i in range(style_count)]
     pack = StylePack([style.name for style in styles]).to(device)

@@ -1,4 +1,13 @@
-"""Perceptual losses: content (feature) loss, style (Gram) loss and total variation.
+"""Perceptual losses: content (feature) loss, style (Gram) loss and total variation, in two scales.
+
+- "none": the seed's formulation (lengstrom/fast-style-transfer): mean squared feature difference,
+  mean squared Gram difference summed over layers, mean squared neighbour difference of 0..255 pixels.
+  Its values depend on how large the loss network's activations are, so its weights (7.5 / 100 / 200)
+  only fit the MatConvNet VGG-19 they were tuned on.
+- "per_layer": each term relative to its target, ||F - F_photo||^2 / ||F_photo||^2 for content,
+  ||G - G_style||^2 / ||G_style||^2 averaged over the style layers, and the stylised image's total
+  variation over the photo's. Every term is dimensionless and unchanged when a layer's activations are
+  scaled, so one set of weights means the same thing with any VGG-19 (MatConvNet, torchvision, random).
 
 Gram matrices are computed in float32 even under autocast: with C*H*W in the hundreds of thousands,
 fp16 sums of products overflow (65504 max) and the style loss turns into inf/NaN.
@@ -7,6 +16,13 @@ fp16 sums of products overflow (65504 max) and the style loss turns into inf/NaN
 from __future__ import annotations
 
 import torch
+
+NORMALISATIONS = ("none", "per_layer")
+# Below this mean squared neighbour difference (in 0..255 pixel units) a photo counts as flat: the
+# relative TV term divides by at least this, so a blank photo cannot blow it up.
+FLAT_PHOTO_TV = 1.0
+# Guards the relative terms against an all-zero target (a dead layer of a random network).
+_TINY = 1e-12
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -33,3 +49,65 @@ def total_variation_loss(images: torch.Tensor) -> torch.Tensor:
     vertical = torch.mean((images[..., 1:, :] - images[..., :-1, :]) ** 2)
     horizontal = torch.mean((images[..., :, 1:] - images[..., :, :-1]) ** 2)
     return vertical + horizontal
+
+
+def _per_image_squared_norm(values: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B,) sum of squares of each image's entries."""
+    return values.float().flatten(1).pow(2).sum(dim=1)
+
+
+def relative_content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over images of ||F - F_photo||^2 / ||F_photo||^2; (B, C, H, W) each."""
+    target = target.float()
+    return (_per_image_squared_norm(features.float() - target) / _per_image_squared_norm(target).clamp_min(_TINY)).mean()
+
+
+def relative_style_loss(grams: list[torch.Tensor], target_grams: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers (and images) of ||G - G_style||^2 / ||G_style||^2; targets (1, C, C) or (B, C, C)."""
+    per_layer = []
+    for gram, target in zip(grams, target_grams, strict=True):
+        target = target.expand_as(gram)
+        per_layer.append((_per_image_squared_norm(gram - target) / _per_image_squared_norm(target).clamp_min(_TINY)).mean())
+    return torch.stack(per_layer).mean()
+
+
+def _per_image_total_variation(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B,) mean squared neighbour difference of each image."""
+    images = images.float()
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).pow(2).flatten(1).mean(dim=1)
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).pow(2).flatten(1).mean(dim=1)
+    return vertical + horizontal
+
+
+def relative_total_variation(images: torch.Tensor, photos: torch.Tensor) -> torch.Tensor:
+    """Mean over images of TV(stylised) / TV(photo): 1.0 is exactly as much fine detail as the photo has."""
+    return (_per_image_total_variation(images) / _per_image_total_variation(photos).clamp_min(FLAT_PHOTO_TV)).mean()
+
+
+def loss_terms(
+    normalisation: str,
+    stylised: torch.Tensor,
+    photos: torch.Tensor,
+    features: torch.Tensor,
+    photo_features: torch.Tensor,
+    grams: list[torch.Tensor],
+    target_grams: list[torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The unweighted content, style and TV terms in the chosen scale: the one place both are defined.
+
+    stylised, photos: (B, 3, H, W) in 0..255; features, photo_features: the content layer's (B, C, h, w);
+    grams: the stylised images' (B, C, C) per style layer; target_grams: the style image's (1, C, C).
+    """
+    if normalisation == "none":
+        return {
+            "content": content_loss(features, photo_features),
+            "style": style_loss(grams, target_grams),
+            "tv": total_variation_loss(stylised),
+        }
+    if normalisation == "per_layer":
+        return {
+            "content": relative_content_loss(features, photo_features),
+            "style": relative_style_loss(grams, target_grams),
+            "tv": relative_total_variation(stylised, photos),
+        }
+    raise ValueError(f"unknown loss normalisation {normalisation!r}; choose one of {', '.join(NORMALISATIONS)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from factory import losses
 from factory.style_names import validate_style_name
 
 VGG19_LAYER_NAMES = tuple(
@@ -59,18 +60,39 @@ class LossNetworkSettings:
         require(len(self.weights) > 0, "loss_network.weights is empty: list at least one VGG-19 source")
 
 
+NORMALISATIONS = ("auto", *losses.NORMALISATIONS)
+# Each normalisation's default weights (content, style, TV). "none": lengstrom/fast-style-transfer's,
+# tuned for the MatConvNet file. "per_layer": measured on the random and MatConvNet-format networks
+# (README, "Loss scale"): style 10 moves a photo most of the way to the painting's colours in a few
+# hundred steps while content 3 keeps its edges; TV 0.1 only trims noise finer than the photo's own.
+DEFAULT_LOSS_WEIGHTS = {
+    "none": {"content_weight": 7.5, "style_weight": 100.0, "tv_weight": 200.0},
+    "per_layer": {"content_weight": 3.0, "style_weight": 10.0, "tv_weight": 0.1},
+}
+
+
+def default_normalisation(loss_network_source: str) -> str:
+    """'auto' resolved: the seed's formulation for the MatConvNet file its weights were tuned on,
+    per-layer scaling for every other network (torchvision's, random), where those weights misfire."""
+    return "none" if loss_network_source.startswith("matconvnet:") else "per_layer"
+
+
 @dataclass(frozen=True, kw_only=True)
 class LossSettings:
     # VGG-19 layer whose features the stylised image must keep (lengstrom/fast-style-transfer: relu4_2).
     content_layer: str = "relu4_2"
     # Layers whose Gram matrices carry the style (Gatys et al. and lengstrom: the first ReLU of each block).
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-    # Weight of the content loss (mean squared feature difference).
-    content_weight: float = 7.5
-    # Weight of the style loss (mean squared Gram difference, summed over style_layers).
-    style_weight: float = 100.0
-    # Weight of the total-variation loss (mean squared neighbour difference, pixels in 0..255).
-    tv_weight: float = 200.0
+    # How the terms are scaled: "none" (the seed's: raw mean squares, whose size depends on the loss
+    # network), "per_layer" (each term relative to its target: one set of weights fits any VGG-19),
+    # or "auto": "none" with the MatConvNet file, "per_layer" with any other loss network.
+    normalisation: str = "auto"
+    # Weight of the content loss; unset: the normalisation's default (none: 7.5, per_layer: 3).
+    content_weight: float | None = None
+    # Weight of the style loss; unset: the normalisation's default (none: 100, per_layer: 10).
+    style_weight: float | None = None
+    # Weight of the total-variation loss; unset: the normalisation's default (none: 200, per_layer: 0.1).
+    tv_weight: float | None = None
     # Longest side the style image is resized to before its Gram matrices are taken.
     style_size: int = 512
 
@@ -78,9 +100,18 @@ class LossSettings:
         for layer in (self.content_layer, *self.style_layers):
             require(layer in VGG19_LAYER_NAMES, f"unknown VGG-19 layer {layer!r}; choose from {', '.join(VGG19_LAYER_NAMES)}")
         require(len(self.style_layers) > 0, "loss.style_layers is empty: name at least one layer")
+        require(self.normalisation in NORMALISATIONS, f"loss.normalisation must be one of {', '.join(NORMALISATIONS)}, got {self.normalisation!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
-            require(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"loss.{name} must be >= 0, got {value}")
         require(16 <= self.style_size <= 4096, f"loss.style_size must be 16..4096, got {self.style_size}")
+
+    def resolved(self, loss_network_source: str) -> "LossSettings":
+        """These settings with 'auto' and unset weights filled in for the loss network actually loaded."""
+        normalisation = default_normalisation(loss_network_source) if self.normalisation == "auto" else self.normalisation
+        defaults = DEFAULT_LOSS_WEIGHTS[normalisation]
+        weights = {name: default if getattr(self, name) is None else getattr(self, name) for name, default in defaults.items()}
+        return dataclasses.replace(self, normalisation=normalisation, **weights)
 
 
 @dataclass(frozen=True, kw_only=True)

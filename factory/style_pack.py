@@ -15,7 +15,7 @@ from torch import nn
 
 from factory import images
 from factory.loss_network import LossNetwork
-from factory.losses import content_loss, gram_matrix, style_loss, total_variation_loss
+from factory.losses import NORMALISATIONS, gram_matrix, loss_terms
 from factory.settings import LossSettings, ResolvedStyle
 from factory.transform_net import TransformNet
 
@@ -43,6 +43,8 @@ class PerceptualObjective:
     """The weighted content + style + TV loss of every style in a pack, from one loss-network pass."""
 
     def __init__(self, loss_network: LossNetwork, settings: LossSettings, styles: list[ResolvedStyle], device):
+        if settings.normalisation not in NORMALISATIONS:
+            raise ValueError(f"loss.normalisation {settings.normalisation!r} is not resolved: call LossSettings.resolved(source) first")
         self.loss_network = loss_network
         self.settings = settings
         self.styles = styles
@@ -58,14 +60,17 @@ class PerceptualObjective:
         total = stylised.new_zeros((), dtype=torch.float32)
         for index, style in enumerate(self.styles):
             rows = slice(index * batch, (index + 1) * batch)
-            style_value = style_loss(
+            terms = loss_terms(
+                self.settings.normalisation,
+                stylised[index],
+                content,
+                features[self.settings.content_layer][rows],
+                content_features,
                 [gram_matrix(features[layer][rows]) for layer in self.settings.style_layers],
                 self.targets[index],
             )
-            content_value = content_loss(features[self.settings.content_layer][rows], content_features)
-            tv_value = total_variation_loss(stylised[index])
-            style_total = style.content_weight * content_value + style.style_weight * style_value + style.tv_weight * tv_value
-            parts[style.name] = {"content": content_value, "style": style_value, "tv": tv_value, "total": style_total}
+            style_total = style.content_weight * terms["content"] + style.style_weight * terms["style"] + style.tv_weight * terms["tv"]
+            parts[style.name] = {**terms, "total": style_total}
             total = total + style_total
         return total, parts
 

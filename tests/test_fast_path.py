@@ -37,7 +37,7 @@ def losses_over_steps(style_names, channels_last, steps=6):
     from PIL import Image
 
     buffer = images.encode(Image.new("RGB", (64, 64), (200, 60, 30)), "png")
-    settings = LossSettings(style_size=32)
+    settings = LossSettings(style_size=32, normalisation="none")
     loss_network = LossNetwork(random_vgg19(), [settings.content_layer, *settings.style_layers])
     styles = [style(name, buffer) for name in style_names]
     pack = StylePack(style_names)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.settings import load_config
+from factory.settings import DEFAULT_LOSS_WEIGHTS, load_config
 from factory.style_names import validate_style_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -11,7 +11,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name", ["tiny", "coco", "coco_s3"])
 def test_shipped_configs_load(name):
     config = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
-    assert config.styles and config.training.batch_size == 4
+    assert config.styles and config.training.batch_size % config.training.num_workers == 0
+
+
+def test_auto_normalisation_keeps_the_seed_recipe_for_the_matconvnet_file_only():
+    config = load_config(None, ["styles=[{name: a, image: a.jpg}]"])
+    seed = config.loss.resolved("matconvnet:data/imagenet-vgg-verydeep-19.mat")
+    assert (seed.normalisation, seed.content_weight, seed.style_weight, seed.tv_weight) == ("none", 7.5, 100.0, 200.0)
+    for source in ("random", "torchvision", "torchvision-state-dict:data/vgg19.pth"):
+        assert config.loss.resolved(source).normalisation == "per_layer"
+
+
+def test_explicit_normalisation_and_weights_win_over_the_defaults():
+    config = load_config(None, ["styles=[{name: a, image: a.jpg}]", "loss.normalisation=per_layer", "loss.style_weight=25"])
+    resolved = config.loss.resolved("matconvnet:x.mat")
+    assert resolved.normalisation == "per_layer" and resolved.style_weight == 25.0
+    assert resolved.content_weight == DEFAULT_LOSS_WEIGHTS["per_layer"]["content_weight"]
 
 
 def test_defaults_follow_the_paper_recipe():
@@ -39,6 +54,7 @@ def test_per_style_overrides_are_kept():
     ("training.steps=ten", "training.steps must be int"),
     ("loss.content_layer=relu9_9", "unknown VGG-19 layer 'relu9_9'"),
     ("training.precision=fp8", "training.precision must be one of"),
+    ("loss.normalisation=global", "loss.normalisation must be one of auto, none, per_layer"),
     ("training.batch_size=3", "divisible by training.num_workers"),
     ("data.image_size=30", "multiple of 4"),
     ("styles=[]", "no styles"),
