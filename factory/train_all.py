@@ -11,6 +11,7 @@ from their checkpoints and skips styles already published with the same recipe.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -28,7 +29,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from factory import data, images, registry, storage
+from factory import contact_sheet, data, images, quality, registry, storage
 from factory.loss_network import relu_index
 from factory.packs import PackPlan, plan_packs, recipe, recipe_hash, resolve_style
 from factory.settings import FactoryConfig, load_config
@@ -51,6 +52,8 @@ class Outcome:
     images_per_second: float | None = None
     version: str = ""
     detail: str = ""
+    # factory/quality.py's figures for the model's preview: colour_shift, structure_kept.
+    quality: dict = dataclasses.field(default_factory=dict)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -163,12 +166,12 @@ def loss_network_weights(config: FactoryConfig) -> VGGWeights:
     return weights.first(deepest + 1)
 
 
-def stylise_preview(state_dict: dict, photo: "images.Image.Image") -> bytes:
+def stylise_preview(state_dict: dict, photo: "images.Image.Image") -> "images.Image.Image":
     net = TransformNet()
     net.load_state_dict(state_dict)
     with torch.inference_mode():
         output = net.eval()(images.to_tensor(photo).unsqueeze(0))[0]
-    return images.encode(images.to_image(output), "jpeg")
+    return images.to_image(output)
 
 
 def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeights, hashes: dict, photo) -> list[Outcome]:
@@ -181,6 +184,9 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
     outcomes = []
     for style in plan.styles:
         losses = metrics.get("losses", {}).get(style.name, {})
+        style_image = images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
+        preview = stylise_preview(state["nets"][style.name], photo)
+        figures = quality.figures(preview, photo, style_image)
         metadata = {
             "style_image_sha256": style.image_sha256,
             "loss_network": {"source": weights.source, "random_weights": weights.is_random},
@@ -194,13 +200,39 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
                            "workers": config.training.num_workers, "train_seconds": train_seconds},
             "run_name": plan.run_name,
             "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest"},
+            # How the preview of config.preview_image looks, in numbers (factory/quality.py).
+            "quality": {**figures, "photo": Path(config.preview_image).name},
         }
-        thumbnail = images.encode(images.fit_within(images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS), THUMBNAIL_MAX_SIDE))
-        preview = stylise_preview(state["nets"][style.name], photo)
-        version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail, preview)
-        logger.info("published %s version %s to %s", style.name, version, config.registry)
-        outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version))
+        thumbnail = images.encode(images.fit_within(style_image, THUMBNAIL_MAX_SIDE))
+        version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail, images.encode(preview, "jpeg"))
+        logger.info("published %s version %s to %s (colour shift %.2f, structure kept %.2f)", style.name, version,
+                    config.registry, figures["colour_shift"], figures["structure_kept"])
+        outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version, quality=figures))
     return outcomes
+
+
+def write_contact_sheet(config: FactoryConfig, photo, outcomes: list[Outcome], weights: VGGWeights) -> str | None:
+    """<registry>/contact_sheet.jpg from the registry's current thumbnails and previews of this run's styles."""
+    entries = []
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            continue
+        style_image = images.decode_rgb(registry.read_file(config.registry, outcome.style, registry.THUMBNAIL_FILE, outcome.version),
+                                        max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
+        output = images.decode_rgb(registry.read_file(config.registry, outcome.style, registry.PREVIEW_FILE, outcome.version),
+                                   max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
+        caption = "  ".join(f"{label} {outcome.quality[key]:.2f}" for label, key in (("colour", "colour_shift"), ("structure", "structure_kept"))
+                            if key in outcome.quality)
+        entries.append(contact_sheet.SheetEntry(outcome.style, style_image, output, caption))
+    if not entries:
+        return None
+    loss = config.loss
+    title = (f"{config.name}: {len(entries)} style(s), {config.data.image_size} px\nloss network: {weights.source}"
+             f"\nnormalisation {loss.normalisation}, weights {loss.content_weight:g} / {loss.style_weight:g} / {loss.tv_weight:g}")
+    sheet = contact_sheet.render(photo, entries, title)
+    uri = storage.join(config.registry, "contact_sheet.jpg")
+    storage.write_bytes(uri, images.encode(sheet, "jpeg"))
+    return uri
 
 
 def train_one_pack(config: FactoryConfig, plan: PackPlan, make_dataset, vgg_ref, gpu: bool) -> "ray.train.Result":
@@ -244,11 +276,15 @@ def content_source(config: FactoryConfig, ledger):
 
 def print_table(outcomes: list[Outcome], skipped: dict) -> None:
     print("\n" + "=" * 100)
-    print(f"{'style':<24} {'outcome':<18} {'steps':>7} {'loss':>11} {'img/s/style':>12}  version / detail")
+    print(f"{'style':<24} {'outcome':<18} {'steps':>7} {'loss':>11} {'img/s/style':>12} {'colour':>7} {'struct':>7}  version / detail")
     for outcome in outcomes:
         loss = f"{outcome.loss:.4g}" if outcome.loss is not None else "-"
         rate = f"{outcome.images_per_second:.1f}" if outcome.images_per_second is not None else "-"
-        print(f"{outcome.style:<24} {outcome.status:<18} {outcome.steps:>7} {loss:>11} {rate:>12}  {' '.join(part for part in (outcome.version, outcome.detail) if part)}")
+        colour, structure = (f"{outcome.quality[key]:.2f}" if key in outcome.quality else "-" for key in ("colour_shift", "structure_kept"))
+        print(f"{outcome.style:<24} {outcome.status:<18} {outcome.steps:>7} {loss:>11} {rate:>12} {colour:>7} {structure:>7}  "
+              f"{' '.join(part for part in (outcome.version, outcome.detail) if part)}")
+    print("colour: how far each preview's colours moved from the photo's toward the painting's (1 = all the way); "
+          "struct: how much of the photo's edges it keeps (1 = all)")
     print(f"skipped content files: {skipped.get('count', 0)} {skipped.get('by_reason', {})}")
     print("=" * 100, flush=True)
 
@@ -260,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args)
         refuse_outputs_inside_job_copy(config)
         weights = loss_network_weights(config)
+        config = dataclasses.replace(config, loss=config.loss.resolved(weights.source))
         styles = [resolve_style(spec, config) for spec in config.styles]
         for style in styles:  # a bad style image must stop the run before any GPU time is spent
             try:
@@ -279,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         if style.name in in_registry:
             published = registry.read_metadata(config.registry, style.name)
         if published and published.get("recipe_hash") == hashes[style.name]:
-            outcomes.append(Outcome(style.name, "already published", published["steps"], None, None, published["version"]))
+            outcomes.append(Outcome(style.name, "already published", published["steps"], None, None, published["version"],
+                                    quality=published.get("quality", {})))
         else:
             to_train.append(style)
     plans = plan_packs(config, to_train, hashes)
@@ -341,9 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     order = {style.name: index for index, style in enumerate(styles)}
     outcomes.sort(key=lambda outcome: order[outcome.style])
     print_table(outcomes, skipped)
+    sheet_uri = write_contact_sheet(config, photo, outcomes, weights)
+    if sheet_uri:
+        print(f"contact sheet (the photo, each painting above its model's output): {sheet_uri}", flush=True)
     if weights.is_random:
-        print("WARNING: these models were trained with a RANDOM loss network (loss_network.weights: random); "
-              "they are marked so in the registry and will not look like their styles.", flush=True)
+        print("WARNING: these models were trained with a RANDOM loss network (loss_network.weights: random); they carry "
+              "their paintings' colours and texture, not the brushwork a pretrained VGG-19 teaches, and are marked so in "
+              "the registry. See the README's 'VGG-19 weights' for the real ones.", flush=True)
     return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
 
 
