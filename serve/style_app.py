@@ -25,7 +25,7 @@ api = json_errors_api()
 
 def public_metadata(metadata: dict) -> dict:
     """What clients may see of a model's metadata (not the config's storage paths)."""
-    keep = ("style", "version", "published_at", "steps", "final_losses", "loss_network", "style_image_sha256", "throughput")
+    keep = ("style", "version", "published_at", "steps", "final_losses", "loss_network", "style_image_sha256", "throughput", "quality")
     return {key: metadata[key] for key in keep if key in metadata}
 
 

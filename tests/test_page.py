@@ -32,7 +32,9 @@ def test_pick_a_style_upload_a_photo_and_see_the_result(served, page, tmp_path):
     cards = page.locator(".style")
     cards.first.wait_for(timeout=30_000)
     assert cards.count() == 3
-    assert page.locator(".style img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+    for image in (".style img.painting", ".style img.preview"):  # the painting and what the model made of the sample
+        assert page.locator(image).first.evaluate("img => img.complete && img.naturalWidth > 0"), image
+    assert "colour 0.42" in page.locator('.style[data-style="alpha"]').text_content()
 
     page.locator('.style[data-style="beta"]').click()
     page.set_input_files("#photo", str(tmp_path / "photo.png"))
