@@ -11,6 +11,9 @@ import torch
 from torch import nn
 
 UPSAMPLE_MODES = ("nearest", "transposed")
+# Reflection padding needs more pixels than it pads (4 for the 9x9 convs, and the image is halved
+# twice): a side shorter than this runs enlarged by a whole factor and is averaged back afterwards.
+MIN_SIDE = 16
 
 
 class ConvLayer(nn.Sequential):
@@ -72,7 +75,8 @@ class UpsampleConvNormReLU(nn.Sequential):
 class TransformNet(nn.Module):
     """Maps a (B, 3, H, W) RGB batch in 0..255 to a stylised batch of the same shape in [0, 255].
 
-    H and W should be multiples of 4 (two stride-2 stages); other sizes are padded and cropped back.
+    H and W should be multiples of 4 (two stride-2 stages); other sizes are padded and cropped back,
+    and images with a side under MIN_SIDE (a 1x1 icon, a 1000x2 strip) run enlarged and shrunk back.
     """
 
     def __init__(self, upsample: str = "nearest"):
@@ -89,6 +93,14 @@ class TransformNet(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        shortest = min(images.shape[-2:])
+        if shortest < MIN_SIDE:
+            factor = -(-MIN_SIDE // shortest)  # ceil: the smallest whole factor that reaches MIN_SIDE
+            enlarged = nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+            return nn.functional.avg_pool2d(self._forward(enlarged), factor)  # back to exactly (H, W)
+        return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
         pad_bottom, pad_right = -height % 4, -width % 4
         x = images / 127.5 - 1.0  # inputs centred in [-1, 1] train faster than raw 0..255

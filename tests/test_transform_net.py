@@ -41,3 +41,11 @@ def test_architecture_follows_the_paper():
 def test_unknown_upsample_mode_is_refused():
     with pytest.raises(ValueError, match="upsample mode"):
         TransformNet("bilinear-ish")
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (4, 4), (2, 1000), (15, 40)])
+def test_images_too_small_to_pad_still_come_back_at_their_size(height, width):
+    net = TransformNet().eval()
+    with torch.no_grad():
+        output = net(torch.rand(1, 3, height, width) * 255)
+    assert output.shape == (1, 3, height, width) and torch.isfinite(output).all()
