@@ -32,6 +32,8 @@ def decode_rgb(data: bytes, *, max_pixels: int, min_side: int | None = None) -> 
         raise ImageRejected("empty file")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:  # Pillow's own guard fired on the declared size
+        raise ImageRejected(f"over the limit of {max_pixels} pixels ({error})") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image (unrecognised format)") from None
     except Exception as error:  # PIL raises many types for malformed headers

@@ -77,6 +77,8 @@ def decode_image(data: bytes, settings: EndpointSettings) -> Image.Image:
 
     try:
         header = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # a real image, declaring far more pixels than anyone sends
+        raise HTTPError(413, f"image is over the limit of {settings.max_input_pixels} pixels: send a smaller one") from None
     except Exception:
         raise HTTPError(415, "not an image: send a JPEG, PNG or WebP file") from None
     if header.format not in ACCEPTED_INPUT_FORMATS:
@@ -86,6 +88,7 @@ def decode_image(data: bytes, settings: EndpointSettings) -> Image.Image:
     except images.ImageRejected as error:
         status = 413 if "over the limit" in str(error) else 400
         raise HTTPError(status, f"unusable image: {error}") from None
+
 
 
 def _number(query, name: str, kind, low, high, default):

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from factory import images
+from image_files import jpeg_declaring, png_declaring
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -79,3 +80,10 @@ def test_encode_formats(fmt, magic):
 def test_tensor_round_trip_is_exact():
     array = np.random.default_rng(1).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     assert np.array_equal(np.asarray(images.to_image(images.to_tensor(array))), array)
+
+
+@pytest.mark.parametrize("data", [png_declaring(20_000, 20_000), jpeg_declaring(60_000, 60_000)], ids=["png", "jpeg"])
+def test_a_header_declaring_a_huge_canvas_is_over_the_limit_not_unreadable(data):
+    assert len(data) < 2_000
+    with pytest.raises(images.ImageRejected, match="over the limit of 1000000 pixels"):
+        images.decode_rgb(data, max_pixels=1_000_000)
