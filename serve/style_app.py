@@ -41,15 +41,16 @@ class StyleEndpoint:
         self.run_batch.set_max_batch_size(self.settings.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
 
-    @api.get("/")
+    # HEAD too: link checkers and caches ask it before GET (FastAPI's get() routes do not answer it).
+    @api.api_route("/", methods=["GET", "HEAD"])
     def describe(self) -> dict:
         return public_metadata(self.metadata)
 
-    @api.get("/thumbnail.jpg")
+    @api.api_route("/thumbnail.jpg", methods=["GET", "HEAD"])
     def thumbnail(self) -> Response:
         return Response(self.thumbnail, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
 
-    @api.get("/preview.jpg")
+    @api.api_route("/preview.jpg", methods=["GET", "HEAD"])
     def preview(self) -> Response:
         return Response(self.preview, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from factory import images, registry
+from image_files import jpeg_declaring, png_declaring
 from serve.deploy import _client
 from serving import MAX_BODY, deploy, publish_random_style, served  # noqa: F401 (a fixture)
 
@@ -101,6 +102,8 @@ BAD_REQUESTS = {
     "unsupported format": ("post", "/styles/alpha", gif(), 415, "unsupported image format GIF"),
     "body over the limit": ("post", "/styles/alpha", b"\0" * (MAX_BODY + 1), 413, "over the limit"),
     "decompression bomb": ("post", "/styles/alpha", bomb(), 413, "over the limit"),
+    "PNG declaring 20000x20000": ("post", "/styles/alpha", png_declaring(20_000, 20_000), 413, "over the limit of"),
+    "JPEG declaring 60000x60000": ("post", "/styles/alpha", jpeg_declaring(60_000, 60_000), 413, "over the limit of"),
     "unknown style": ("post", "/styles/nope", photo_bytes(), 404, "unknown style 'nope'"),
     "path tricks": ("post", "/styles/..%2F..%2Fetc%2Fpasswd", photo_bytes(), 400, "invalid style name"),
     "upper-case name": ("get", "/styles/ALPHA", b"", 400, "invalid style name"),
@@ -118,6 +121,20 @@ def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(served, case
     error = response.json()
     assert error["status"] == status and message in error["error"]
     good_request_works(served["base"])
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 4), (1000, 2)], ids=["1x1", "4x4", "1000x2"])
+def test_tiny_images_get_a_result_at_their_size(served, size):
+    response = requests.post(f"{served['base']}/styles/alpha?format=png", data=photo_bytes(size, "PNG"), timeout=60)
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(response.content)).size == size
+
+
+def test_head_answers_like_get_without_a_body(served):
+    for path in ("/styles/alpha", "/styles/alpha/thumbnail.jpg", "/styles/alpha/preview.jpg"):
+        response = requests.head(served["base"] + path, timeout=30)
+        assert response.status_code == 200, (path, response.status_code, response.text)
+        assert response.content == b""
 
 
 def test_concurrent_load_completes_without_server_errors(served):
