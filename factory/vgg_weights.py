@@ -107,6 +107,23 @@ def _field(struct, name: str):
     return getattr(struct, name) if hasattr(struct, "_fieldnames") and name in struct._fieldnames else None
 
 
+def _mean_pixel(average_image, where: str) -> tuple[float, float, float]:
+    """The RGB mean of MatConvNet's averageImage: a full 224x224x3 mean image in older files, a 1x1x3
+    mean pixel in newer ones. Anything else (empty, a placeholder string, NaN) is not this network's."""
+    try:
+        values = np.asarray(average_image, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.empty(0)
+    if values.size == 0 or values.size % 3 or not np.isfinite(values).all():
+        raise VGGWeightsError(
+            f"{where}: normalization.averageImage is {np.asarray(average_image).shape} {np.asarray(average_image).dtype}, "
+            "expected the mean pixel (1x1x3) or mean image (HxWx3) of the training set in 0..255: "
+            "this is not an intact imagenet-vgg-verydeep-19.mat; download it again"
+        )
+    mean = values.reshape(-1, 3).mean(axis=0)
+    return (float(mean[0]), float(mean[1]), float(mean[2]))
+
+
 def _read_matconvnet_file(data: bytes, where: str) -> VGGWeights:
     import scipy.io  # only MatConvNet users need it at run time
 
@@ -122,10 +139,7 @@ def _read_matconvnet_file(data: bytes, where: str) -> VGGWeights:
     if normalization is None and "meta" in mat:
         normalization = _field(mat["meta"], "normalization")
     average_image = _field(normalization, "averageImage") if normalization is not None else None
-    if average_image is None:
-        mean = MATCONVNET_MEAN_PIXEL
-    else:  # a full 224x224x3 mean image in older files, a 1x1x3 mean pixel in newer ones
-        mean = tuple(float(v) for v in np.asarray(average_image, dtype=np.float64).reshape(-1, 3).mean(axis=0))
+    mean = MATCONVNET_MEAN_PIXEL if average_image is None else _mean_pixel(average_image, where)
 
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for layer in np.atleast_1d(mat["layers"]):

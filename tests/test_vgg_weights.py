@@ -1,5 +1,6 @@
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,6 +90,14 @@ def test_a_pickled_module_is_never_unpickled(tmp_path):
     torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled module, not a state dict
     with pytest.raises(VGGWeightsError, match="tensors-only"):
         read_weights_file(path.read_bytes(), str(path))
+
+
+@pytest.mark.parametrize("average_image", [np.zeros((0, 0)), "placeholder", np.full((1, 1, 3), np.nan), np.ones((1, 2))],
+                         ids=["empty", "placeholder", "nan", "two-values"])
+def test_a_broken_average_image_is_a_weights_error_not_nan(tmp_path, average_image):
+    path = vgg_files.write_mat_new(tmp_path / "imagenet-vgg-verydeep-19.mat", vgg_files.matconvnet_convs(seed=1), average_image)
+    with pytest.raises(VGGWeightsError, match="averageImage"):
+        load_vgg19([str(path)])
 
 
 def test_a_mat_file_without_vgg19_layers_is_refused(tmp_path):

@@ -48,9 +48,11 @@ def write_mat_old(path: Path, convs, old_field_names: bool = False) -> Path:
     return path
 
 
-def write_mat_new(path: Path, convs) -> Path:
-    """The newer format: 'layers' and 'meta' (normalization.averageImage a 1x1x3 mean pixel)."""
-    meta = {"normalization": {"averageImage": MEAN_PIXEL.reshape(1, 1, 3).astype(np.float32), "imageSize": np.array([224, 224, 3])},
+def write_mat_new(path: Path, convs, average_image=None) -> Path:
+    """The newer format: 'layers' and 'meta' (normalization.averageImage a 1x1x3 mean pixel, unless given)."""
+    if average_image is None:
+        average_image = MEAN_PIXEL.reshape(1, 1, 3).astype(np.float32)
+    meta = {"normalization": {"averageImage": average_image, "imageSize": np.array([224, 224, 3])},
             "classes": {"name": np.array(["a", "b"], dtype=object)}}
     scipy.io.savemat(path, {"layers": _layers(convs, False), "meta": meta})
     return path
