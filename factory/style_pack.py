@@ -119,9 +119,11 @@ def make_optimizer(pack: StylePack, styles: list[ResolvedStyle]) -> torch.optim.
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """'auto' -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (where AMP only slows)."""
+    """'auto' -> bf16 on GPUs that compute it natively (Ampere and later), fp16 with loss scaling on
+    older ones, fp32 on CPU (where AMP only slows). torch.cuda.is_bf16_supported() alone also says yes
+    for GPUs that only emulate bf16 (a T4, a V100), where it is slower than fp16."""
     if device.type != "cuda":
         return "fp32"
     if requested != "auto":
         return requested
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"

@@ -21,6 +21,8 @@ from factory.packs import PackPlan
 from factory.style_pack import PerceptualObjective, StepRunner, StylePack, make_optimizer, resolve_precision
 
 CHECKPOINT_FILE = "pack.pt"
+# Decoded content images each worker holds to mix batches (256 px crops: about 200 KB each).
+LOCAL_SHUFFLE_IMAGES = 256
 # Progress goes through logging, not print: Ray Train patches print in workers to log *and* echo,
 # which showed every line twice in the job log.
 logger = logging.getLogger("factory.train")
@@ -38,30 +40,92 @@ class Progress:
     resumed_at_steps: list = field(default_factory=list)
 
 
-def _load_checkpoint(pack: StylePack, optimizer: torch.optim.Optimizer) -> Progress:
-    """Restore from Ray Train's latest checkpoint, if any (a replaced worker or a rerun)."""
+def _checkpoint_state() -> dict | None:
+    """The latest checkpoint's state from Ray Train, if any (a replaced worker or a rerun)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return Progress()
+        return None
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        return torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def build_pack(plan: PackPlan, device: torch.device, channels_last: bool, state: dict | None):
+    """The pack on its device and its optimiser, restored from `state` when resuming: (pack, optimizer, progress).
+
+    The order matters: Optimizer.load_state_dict puts Adam's moments on each parameter's device at the
+    moment of loading. Loading before the move to the GPU left them on the CPU, and the first step of
+    every resumed run failed on a GPU.
+    """
+    pack = StylePack(plan.style_names).to(device)
+    if channels_last:
+        pack = pack.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(pack, list(plan.styles))
+    if state is None:
+        return pack, optimizer, Progress()
     for name, net in pack.nets.items():
         net.load_state_dict(state["nets"][name])
     optimizer.load_state_dict(state["optimizer"])
     progress = Progress(**state["progress"])
     progress.resumed_at_steps.append(progress.step)
-    return progress
+    return pack, optimizer, progress
 
 
-def _checkpoint_bytes(pack: StylePack, optimizer, progress: Progress) -> bytes:
+def _random_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _checkpoint_bytes(pack: StylePack, optimizer, progress: Progress, scaler) -> bytes:
     buffer = io.BytesIO()
     state = {
         "progress": asdict(progress),
         "nets": {name: net.state_dict() for name, net in pack.nets.items()},
         "optimizer": optimizer.state_dict(),
+        # So that a resumed run continues the same run: fp16 loss scale, and the random stream.
+        "scaler": scaler.state_dict(),
+        "random": _random_state(),
     }
     torch.save(state, buffer)
     return buffer.getvalue()
+
+
+class LossWindow:
+    """Every step's losses since the last log point, averaged over the steps and across workers.
+
+    One batch's losses are noisy; a published final loss or curve point should describe the model.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+        self.steps = 0
+
+    def add(self, losses: dict[str, dict[str, torch.Tensor]]) -> None:
+        for name, parts in losses.items():
+            sums = self.sums.setdefault(name, {})
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+        self.steps += 1
+
+    def mean(self, world_size: int) -> dict[str, dict[str, float]]:
+        """Every rank must call this at the same step: it all-reduces across the pack's workers."""
+        keys = [(name, key) for name, parts in sorted(self.sums.items()) for key in sorted(parts)]
+        values = torch.stack([self.sums[name][key] for name, key in keys]) / max(self.steps, 1)
+        if world_size > 1:
+            torch.distributed.all_reduce(values)
+            values /= world_size
+        means: dict[str, dict[str, float]] = {}
+        for (name, key), value in zip(keys, values.tolist()):
+            means.setdefault(name, {})[key] = value
+        self.sums, self.steps = {}, 0
+        return means
 
 
 class TensorBoardLog:
@@ -99,15 +163,12 @@ def train_pack(config: dict) -> None:
     precision = resolve_precision(plan.training.precision, device)
     torch.manual_seed(plan.training.seed)
 
-    pack = StylePack(plan.style_names)
-    optimizer = make_optimizer(pack, list(plan.styles))
-    progress = _load_checkpoint(pack, optimizer)
+    channels_last = plan.training.channels_last and device.type == "cuda"
+    state = _checkpoint_state()
+    pack, optimizer, progress = build_pack(plan, device, channels_last, state)
     if rank == 0 and progress.resumed_at_steps:
         logger.info("[%s] resuming from checkpoint at step %d/%d", plan.run_name, progress.step, plan.steps)
-    channels_last = plan.training.channels_last and device.type == "cuda"
-    if channels_last:
-        pack = pack.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(pack)  # moves to the device; DDP when world_size > 1
+    model = ray.train.torch.prepare_model(pack)  # already on the device; DDP when world_size > 1
 
     weights = ray.get(config["vgg"])
     loss_network = LossNetwork(weights, [plan.loss.content_layer, *plan.loss.style_layers]).to(device)
@@ -118,17 +179,25 @@ def train_pack(config: dict) -> None:
         loss_network = torch.compile(loss_network)
     objective = PerceptualObjective(loss_network, plan.loss, list(plan.styles), device)
     runner = StepRunner(model, objective, optimizer, precision, device.type, channels_last)
+    if state is not None and "random" in state:  # checkpoints from before they carried these resume too
+        if runner.scaler.is_enabled():
+            runner.scaler.load_state_dict(state["scaler"])
+        _restore_random_state(state["random"])
     tensorboard = TensorBoardLog(plan.tensorboard_uri) if rank == 0 else None
 
     per_worker_batch = plan.training.batch_size // world_size
     shard = ray.train.get_dataset_shard("train")
-    losses = {}
+    losses, window = {}, LossWindow()
     window_start, window_steps = time.perf_counter(), 0
     while progress.step < plan.steps:
         batches_this_epoch = 0
-        for batch in shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, device=device):
+        # Shards are shuffled by file; the buffer also mixes images across files, so batches differ
+        # from epoch to epoch.
+        batches = shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, device=device,
+                                           local_shuffle_buffer_size=LOCAL_SHUFFLE_IMAGES)
+        for batch in batches:
             content = batch["image"].permute(0, 3, 1, 2).float()  # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255
-            losses = runner.step(content)
+            window.add(runner.step(content))
             progress.step += 1
             step = progress.step
             batches_this_epoch += 1
@@ -140,8 +209,9 @@ def train_pack(config: dict) -> None:
                 steps_per_second = window_steps / max(elapsed, 1e-9)
                 images_per_second = steps_per_second * plan.training.batch_size  # per style
                 window_start, window_steps = time.perf_counter(), 0
+                losses = window.mean(world_size)
                 for name, parts in losses.items():
-                    progress.loss_history.setdefault(name, []).append([step, float(parts["total"])])
+                    progress.loss_history.setdefault(name, []).append([step, parts["total"]])
                 if rank == 0:
                     eta = _format_eta((plan.steps - step) / max(steps_per_second, 1e-9))
                     for name, parts in losses.items():
@@ -153,7 +223,7 @@ def train_pack(config: dict) -> None:
                         tensorboard.add(step, {f"{name}/{key}": float(value) for key, value in parts.items()})
                     tensorboard.add(step, {"pack/images_per_second_per_style": images_per_second})
             if step % plan.training.checkpoint_every == 0 or at_end:
-                _report(pack, optimizer, progress, losses, rank, tensorboard)
+                _report(pack, optimizer, progress, losses, rank, tensorboard, runner.scaler)
             if at_end:
                 break
         if batches_this_epoch == 0:
@@ -163,7 +233,7 @@ def train_pack(config: dict) -> None:
             )
 
 
-def _report(pack: StylePack, optimizer, progress: Progress, losses: dict, rank: int, tensorboard) -> None:
+def _report(pack: StylePack, optimizer, progress: Progress, losses: dict, rank: int, tensorboard, scaler) -> None:
     """Every rank must call ray.train.report (it is a barrier); rank 0 alone attaches the checkpoint."""
     metrics = {
         "step": progress.step,
@@ -176,7 +246,7 @@ def _report(pack: StylePack, optimizer, progress: Progress, losses: dict, rank: 
     tensorboard.sync()
     directory = tempfile.mkdtemp(prefix="pack-checkpoint-")
     try:
-        Path(directory, CHECKPOINT_FILE).write_bytes(_checkpoint_bytes(pack, optimizer, progress))
+        Path(directory, CHECKPOINT_FILE).write_bytes(_checkpoint_bytes(pack, optimizer, progress, scaler))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
