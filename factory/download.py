@@ -4,7 +4,8 @@
     python -m factory.download vgg19-pth --dest s3://my-bucket/style-factory
 
 Resumable: bytes go to <file>.part and a rerun continues it with an HTTP Range request. Checked:
-the size the server announced, and the sha256 where one is published. Never leaves a partial file
+the size the server announced, the sha256 where one is published, and the MD5 against each published
+release (COCO's zip, both MatConvNet releases of the .mat), naming the release found. Never leaves a partial file
 where a complete one is expected: the .part file is renamed only once it checks out. --mirror
 fetches the same file names from another base URL (an internal mirror, or a test server).
 """
@@ -19,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 if __package__ in (None, ""):
@@ -38,11 +39,18 @@ class Item:
     sha256: str | None
     # Unzip into this folder (under the destination) instead of keeping the archive.
     unpack_to: str | None = None
+    # Published MD5s of known releases, {md5: which release}: a file matching none is not given its name.
+    md5_releases: dict = field(default_factory=dict)
 
 
 ITEMS = {
-    "coco": Item("http://images.cocodataset.org/zips/train2014.zip", "train2014.zip", None, unpack_to="train2014"),
-    "vgg19-mat": Item("https://www.vlfeat.org/matconvnet/models/imagenet-vgg-verydeep-19.mat", "imagenet-vgg-verydeep-19.mat", None),
+    "coco": Item("http://images.cocodataset.org/zips/train2014.zip", "train2014.zip", None, unpack_to="train2014",
+                 md5_releases={"0da8c0bd3d6becc4dcb32757491aca88": "COCO train2014 (2014 release)"}),
+    "vgg19-mat": Item("https://www.vlfeat.org/matconvnet/models/imagenet-vgg-verydeep-19.mat", "imagenet-vgg-verydeep-19.mat", None,
+                      md5_releases={
+                          "106118b7cf60435e6d8e04f6a6dc3657": "the current MatConvNet release (layers + meta)",
+                          "8ee3263992981a1d26e73b3ca028a123": "the older MatConvNet release (top-level normalization)",
+                      }),
     "vgg19-pth": Item("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "vgg19.pth", "dcbb9e9d"),
 }
 
@@ -70,7 +78,7 @@ class Progress:
         print(f"\r{self.name}: {share} {self.done / 1e6:.0f}{total} MB at {speed:.1f} MB/s", end="\n" if final else "", file=sys.stderr, flush=True)
 
 
-def fetch(url: str, target: Path, expected_sha256: str | None) -> Path:
+def fetch(url: str, target: Path, expected_sha256: str | None, md5_releases: dict | None = None) -> Path:
     """Download url to target, resuming target.part; returns target once complete and checked."""
     if target.exists():
         return target
@@ -107,21 +115,33 @@ def fetch(url: str, target: Path, expected_sha256: str | None) -> Path:
     size = partial.stat().st_size
     if total is not None and size != total:
         raise DownloadError(f"{url}: got {size} of {total} bytes; run the same command again to resume")
-    digest = sha256_of(partial)
+    digest, md5 = digests_of(partial)
     if expected_sha256 and not digest.startswith(expected_sha256):
         partial.unlink()
         raise DownloadError(f"{url}: sha256 {digest} does not match the published {expected_sha256}; the file was removed, download it again")
+    if md5_releases:
+        if md5 not in md5_releases:
+            unverified = target.with_name(target.name + ".unverified")
+            os.replace(partial, unverified)  # kept (it may be large), but never under the name training reads
+            raise DownloadError(
+                f"{url}: MD5 {md5} matches no published release ({', '.join(f'{value}: {key}' for key, value in md5_releases.items())}); "
+                f"kept as {unverified}. A mirror may serve another file: check it, or delete it and download again"
+            )
+        print(f"{target.name}: MD5 {md5} is {md5_releases[md5]}", file=sys.stderr)
     target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
     os.replace(partial, target)
     return target
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def digests_of(path: Path) -> tuple[str, str]:
+    """(sha256, md5) of a file, in one read: sha256 for our records, MD5 because that is what
+    MatConvNet and COCO publish."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha256.update(chunk)
+            md5.update(chunk)
+    return sha256.hexdigest(), md5.hexdigest()
 
 
 def safe_member_name(name: str) -> str | None:
@@ -158,7 +178,7 @@ def download(name: str, dest: str, cache: Path, mirror: str | None = None) -> st
     target = Path(dest, item.filename) if local_dest and not item.unpack_to else cache / item.filename
     if not local_dest and not item.unpack_to and storage.exists(storage.join(dest, item.filename)):
         return storage.join(dest, item.filename)
-    path = fetch(url, target, item.sha256)
+    path = fetch(url, target, item.sha256, item.md5_releases)
     if item.unpack_to:
         written = unpack(path, dest, item.unpack_to)
         print(f"{name}: {written} new files in {storage.join(dest, item.unpack_to)}", file=sys.stderr)

@@ -1,3 +1,4 @@
+import dataclasses
 """The download command against a real HTTP server on 127.0.0.1 that serves byte ranges and can
 drop a connection half-way, as real downloads do."""
 
@@ -90,15 +91,51 @@ def test_a_checksum_mismatch_keeps_nothing(tmp_path, weights_bytes, monkeypatch,
 
 
 def coco_zip() -> bytes:
+    """The same bytes on every call (fixed timestamps), so its MD5 can be published to the test."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("train2014/COCO_train2014_000000000009.jpg", b"jpeg-1")
-        archive.writestr("train2014/COCO_train2014_000000000025.jpg", b"jpeg-2")
-        archive.writestr("../escape.jpg", b"zip slip")  # never written outside the destination
+        for name, data in (("train2014/COCO_train2014_000000000009.jpg", b"jpeg-1"),
+                           ("train2014/COCO_train2014_000000000025.jpg", b"jpeg-2"),
+                           ("../escape.jpg", b"zip slip")):  # never written outside the destination
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2014, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
 
 
-def test_coco_is_unpacked_into_train2014_and_zip_slip_is_ignored(tmp_path):
+def with_published_md5(monkeypatch, name: str, data: bytes, release: str = "the test release") -> None:
+    """Our stand-in files are not COCO's or MatConvNet's: publish their MD5 for the test."""
+    item = download.ITEMS[name]
+    monkeypatch.setitem(download.ITEMS, name, dataclasses.replace(item, md5_releases={hashlib.md5(data).hexdigest(): release}))
+
+
+def test_the_published_checksums_are_checked():
+    assert set(download.ITEMS["vgg19-mat"].md5_releases) == {"106118b7cf60435e6d8e04f6a6dc3657", "8ee3263992981a1d26e73b3ca028a123"}
+    assert set(download.ITEMS["coco"].md5_releases) == {"0da8c0bd3d6becc4dcb32757491aca88"}
+
+
+def test_a_file_matching_no_published_release_is_not_given_its_name(tmp_path, weights_bytes, capsys):
+    server = Server({"imagenet-vgg-verydeep-19.mat": weights_bytes})  # the real MD5s, a file that is not the .mat
+    try:
+        assert download.main(["vgg19-mat", "--dest", str(tmp_path), "--mirror", server.url]) == 1
+    finally:
+        server.close()
+    assert "matches no published release" in capsys.readouterr().err
+    assert not (tmp_path / "imagenet-vgg-verydeep-19.mat").exists()
+    assert (tmp_path / "imagenet-vgg-verydeep-19.mat.unverified").read_bytes() == weights_bytes  # nothing lost
+
+
+def test_the_release_found_is_named(tmp_path, weights_bytes, monkeypatch, capsys):
+    with_published_md5(monkeypatch, "vgg19-mat", weights_bytes, "the current MatConvNet release")
+    server = Server({"imagenet-vgg-verydeep-19.mat": weights_bytes})
+    try:
+        assert download.main(["vgg19-mat", "--dest", str(tmp_path), "--mirror", server.url]) == 0
+    finally:
+        server.close()
+    assert "is the current MatConvNet release" in capsys.readouterr().err
+    assert (tmp_path / "imagenet-vgg-verydeep-19.mat").read_bytes() == weights_bytes
+
+
+def test_coco_is_unpacked_into_train2014_and_zip_slip_is_ignored(tmp_path, monkeypatch):
+    with_published_md5(monkeypatch, "coco", coco_zip())
     server = Server({"train2014.zip": coco_zip()})
     try:
         arguments = ["coco", "--dest", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--mirror", server.url]
@@ -112,6 +149,7 @@ def test_coco_is_unpacked_into_train2014_and_zip_slip_is_ignored(tmp_path):
 
 def test_download_to_an_s3_prefix(s3_server, tmp_path, weights_bytes, monkeypatch):
     monkeypatch.setitem(download.ITEMS, "vgg19-pth", download.Item("unused", "vgg19.pth", None))
+    with_published_md5(monkeypatch, "coco", coco_zip())
     client = boto3.client("s3")
     client.create_bucket(Bucket="downloads")
     server = Server({"vgg19.pth": weights_bytes, "train2014.zip": coco_zip()})
