@@ -116,7 +116,13 @@ def init_ray(config: FactoryConfig) -> str | None:
     # or a small laptop's pipeline stalls.
     training = config.training
     needed = training.num_workers * training.cpus_per_worker + 1
-    return ray.init(num_cpus=max(os.cpu_count() or 1, needed), runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}).dashboard_url
+    env_vars = {
+        "PYTHONPATH": str(REPO_ROOT),
+        # Ray Data logs a line per epoch ("Dataset ... execution finished"); a small data set has an
+        # epoch every few steps, which drowned the factory's own progress lines. Warnings still show.
+        "RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"),
+    }
+    return ray.init(num_cpus=max(os.cpu_count() or 1, needed), runtime_env={"env_vars": env_vars}).dashboard_url
 
 
 class Deployer:
@@ -148,14 +154,18 @@ def use_gpu(config: FactoryConfig) -> bool:
 
 
 def concurrent_packs(config: FactoryConfig, gpu: bool, pack_count: int) -> int:
+    """How many packs to start at once. On GPUs (or with custom worker resources, which name node
+    types) every pack starts and asks for its workers; Ray queues what does not fit yet, so an
+    autoscaling cluster sees the whole demand and starts nodes for it. Counting the GPUs present at
+    the start would see none on a cluster whose GPU nodes have not started, and train one pack at a time."""
     training = config.training
     if training.max_concurrent_packs:
         return min(pack_count, training.max_concurrent_packs)
-    resources = ray.cluster_resources()
-    if gpu:
-        fits = int(resources.get("GPU", 0) // training.num_workers)
-    else:  # keep one CPU for Ray Data
-        fits = int((resources.get("CPU", 1) - 1) // (training.num_workers * training.cpus_per_worker))
+    if gpu or training.worker_resources:
+        return pack_count
+    # CPU training on the machines at hand: as many packs as fit, keeping one CPU for Ray Data's
+    # decoding (packs queued behind a full machine would starve the running ones' data pipelines).
+    fits = int((ray.cluster_resources().get("CPU", 1) - 1) // (training.num_workers * training.cpus_per_worker))
     return max(1, min(pack_count, fits))
 
 
