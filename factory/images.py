@@ -50,7 +50,9 @@ def decode_rgb(data: bytes, *, max_pixels: int, min_side: int | None = None) -> 
             image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        image = _exif_upright(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit) grayscale: convert("RGB") clips
+            image = _to_8_bit(image)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             background = Image.new("RGB", image.size, (255, 255, 255))
             background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
@@ -60,6 +62,22 @@ def decode_rgb(data: bytes, *, max_pixels: int, min_side: int | None = None) -> 
         raise ImageRejected(str(error)) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageRejected(f"corrupt or truncated image: {error}") from None
+
+
+def _exif_upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block counts as none (phones and editors write
+    broken ones, and a photo is still a photo)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # struct.error, KeyError, ValueError... from whatever the EXIF parser met
+        return image
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """Integer grayscale of more than 8 bits, scaled (not clipped) into 0..255."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    return Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def resize_and_center_crop(image: Image.Image, size: int) -> np.ndarray:

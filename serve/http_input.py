@@ -16,7 +16,9 @@ from PIL import Image
 from factory import images
 from serve.settings import EndpointSettings
 
-ACCEPTED_INPUT_FORMATS = {"JPEG", "PNG", "WEBP"}
+# MPO is a JPEG with more pictures after the first (gain-map HDR photos from recent phones): Pillow
+# names it MPO and decodes its first frame, the photo.
+ACCEPTED_INPUT_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from factory import images
-from image_files import jpeg_declaring, png_declaring
+from image_files import jpeg_declaring, mpo_photo, png_16_bit_gradient, png_declaring, webp_with_broken_exif
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -87,3 +87,18 @@ def test_a_header_declaring_a_huge_canvas_is_over_the_limit_not_unreadable(data)
     assert len(data) < 2_000
     with pytest.raises(images.ImageRejected, match="over the limit of 1000000 pixels"):
         images.decode_rgb(data, max_pixels=1_000_000)
+
+
+def test_broken_exif_counts_as_no_exif():
+    image = images.decode_rgb(webp_with_broken_exif(), max_pixels=10_000)
+    assert image.size == (32, 24) and image.getpixel((5, 5))[0] > 150
+
+
+def test_a_multi_picture_jpeg_decodes_its_first_frame():
+    image = images.decode_rgb(mpo_photo(), max_pixels=10_000)
+    assert image.getpixel((5, 5))[0] > 150  # the red photo, not the green second frame
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped_to_white():
+    array = np.asarray(images.decode_rgb(png_16_bit_gradient(), max_pixels=10_000))
+    assert array[0, 0, 0] < 5 and array[-1, -1, 0] > 250 and 100 < array.mean() < 155

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from factory import images, registry
-from image_files import jpeg_declaring, png_declaring
+from image_files import jpeg_declaring, mpo_photo, png_16_bit_gradient, png_declaring, webp_with_broken_exif
 from serve.deploy import _client
 from serving import MAX_BODY, deploy, publish_random_style, served  # noqa: F401 (a fixture)
 
@@ -128,6 +128,12 @@ def test_tiny_images_get_a_result_at_their_size(served, size):
     response = requests.post(f"{served['base']}/styles/alpha?format=png", data=photo_bytes(size, "PNG"), timeout=60)
     assert response.status_code == 200, response.text
     assert Image.open(io.BytesIO(response.content)).size == size
+
+
+@pytest.mark.parametrize("make", [mpo_photo, png_16_bit_gradient, webp_with_broken_exif], ids=["mpo", "png16", "broken-exif"])
+def test_photos_as_phones_and_editors_write_them_are_stylised(served, make):
+    response = requests.post(f"{served['base']}/styles/alpha", data=make(), timeout=60)
+    assert response.status_code == 200, response.text
 
 
 def test_head_answers_like_get_without_a_body(served):
