@@ -24,9 +24,14 @@ api = json_errors_api()
 
 
 def public_metadata(metadata: dict) -> dict:
-    """What clients may see of a model's metadata (not the config's storage paths)."""
-    keep = ("style", "version", "published_at", "steps", "final_losses", "loss_network", "style_image_sha256", "throughput", "quality")
-    return {key: metadata[key] for key in keep if key in metadata}
+    """What clients may see of a model's metadata: never a storage location (the weights' path or
+    bucket, the config's paths), only what kind of loss network trained it."""
+    keep = ("style", "version", "published_at", "steps", "final_losses", "style_image_sha256", "throughput", "quality")
+    public = {key: metadata[key] for key in keep if key in metadata}
+    if "loss_network" in metadata:
+        source = metadata["loss_network"].get("source", "")
+        public["loss_network"] = {"kind": source.split(":", 1)[0], "random_weights": bool(metadata["loss_network"].get("random_weights"))}
+    return public
 
 
 @serve.deployment(name="StyleEndpoint", health_check_period_s=10, health_check_timeout_s=30)
