@@ -99,8 +99,23 @@ def wait_until_running(address: str, app_names: list[str], timeout_s: float = 30
         time.sleep(1)
 
 
-def deploy(config: ServingConfig, address: str, write: Path | None = None, wait: bool = True) -> dict:
+def refuse_to_empty(serve_config: dict, registry_uri: str, address: str) -> None:
+    """A wrong or empty registry path lists no styles; deploying that would remove every running style."""
+    if len(serve_config["applications"]) > 1:
+        return
+    running = sorted(name for name in _client(address).get_serve_details().get("applications", {}) if name != GALLERY_APP)
+    if running:
+        raise ValueError(
+            f"the registry {registry_uri!r} has no published styles (a wrong path or an empty prefix?); deploying it "
+            f"would remove the {len(running)} running application(s) {', '.join(running[:5])}. Check the path, "
+            "or pass --allow-empty to undeploy them on purpose"
+        )
+
+
+def deploy(config: ServingConfig, address: str, write: Path | None = None, wait: bool = True, allow_empty: bool = False) -> dict:
     serve_config = build_serve_config(config)
+    if not allow_empty:
+        refuse_to_empty(serve_config, storage.absolute(config.registry), address)
     if write:
         write.write_text(yaml.safe_dump(serve_config, sort_keys=False))
     apply(serve_config, address)
@@ -118,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="also write the Serve config file here (for serve deploy / serve run)")
     parser.add_argument("--dry-run", action="store_true", help="write the Serve config file only; deploy nothing")
     parser.add_argument("--no-wait", action="store_true", help="return once submitted, without waiting for RUNNING")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="deploy even when the registry lists no styles, removing every running style")
     args = parser.parse_args(argv)
     try:
         config = load_serving_config(args.config, registry=args.registry)
@@ -126,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             text = yaml.safe_dump(serve_config, sort_keys=False)
             args.write.write_text(text) if args.write else print(text)
             return 0
-        serve_config = deploy(config, args.address, args.write, wait=not args.no_wait)
+        serve_config = deploy(config, args.address, args.write, wait=not args.no_wait, allow_empty=args.allow_empty)
     except (ValueError, registry.ModelNotFound, RuntimeError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -136,6 +136,13 @@ def test_photos_as_phones_and_editors_write_them_are_stylised(served, make):
     assert response.status_code == 200, response.text
 
 
+def test_an_empty_or_wrong_registry_path_does_not_undeploy_the_running_styles(served, tmp_path):
+    config = {**served["config"], "registry": str(tmp_path / "no-such-registry")}
+    done = deploy(config, tmp_path / "wrong.yaml", served["address"], served["env"])
+    assert done.returncode == 2 and "no-such-registry" in done.stderr and "--allow-empty" in done.stderr
+    good_request_works(served["base"])
+
+
 def test_head_answers_like_get_without_a_body(served):
     for path in ("/styles/alpha", "/styles/alpha/thumbnail.jpg", "/styles/alpha/preview.jpg"):
         response = requests.head(served["base"] + path, timeout=30)
