@@ -9,6 +9,8 @@ Each style is its own application so that adding or retraining one redeploys it 
 """
 
 import asyncio
+
+import ray
 import torch
 from fastapi import Request
 from fastapi.responses import Response
@@ -18,7 +20,7 @@ from factory import images, registry
 from serve import http_input, postprocess
 from serve.errors import json_errors_api
 from serve.settings import EndpointSettings
-from serve.style_model import StyleModel
+from serve.style_model import StyleModel, reserved_device
 
 api = json_errors_api()
 
@@ -39,7 +41,8 @@ def public_metadata(metadata: dict) -> dict:
 class StyleEndpoint:
     def __init__(self, registry_uri: str, style: str, version: str, settings: dict):
         self.settings = EndpointSettings(**settings)
-        self.model = StyleModel(registry_uri, style, version, compile_on_cpu=self.settings.compile_on_cpu)
+        device = reserved_device(ray.get_gpu_ids())
+        self.model = StyleModel(registry_uri, style, version, device=device, compile_on_cpu=self.settings.compile_on_cpu)
         self.metadata = self.model.metadata
         self.thumbnail = registry.read_file(registry_uri, style, registry.THUMBNAIL_FILE, version)
         self.preview = registry.read_file(registry_uri, style, registry.PREVIEW_FILE, version)

@@ -17,6 +17,21 @@ import torch
 
 from factory import registry
 
+def reserved_device(gpu_ids: list) -> torch.device:
+    """The device a replica reserved: a GPU only when Ray gave it one (`ray.get_gpu_ids()`). Ray 2.60
+    no longer hides a node's GPUs from actors that reserved none, so `torch.cuda.is_available()` would
+    put CPU replicas on GPUs they never reserved, and let a GPU replica with broken CUDA fall back to
+    the CPU without a word."""
+    if not gpu_ids:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"this replica reserved GPU(s) {list(gpu_ids)} but CUDA is unusable here (torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda}): check the node's NVIDIA driver (nvidia-smi) against it"
+        )
+    return torch.device("cuda")
+
+
 def fast_network(net: torch.nn.Module) -> torch.nn.Module:
     """fp16 weights in channels_last layout: the tensor-core friendly form of the network."""
     return net.half().to(memory_format=torch.channels_last)

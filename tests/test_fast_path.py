@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from factory.loss_network import LossNetwork
@@ -79,3 +80,14 @@ def test_channels_last_training_follows_the_same_loss_curve():
     for step_plain, step_fast in zip(plain, fast):
         for name in ("a", "b"):
             assert abs(step_plain[name] - step_fast[name]) <= 1e-2 * abs(step_plain[name]) + 1e-6
+
+
+def test_a_replica_uses_the_device_it_reserved():
+    from serve.style_model import reserved_device
+
+    assert reserved_device([]) == torch.device("cpu")  # a CPU replica stays on the CPU, GPUs on the node or not
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"reserved GPU\(s\) \[0\] but CUDA is unusable"):
+            reserved_device([0])
+    else:
+        assert reserved_device([0]).type == "cuda"
