@@ -33,6 +33,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from bench import results
 from factory import images
 from factory.loss_network import LossNetwork
 from factory.settings import LossSettings, ResolvedStyle
@@ -193,6 +194,10 @@ def main() -> int:
     print(f"{'measure':<30} {'plain':>10} {'fast':>10} {'fast/plain':>11}")
     for label, plain_value, fast_value, ratio in rows:
         print(f"{label:<30} {plain_value:>10} {fast_value:>10} {ratio:>10.2f}x")
+    if not args.tiny:  # --tiny checks the script; its numbers describe nothing
+        figures = {label: {"plain": float(plain_value), "fast": float(fast_value), "ratio": ratio} for label, plain_value, fast_value, ratio in rows}
+        path = results.record("gpu_bench", {"torch": torch.__version__, "styles_in_pack": styles, "rows": figures})
+        print(f"recorded in {path}")
     return 0
 
 

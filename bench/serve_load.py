@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import requests
 import torch
 
+from bench import results
 from factory import images, registry
 from serve.style_model import StyleModel
 
@@ -95,6 +96,13 @@ def main() -> int:
     print(f"{'model in process (1 at a time)':<28} {1 / per_image:8.2f} {1e3 * per_image:8.1f}")
     if latencies:
         print(f"HTTP p50 latency / in-process time: {statistics.median(latencies) / per_image:.2f}x")
+        path = results.record("serve_load", {
+            "image": f"{photo.width}x{photo.height}", "clients": args.clients, "seconds": args.seconds,
+            "http_requests_per_second": rate, "http_p50_ms": 1e3 * statistics.median(latencies),
+            "http_p95_ms": 1e3 * percentile(latencies, 0.95), "http_p99_ms": 1e3 * percentile(latencies, 0.99),
+            "errors": errors, "in_process_ms": 1e3 * per_image,
+        })
+        print(f"recorded in {path}")
     return 0
 
 
