@@ -70,9 +70,35 @@ def write_bytes(uri: str, data: bytes) -> None:
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
         temporary = Path(handle.name)
-    os.replace(temporary, path)
+        try:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
+            # NamedTemporaryFile makes 0600 files; a registry on a shared filesystem must be readable
+            # by the other users' serving and training processes: the usual umask applies instead.
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+        except BaseException:
+            handle.close()
+            temporary.unlink(missing_ok=True)
+            raise
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process umask, read without os.umask(), whose set-and-restore would briefly give other
+    threads' new files no umask at all."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022  # the common default where /proc is absent
 
 
 def exists(uri: str) -> bool:

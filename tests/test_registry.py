@@ -73,3 +73,18 @@ def test_stray_folders_are_not_listed(tmp_path):
     (tmp_path / "Not A Style" / "current.json").write_text("{}")
     publish(tmp_path, "ok")
     assert registry.list_styles(str(tmp_path)) == ["ok"]
+
+
+def test_written_files_follow_the_umask_and_leave_no_temporary_files(tmp_path):
+    import os
+    import stat
+
+    from factory import storage
+
+    previous = os.umask(0o022)
+    try:
+        storage.write_bytes(str(tmp_path / "a" / "current.json"), b"{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a" / "current.json").stat().st_mode) == 0o644  # readable by other users
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["current.json"]
