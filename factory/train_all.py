@@ -40,6 +40,7 @@ from factory.vgg_weights import VGGWeights, load_vgg19
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 PREVIEW_MAX_SIDE, THUMBNAIL_MAX_SIDE = 512, 256
+SMALL_EPOCH_IMAGES = 64
 logger = logging.getLogger("factory")
 
 
@@ -281,7 +282,10 @@ def content_source(config: FactoryConfig, ledger):
     filesystem, paths, oversized = data.list_image_files(config.data)
     if oversized:
         ledger.add.remote(oversized)
-    return (lambda: data.content_dataset(config.data, paths, filesystem, ledger)), len(paths)
+    # A handful of images (the bundled samples) would make every step or two a new epoch, and each
+    # epoch costs Ray Data a new execution: list them several times, so an epoch is some 64 images.
+    repeats = max(1, SMALL_EPOCH_IMAGES // len(paths))
+    return (lambda: data.content_dataset(config.data, paths * repeats, filesystem, ledger)), len(paths)
 
 
 def print_table(outcomes: list[Outcome], skipped: dict) -> None:

@@ -203,7 +203,7 @@ def load_vgg19(sources: tuple[str, ...] | list[str]) -> VGGWeights:
     for source in sources:
         if source == RANDOM:
             logger.warning(
-                "\n" + "!" * 78 + "\n!! USING A RANDOM-WEIGHT VGG-19 LOSS NETWORK: the models will NOT learn real styles.\n"
+                "\n" + "!" * 78 + "\n!! USING A RANDOM-WEIGHT VGG-19 LOSS NETWORK: models learn their paintings' colours and texture, not real brushwork.\n"
                 "!! This is for offline smoke runs and tests; every published model is marked so.\n"
                 f"!! {HOW_TO_GET_WEIGHTS}\n" + "!" * 78
             )
