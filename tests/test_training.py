@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from factory import prepare_shards, registry, train_all
+from conftest import REPO_ROOT
 from factory_runs import write_config
 
 pytestmark = pytest.mark.slow
@@ -32,10 +33,19 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
         assert sum(history[-2:]) < 0.5 * sum(history[:2]), history  # the loss goes down
         preview = registry.read_file(str(tmp_path / "registry"), style, registry.PREVIEW_FILE)
         assert preview.startswith(b"\xff\xd8")
+        assert set(metadata["quality"]) == {"colour_shift", "structure_kept", "photo"}
     assert f"skipped content files: {expected['skipped']}" in output
     assert "RANDOM loss network" in output
+    assert (tmp_path / "registry" / "contact_sheet.jpg").read_bytes().startswith(b"\xff\xd8") and "contact sheet" in output
     # TensorBoard event files next to the checkpoints.
     assert list((tmp_path / "checkpoints").glob("*/tensorboard/events.out.tfevents.*"))
+
+    # bench/quality.py reads these models back with their own loss settings (a few iterations: it runs, it does not rot).
+    from bench import quality
+
+    photo = str(REPO_ROOT / "data" / "samples" / "content" / "rocket.jpg")
+    assert quality.main(["--config", str(config), "--photos", photo, "--size", "32", "--iterations", "3", "--no-record"]) == 0
+    assert "iterations one forward pass is worth" in capsys.readouterr().out
 
     # The same command again trains nothing: both styles are in the registry with the same recipe.
     assert train_all.main(["--config", str(config)]) == 0
