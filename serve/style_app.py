@@ -70,6 +70,11 @@ class StyleEndpoint:
         # Decoding and encoding are CPU work: off the event loop, so other requests keep flowing.
         original = await asyncio.to_thread(lambda: images.fit_within(http_input.decode_image(data, self.settings), options.max_side))
         stylised = await self.run_batch(images.to_tensor(original))
+        if isinstance(stylised, torch.OutOfMemoryError):
+            raise http_input.HTTPError(503, f"not enough memory to stylise a {original.width}x{original.height} image now; "
+                                            "retry, or send a smaller one (max_side)")
+        if isinstance(stylised, Exception):
+            raise http_input.HTTPError(500, f"stylising failed: {type(stylised).__name__}")
         output = await asyncio.to_thread(
             lambda: images.encode(postprocess.finish(images.to_image(stylised), original, options.strength, options.preserve_colors), options.output_format)
         )

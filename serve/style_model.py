@@ -60,18 +60,40 @@ class StyleModel:
             return self.net(batch)
         return self.net(fast_input(batch)).float()
 
-    def forward_by_size(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(3, H, W) tensors in 0..255 -> stylised, in order; those of one size run as one batch."""
+    def forward_by_size(self, tensors: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+        """(3, H, W) tensors in 0..255 -> stylised, in order; those of one size run as one batch.
+
+        A batch that fails is run again one image at a time, so only the image that fails gets its
+        exception (in its place in the list) and the requests batched with it still get their pictures.
+        """
         groups = defaultdict(list)
         for index, tensor in enumerate(tensors):
             groups[tuple(tensor.shape)].append(index)
-        outputs: list[torch.Tensor] = [None] * len(tensors)
+        outputs: list = [None] * len(tensors)
         with torch.inference_mode():
             for indices in groups.values():
-                batch = torch.stack([tensors[i] for i in indices]).to(self.device)
-                for index, result in zip(indices, self._run(batch).cpu()):
+                try:
+                    results = self._run(torch.stack([tensors[i] for i in indices]).to(self.device)).cpu()
+                except Exception as error:
+                    if len(indices) == 1:
+                        outputs[indices[0]] = error
+                        continue
+                    self._release_memory()
+                    results = [self._run_alone(tensors[i]) for i in indices]
+                for index, result in zip(indices, results):
                     outputs[index] = result
         return outputs
+
+    def _run_alone(self, tensor: torch.Tensor) -> torch.Tensor | Exception:
+        try:
+            return self._run(tensor.unsqueeze(0).to(self.device)).cpu()[0]
+        except Exception as error:
+            self._release_memory()
+            return error
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":  # after an out-of-memory error, before trying smaller batches
+            torch.cuda.empty_cache()
 
     def check_health(self) -> None:
         """Raises when the model cannot produce a usable image (for example NaN weights)."""

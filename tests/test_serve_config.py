@@ -59,3 +59,23 @@ def test_requests_of_the_same_size_share_a_batch_and_keep_their_order(tmp_path):
         for tensor, output in zip(inputs, outputs):
             assert output.shape == tensor.shape
             assert torch.allclose(output, model.net(tensor.unsqueeze(0))[0], atol=1e-3)
+
+
+class FailsOnMarkedImages(StyleModel):
+    """The published model, except that it raises on any batch holding an image marked 13 in its corner."""
+
+    def _run(self, batch):
+        if (batch[:, 0, 0, 0] == 13.0).any():
+            raise RuntimeError("this image breaks the model")
+        return super()._run(batch)
+
+
+def test_one_failing_image_fails_alone_and_its_batch_neighbours_get_their_pictures(tmp_path):
+    version = publish_random_style(tmp_path, "alpha", 0)
+    model = FailsOnMarkedImages(str(tmp_path), "alpha", version)
+    inputs = [torch.rand(3, 16, 16) * 255 for _ in range(3)]
+    inputs[1][0, 0, 0] = 13.0
+    outputs = model.forward_by_size(inputs)
+    assert isinstance(outputs[1], RuntimeError)
+    for index in (0, 2):
+        assert isinstance(outputs[index], torch.Tensor) and outputs[index].shape == (3, 16, 16)
