@@ -106,11 +106,33 @@ def _number(query, name: str, kind, low, high, default):
     return value
 
 
+def format_from_accept(accept: str) -> str:
+    """The output format an Accept header prefers: the highest q among image/jpeg, png and webp (the
+    first listed on a tie), image/* or */* meaning JPEG; JPEG when it names none of them."""
+    by_media = {media: fmt for fmt, media in MEDIA_TYPES.items()}
+    best, best_quality = "jpeg", -1.0
+    for position, item in enumerate((accept or "").split(",")):
+        media, *parameters = [part.strip() for part in item.split(";")]
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        media = media.lower()
+        fmt = by_media.get(media) or ("jpeg" if media in ("image/*", "*/*") else None)
+        if fmt and quality > 0 and quality > best_quality:
+            best, best_quality = fmt, quality
+    return best
+
+
 def parse_options(query, accept: str, settings: EndpointSettings) -> StyliseOptions:
     """Query parameters: max_side, strength (0..1), preserve_colors, format (or the Accept header)."""
     output_format = (query.get("format") or "").lower()
     if not output_format:
-        output_format = next((fmt for fmt, media in MEDIA_TYPES.items() if media in (accept or "")), "jpeg")
+        output_format = format_from_accept(accept)
     output_format = {"jpg": "jpeg"}.get(output_format, output_format)
     if output_format not in MEDIA_TYPES:
         raise HTTPError(400, f"format must be one of jpeg, png, webp, got {output_format!r}")

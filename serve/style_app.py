@@ -79,7 +79,8 @@ class StyleEndpoint:
             lambda: images.encode(postprocess.finish(images.to_image(stylised), original, options.strength, options.preserve_colors), options.output_format)
         )
         return Response(output, media_type=http_input.MEDIA_TYPES[options.output_format],
-                        headers={"X-Style": self.metadata["style"], "X-Model-Version": self.metadata["version"]})
+                        headers={"X-Style": self.metadata["style"], "X-Model-Version": self.metadata["version"],
+                                 "Vary": "Accept"})  # the format follows the Accept header: caches must key on it
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def run_batch(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:

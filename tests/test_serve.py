@@ -54,6 +54,7 @@ def test_multipart_webp_in_and_webp_out_by_accept_header_with_max_side(served):
     files = {"image": ("photo.webp", photo_bytes((200, 100), "WEBP"), "image/webp")}
     response = requests.post(f"{served['base']}/styles/beta?max_side=50", files=files, headers={"Accept": "image/webp"}, timeout=60)
     assert response.status_code == 200 and response.headers["content-type"] == "image/webp"
+    assert response.headers["vary"] == "Accept"
     assert Image.open(io.BytesIO(response.content)).size == (50, 25)
 
 
