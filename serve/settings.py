@@ -32,7 +32,8 @@ class EndpointSettings:
     target_ongoing_requests: float = 2.0
     # Requests one replica accepts at once (the rest queue at the proxy).
     max_ongoing_requests: int = 8
-    # Requests allowed to queue per endpoint; past it the proxy sheds load with 503.
+    # Requests allowed to wait for a replica, counted by each caller (each node's HTTP proxy, so the
+    # cluster-wide bound is this times the proxies); past it that proxy sheds load with 503.
     max_queued_requests: int = 32
     # CPUs and GPU fraction per replica (e.g. 0.25 puts four styles on one GPU).
     num_cpus: float = 1.0
