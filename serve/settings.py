@@ -46,6 +46,9 @@ class EndpointSettings:
     # Same-sized requests arriving within batch_wait_timeout_s are run as one batch of up to this many.
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.01
+    # Pixels one forward pass may hold (a batch of large images runs in smaller groups): bounds a
+    # replica's activation memory, which a batch of 8 images of 2048x2048 would blow on a GPU slice.
+    max_batch_pixels: int = 8 * 1024 * 1024
     # Request body limit (bytes): larger bodies get 413 before they are read whole.
     max_body_bytes: int = 20 * 1024 * 1024
     # Decoded pixel limit: larger images (decompression bombs included) get 413 before decoding.
@@ -63,6 +66,7 @@ class EndpointSettings:
         require(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
         require(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0")
         require(self.max_batch_size >= 1, "max_batch_size must be >= 1")
+        require(self.max_batch_pixels >= 1, "max_batch_pixels must be >= 1")
         require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s must be >= 0")
         require(self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")
         require(self.max_input_pixels >= 64 * 64, "max_input_pixels must be >= 4096")

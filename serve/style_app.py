@@ -42,7 +42,8 @@ class StyleEndpoint:
     def __init__(self, registry_uri: str, style: str, version: str, settings: dict):
         self.settings = EndpointSettings(**settings)
         device = reserved_device(ray.get_gpu_ids())
-        self.model = StyleModel(registry_uri, style, version, device=device, compile_on_cpu=self.settings.compile_on_cpu)
+        self.model = StyleModel(registry_uri, style, version, device=device, compile_on_cpu=self.settings.compile_on_cpu,
+                                max_batch_pixels=self.settings.max_batch_pixels)
         self.metadata = self.model.metadata
         self.thumbnail = registry.read_file(registry_uri, style, registry.THUMBNAIL_FILE, version)
         self.preview = registry.read_file(registry_uri, style, registry.PREVIEW_FILE, version)

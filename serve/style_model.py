@@ -43,7 +43,8 @@ def fast_input(batch: torch.Tensor) -> torch.Tensor:
 
 class StyleModel:
     def __init__(self, registry_uri: str, style: str, version: str, device: torch.device | None = None,
-                 fast: bool = True, compile_on_cpu: bool = False):
+                 fast: bool = True, compile_on_cpu: bool = False, max_batch_pixels: int = 8 * 1024 * 1024):
+        self.max_batch_pixels = max_batch_pixels
         net, self.metadata = registry.load_model(registry_uri, style, version)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.fast = fast and self.device.type == "cuda"
@@ -71,7 +72,7 @@ class StyleModel:
             groups[tuple(tensor.shape)].append(index)
         outputs: list = [None] * len(tensors)
         with torch.inference_mode():
-            for indices in groups.values():
+            for indices in self._within_pixel_budget(groups.values(), tensors):
                 try:
                     results = self._run(torch.stack([tensors[i] for i in indices]).to(self.device)).cpu()
                 except Exception as error:
@@ -83,6 +84,15 @@ class StyleModel:
                 for index, result in zip(indices, results):
                     outputs[index] = result
         return outputs
+
+    def _within_pixel_budget(self, groups, tensors) -> list[list[int]]:
+        """Same-size groups cut into runs of at most max_batch_pixels (at least one image each)."""
+        runs = []
+        for indices in groups:
+            height, width = tensors[indices[0]].shape[-2:]
+            per_run = max(1, self.max_batch_pixels // (height * width))
+            runs += [indices[start:start + per_run] for start in range(0, len(indices), per_run)]
+        return runs
 
     def _run_alone(self, tensor: torch.Tensor) -> torch.Tensor | Exception:
         try:

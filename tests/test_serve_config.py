@@ -79,3 +79,18 @@ def test_one_failing_image_fails_alone_and_its_batch_neighbours_get_their_pictur
     assert isinstance(outputs[1], RuntimeError)
     for index in (0, 2):
         assert isinstance(outputs[index], torch.Tensor) and outputs[index].shape == (3, 16, 16)
+
+
+class CountsBatches(StyleModel):
+    def _run(self, batch):
+        self.batch_sizes.append(batch.shape[0])
+        return super()._run(batch)
+
+
+def test_a_batch_of_large_images_runs_within_the_pixel_budget(tmp_path):
+    version = publish_random_style(tmp_path, "alpha", 0)
+    model = CountsBatches(str(tmp_path), "alpha", version, max_batch_pixels=2 * 32 * 32)
+    model.batch_sizes = []
+    outputs = model.forward_by_size([torch.rand(3, 32, 32) * 255 for _ in range(5)] + [torch.rand(3, 8, 8) * 255])
+    assert len(outputs) == 6 and all(isinstance(output, torch.Tensor) for output in outputs)
+    assert sorted(model.batch_sizes) == [1, 1, 2, 2]  # 5 large ones in runs of 2 (+ 1), the small one alone
