@@ -67,7 +67,8 @@ class StyleEndpoint:
     async def stylise(self, request: Request) -> Response:
         options = http_input.parse_options(request.query_params, request.headers.get("accept", ""), self.settings)
         body = await http_input.read_body(request, self.settings.max_body_bytes)
-        data = http_input.image_bytes_from_body(body, request.headers.get("content-type", ""))
+        # Off the event loop: a large form must not hold up other requests or the health check.
+        data = await asyncio.to_thread(http_input.image_bytes_from_body, body, request.headers.get("content-type", ""))
         # Decoding and encoding are CPU work: off the event loop, so other requests keep flowing.
         original = await asyncio.to_thread(lambda: images.fit_within(http_input.decode_image(data, self.settings), options.max_side))
         stylised = await self.run_batch(images.to_tensor(original))
