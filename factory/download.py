@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import os
 import sys
 import time
@@ -44,7 +45,7 @@ class Item:
 
 
 ITEMS = {
-    "coco": Item("http://images.cocodataset.org/zips/train2014.zip", "train2014.zip", None, unpack_to="train2014",
+    "coco": Item("https://images.cocodataset.org/zips/train2014.zip", "train2014.zip", None, unpack_to="train2014",
                  md5_releases={"0da8c0bd3d6becc4dcb32757491aca88": "COCO train2014 (2014 release)"}),
     "vgg19-mat": Item("https://www.vlfeat.org/matconvnet/models/imagenet-vgg-verydeep-19.mat", "imagenet-vgg-verydeep-19.mat", None,
                       md5_releases={
@@ -83,13 +84,21 @@ def fetch(url: str, target: Path, expected_sha256: str | None, md5_releases: dic
     if target.exists():
         return target
     partial = target.with_name(target.name + ".part")
+    # The ETag (or Last-Modified) of the response that began the .part: a resume asks for the rest
+    # only if the server's file is still that one (If-Range), so a changed file is never spliced on.
+    validator_file = partial.with_name(partial.name + ".validator")
     target.parent.mkdir(parents=True, exist_ok=True)
     have = partial.stat().st_size if partial.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    headers = {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if validator_file.exists():
+            headers["If-Range"] = validator_file.read_text()
     try:
-        response = urllib.request.urlopen(request, timeout=60)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and have:  # the .part file is already whole
+        if error.code == 416 and have:  # nothing past `have`: whole only if the server's size says so
+            _check_whole(url, partial, have, error.headers.get("Content-Range", ""))
             response = None
         else:
             raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
@@ -99,8 +108,14 @@ def fetch(url: str, target: Path, expected_sha256: str | None, md5_releases: dic
     if response is not None:
         with response:
             resumed = response.status == 206
-            if not resumed:
-                have = 0  # the server ignored the Range header: start over
+            if resumed:
+                _check_resumes_at(url, partial, have, response.headers.get("Content-Range", ""))
+            else:
+                have = 0  # the server ignored the Range, or its file changed: start over
+                validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+                validator_file.unlink(missing_ok=True)
+                if validator:
+                    validator_file.write_text(validator)
             length = response.headers.get("Content-Length")
             total = have + int(length) if length else None
             progress = Progress(target.name, total, have)
@@ -109,13 +124,14 @@ def fetch(url: str, target: Path, expected_sha256: str | None, md5_releases: dic
                     while chunk := response.read(CHUNK):
                         handle.write(chunk)
                         progress.update(len(chunk))
-                except (OSError, TimeoutError) as error:
+                except (OSError, TimeoutError, http.client.IncompleteRead) as error:
                     raise DownloadError(f"{url}: interrupted after {progress.done} bytes ({error}); run the same command again to resume") from None
             progress.update(0, final=True)
     size = partial.stat().st_size
     if total is not None and size != total:
         raise DownloadError(f"{url}: got {size} of {total} bytes; run the same command again to resume")
     digest, md5 = digests_of(partial)
+    validator_file.unlink(missing_ok=True)  # from here the .part is either accepted or set aside
     if expected_sha256 and not digest.startswith(expected_sha256):
         partial.unlink()
         raise DownloadError(f"{url}: sha256 {digest} does not match the published {expected_sha256}; the file was removed, download it again")
@@ -131,6 +147,33 @@ def fetch(url: str, target: Path, expected_sha256: str | None, md5_releases: dic
     target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
     os.replace(partial, target)
     return target
+
+
+def _discard(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
+
+
+def _content_range_total(content_range: str) -> int | None:
+    """TOTAL from 'bytes START-END/TOTAL' or 'bytes */TOTAL'; None when absent or '*'."""
+    total = content_range.rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _check_whole(url: str, partial: Path, have: int, content_range: str) -> None:
+    total = _content_range_total(content_range)
+    if total != have:
+        _discard(partial)
+        raise DownloadError(f"{url}: the server has {total if total is not None else 'an unknown number of'} bytes, the "
+                            f"partial download {have}: it was removed; run the same command again to start over")
+
+
+def _check_resumes_at(url: str, partial: Path, have: int, content_range: str) -> None:
+    start = content_range.removeprefix("bytes ").partition("-")[0].strip()
+    if start != str(have):
+        _discard(partial)
+        raise DownloadError(f"{url}: asked to resume at byte {have}, the server answered {content_range or 'no Content-Range'}; "
+                            "the partial download was removed: run the same command again to start over")
 
 
 def digests_of(path: Path) -> tuple[str, str]:
@@ -180,7 +223,12 @@ def download(name: str, dest: str, cache: Path, mirror: str | None = None) -> st
         return storage.join(dest, item.filename)
     path = fetch(url, target, item.sha256, item.md5_releases)
     if item.unpack_to:
-        written = unpack(path, dest, item.unpack_to)
+        try:
+            written = unpack(path, dest, item.unpack_to)
+        except zipfile.BadZipFile as error:  # else every rerun would find the file and fail again
+            corrupt = path.with_name(path.name + ".corrupt")
+            os.replace(path, corrupt)
+            raise DownloadError(f"{path} is not a readable zip ({error}); moved to {corrupt}: run the same command again to download it afresh") from None
         print(f"{name}: {written} new files in {storage.join(dest, item.unpack_to)}", file=sys.stderr)
         return storage.join(dest, item.unpack_to)
     if not local_dest:

@@ -15,7 +15,8 @@ from factory import download
 
 
 class Server:
-    """Serves `files`; the first request for a name in `cut_once` is cut after half its bytes."""
+    """Serves `files` with an ETag per file, HTTP ranges and If-Range, as CDNs do; the first request
+    for a name in `cut_once` is cut after half its bytes."""
 
     def __init__(self, files: dict[str, bytes], cut_once=()):
         self.files, self.cut_once, self.requests = files, set(cut_once), []
@@ -32,8 +33,20 @@ class Server:
                 if data is None:
                     self.send_error(404)
                     return
+                etag = f'"{hashlib.md5(data).hexdigest()}"'
                 start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                if start and self.headers.get("If-Range") not in (None, etag):
+                    start = 0  # the file changed since: the whole new file, as RFC 9110 says
+                if start >= len(data) and start:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(206 if start else 200)
+                self.send_header("ETag", etag)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 body = data[start:]
@@ -77,6 +90,46 @@ def test_an_interrupted_download_leaves_no_file_and_the_rerun_resumes(tmp_path, 
         assert "100.0%" in capsys.readouterr().err  # the progress bar
     finally:
         server.close()
+
+
+def test_a_file_changed_between_attempts_is_downloaded_afresh_not_spliced(tmp_path, weights_bytes, monkeypatch):
+    monkeypatch.setitem(download.ITEMS, "vgg19-pth", download.Item("unused", "vgg19.pth", None))
+    server = Server({"vgg19.pth": weights_bytes}, cut_once={"vgg19.pth"})
+    try:
+        arguments = ["vgg19-pth", "--dest", str(tmp_path), "--mirror", server.url]
+        assert download.main(arguments) == 1  # cut half way
+        changed = bytes(reversed(weights_bytes))
+        server.files["vgg19.pth"] = changed  # a new release under the same name
+        assert download.main(arguments) == 0
+        assert (tmp_path / "vgg19.pth").read_bytes() == changed
+    finally:
+        server.close()
+
+
+def test_a_partial_file_longer_than_the_servers_is_not_taken_as_whole(tmp_path, weights_bytes, monkeypatch, capsys):
+    monkeypatch.setitem(download.ITEMS, "vgg19-pth", download.Item("unused", "vgg19.pth", None))
+    (tmp_path / "vgg19.pth.part").write_bytes(weights_bytes + b"trailing junk")  # a 416 answer follows
+    server = Server({"vgg19.pth": weights_bytes})
+    try:
+        arguments = ["vgg19-pth", "--dest", str(tmp_path), "--mirror", server.url]
+        assert download.main(arguments) == 1
+        assert "removed" in capsys.readouterr().err and not (tmp_path / "vgg19.pth").exists()
+        assert download.main(arguments) == 0
+        assert (tmp_path / "vgg19.pth").read_bytes() == weights_bytes
+    finally:
+        server.close()
+
+
+def test_a_corrupt_archive_is_moved_aside_so_a_rerun_fetches_it_again(tmp_path, monkeypatch, capsys):
+    with_published_md5(monkeypatch, "coco", b"not a zip")
+    server = Server({"train2014.zip": b"not a zip"})
+    try:
+        arguments = ["coco", "--dest", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--mirror", server.url]
+        assert download.main(arguments) == 1
+    finally:
+        server.close()
+    assert "not a readable zip" in capsys.readouterr().err
+    assert (tmp_path / "cache" / "train2014.zip.corrupt").exists() and not (tmp_path / "cache" / "train2014.zip").exists()
 
 
 def test_a_checksum_mismatch_keeps_nothing(tmp_path, weights_bytes, monkeypatch, capsys):
