@@ -32,8 +32,10 @@ def test_pick_a_style_upload_a_photo_and_see_the_result(served, page, tmp_path):
     cards = page.locator(".style")
     cards.first.wait_for(timeout=30_000)
     assert cards.count() == 3
-    for image in (".style img.painting", ".style img.preview"):  # the painting and what the model made of the sample
-        assert page.locator(image).first.evaluate("img => img.complete && img.naturalWidth > 0"), image
+    # Every card shows its painting and what the model made of the sample photo, once they have loaded.
+    assert page.locator(".style img.painting").count() == 3 and page.locator(".style img.preview").count() == 3
+    page.wait_for_function("[...document.querySelectorAll('.style img')].every(img => img.complete && img.naturalWidth > 0)",
+                           timeout=30_000)
     assert "colour 0.42" in page.locator('.style[data-style="alpha"]').text_content()
 
     page.locator('.style[data-style="beta"]').click()
