@@ -73,8 +73,12 @@ def test_listing_has_every_style_with_working_thumbnail_and_preview_urls(served)
     assert [entry["name"] for entry in listing] == ["alpha", "beta", "slow"]
     assert listing[0]["metadata"]["loss_network"]["random_weights"] is True
     for url in (listing[0]["thumbnail_url"], listing[1]["preview_url"]):
+        assert url.startswith("/gallery/")  # served by the gallery: the page never wakes a style's replicas
         response = requests.get(served["base"] + url, timeout=30)
         assert response.status_code == 200 and response.content.startswith(b"\xff\xd8")
+    for url in ("/styles/alpha/thumbnail.jpg", "/styles/alpha/preview.jpg"):  # each style's own copies stay
+        assert requests.get(served["base"] + url, timeout=30).status_code == 200
+    assert requests.get(served["base"] + "/gallery/alpha/model.pt", timeout=30).status_code == 404
     page = requests.get(served["base"] + "/", timeout=30)
     assert page.status_code == 200 and "<title>style-factory</title>" in page.text
 
