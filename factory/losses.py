@@ -45,10 +45,7 @@ def style_loss(grams: list[torch.Tensor], target_grams: list[torch.Tensor]) -> t
 
 def total_variation_loss(images: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between vertical and horizontal neighbours of (B, C, H, W) images."""
-    images = images.float()
-    vertical = torch.mean((images[..., 1:, :] - images[..., :-1, :]) ** 2)
-    horizontal = torch.mean((images[..., :, 1:] - images[..., :, :-1]) ** 2)
-    return vertical + horizontal
+    return _per_image_total_variation(images).mean()  # every image has the same size: the batch mean
 
 
 def _per_image_squared_norm(values: torch.Tensor) -> torch.Tensor:

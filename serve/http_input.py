@@ -140,7 +140,7 @@ def format_from_accept(accept: str) -> str:
     first listed on a tie), image/* or */* meaning JPEG; JPEG when it names none of them."""
     by_media = {media: fmt for fmt, media in MEDIA_TYPES.items()}
     best, best_quality = "jpeg", -1.0
-    for position, item in enumerate((accept or "").split(",")):
+    for item in (accept or "").split(","):
         media, *parameters = [part.strip() for part in item.split(";")]
         quality = 1.0
         for parameter in parameters:

@@ -16,6 +16,7 @@ from collections import defaultdict
 import torch
 
 from factory import registry
+from serve.settings import EndpointSettings
 
 def reserved_device(gpu_ids: list) -> torch.device:
     """The device a replica reserved: a GPU only when Ray gave it one (`ray.get_gpu_ids()`). Ray 2.60
@@ -43,7 +44,7 @@ def fast_input(batch: torch.Tensor) -> torch.Tensor:
 
 class StyleModel:
     def __init__(self, registry_uri: str, style: str, version: str, device: torch.device | None = None,
-                 fast: bool = True, compile_on_cpu: bool = False, max_batch_pixels: int = 8 * 1024 * 1024):
+                 fast: bool = True, compile_on_cpu: bool = False, max_batch_pixels: int = EndpointSettings.max_batch_pixels):
         self.max_batch_pixels = max_batch_pixels
         net, self.metadata = registry.load_model(registry_uri, style, version)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
