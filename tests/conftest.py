@@ -151,13 +151,3 @@ def _wait_for_job_agent(head, address, env) -> None:
         assert head.poll() is None, "ray start --head exited"
         assert time.time() < deadline, f"the Ray cluster did not come up: {probe.stderr[-2000:]}"
         time.sleep(2)
-
-
-@pytest.fixture(scope="session")
-def serve_http_port() -> int:
-    """One HTTP port for Ray Serve on the test cluster: Serve keeps the port it first started with."""
-    return free_port()
-
-
-def ray_cli(*args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "ray"), *args]
