@@ -58,22 +58,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def loss_network_for(source: str) -> VGGWeights:
     """The loss network a model was trained with, from the source its metadata names."""
     if source == RANDOM:
-        return random_vgg19()  # seeded: the same network every time
+        return random_vgg19()  # seeded: the same network every time (without load_vgg19's banner per style)
     if source == TORCHVISION_DOWNLOAD:
         return load_vgg19([TORCHVISION_DOWNLOAD])
     return load_vgg19([source.split(":", 1)[1]])  # "matconvnet:<path>" or "torchvision-state-dict:<path>"
 
 
 def style_as_trained(metadata: dict, image_bytes: bytes) -> tuple[LossSettings, ResolvedStyle]:
+    """The loss settings and style exactly as the recipe in the model's metadata records them."""
     recipe = metadata["recipe"]
-    loss = dict(recipe["loss"])
-    loss["style_layers"] = tuple(loss["style_layers"])
-    settings = LossSettings(**loss)
-    fields = recipe["style"]
-    style = ResolvedStyle(name=fields["name"], image_bytes=image_bytes, image_sha256=fields["image_sha256"],
-                          content_weight=fields["content_weight"], style_weight=fields["style_weight"],
-                          tv_weight=fields["tv_weight"], steps=fields["steps"], learning_rate=fields["learning_rate"])
-    return settings, style
+    settings = LossSettings(**{**recipe["loss"], "style_layers": tuple(recipe["loss"]["style_layers"])})
+    return settings, ResolvedStyle(**recipe["style"], image_bytes=image_bytes)  # the recipe is the style minus its bytes
 
 
 def photo_tensor(path: Path, size: int) -> tuple[torch.Tensor, "images.Image.Image"]:
@@ -166,19 +161,31 @@ def main(argv=None) -> int:
     if not photos:
         print("error: no held-out photos: pass --photos with a few photos the models did not train on", file=sys.stderr)
         return 2
+    absent = [str(path) for path in photos if not path.is_file()]
+    if absent:
+        print(f"error: no photo at {', '.join(absent)}: pass --photos with existing image files", file=sys.stderr)
+        return 2
     published = set(registry.list_styles(reg))
-    wanted = args.styles.split(",") if args.styles else [style.name for style in config.styles if style.name in published]
+    images_by_style = {style.name: style.image for style in config.styles}
+    wanted = args.styles.split(",") if args.styles else [name for name in images_by_style if name in published]
+    unknown = [name for name in wanted if name not in images_by_style]
+    if unknown:
+        print(f"error: --styles names {', '.join(unknown)}, not in {args.config}; it has {', '.join(images_by_style)}", file=sys.stderr)
+        return 2
     missing = [name for name in wanted if name not in published]
     if missing or not wanted:
         print(f"error: no published model for {', '.join(missing) or 'any style of the config'} in {reg!r}; "
               "train first: python factory/train_all.py --config ...", file=sys.stderr)
         return 2
-    images_by_style = {style.name: style.image for style in config.styles}
     print(f"{len(wanted)} style(s) x {len(photos)} held-out photo(s) at {args.size} px, {args.iterations} L-BFGS "
           f"iterations each, on {results.device_name()}", flush=True)
     figures = {}
     for name in wanted:
-        figures[name] = measure_style(name, reg, storage.read_bytes(images_by_style[name]), photos, args)
+        try:
+            figures[name] = measure_style(name, reg, storage.read_bytes(images_by_style[name]), photos, args)
+        except (ValueError, FileNotFoundError) as error:  # a mismatched config, missing weights or photos
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(f"  {name}: done", flush=True)
 
     print(f"\n{'style':<20} {'loss network':<14} {'norm':<10} {'steps':>6} {'ratio':>7} {'worth':>7} {'colour':>7} {'struct':>7}")
