@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-NORMALISATIONS = ("none", "per_layer")
+from factory.settings import LOSS_NORMALISATIONS as NORMALISATIONS
+
 # Below this mean squared neighbour difference (in 0..255 pixel units) a photo counts as flat: the
 # relative TV term divides by at least this, so a blank photo cannot blow it up.
 FLAT_PHOTO_TV = 1.0

@@ -20,12 +20,13 @@ import io
 import json
 import secrets
 from datetime import datetime, timezone
-
-import torch
+from typing import TYPE_CHECKING
 
 from factory import storage
 from factory.style_names import validate_style_name
-from factory.transform_net import TransformNet
+
+if TYPE_CHECKING:
+    from factory.transform_net import TransformNet
 
 FORMAT_VERSION = 1
 MODEL_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE = "model.pt", "metadata.json", "thumbnail.jpg", "preview.jpg"
@@ -44,6 +45,8 @@ def version_uri(registry: str, style: str, version: str, filename: str = "") -> 
 
 def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbnail_jpeg: bytes, preview_jpeg: bytes) -> str:
     """Write a complete new version of `style`, then point current.json at it. Returns the version."""
+    import torch  # here, not at the top: the serving front door reads the registry without torch (~470 MB a process)
+
     validate_style_name(style)
     now = datetime.now(timezone.utc)
     version = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
@@ -102,6 +105,10 @@ def read_file(registry: str, style: str, filename: str, version: str | None = No
 
 def load_model(registry: str, style: str, version: str | None = None) -> tuple[TransformNet, dict]:
     """The published network (eval mode, CPU) and its metadata. Never unpickles code."""
+    import torch
+
+    from factory.transform_net import TransformNet
+
     metadata = read_metadata(registry, style, version)
     model_bytes = storage.read_bytes(version_uri(registry, style, metadata["version"], MODEL_FILE))
     if len(model_bytes) > MAX_MODEL_BYTES:

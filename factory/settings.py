@@ -14,7 +14,6 @@ from pathlib import Path
 
 import yaml
 
-from factory import losses
 from factory.style_names import validate_style_name
 
 VGG19_LAYER_NAMES = tuple(
@@ -60,7 +59,10 @@ class LossNetworkSettings:
         require(len(self.weights) > 0, "loss_network.weights is empty: list at least one VGG-19 source")
 
 
-NORMALISATIONS = ("auto", *losses.NORMALISATIONS)
+# The loss normalisations factory/losses.py implements; defined here so that reading settings (the
+# serving front door does) never imports torch.
+LOSS_NORMALISATIONS = ("none", "per_layer")
+NORMALISATIONS = ("auto", *LOSS_NORMALISATIONS)
 # Each normalisation's default weights (content, style, TV). "none": lengstrom/fast-style-transfer's,
 # tuned for the MatConvNet file. "per_layer": measured on the random and MatConvNet-format networks
 # (README, "Loss scale"): style 10 moves a photo most of the way to the painting's colours in a few

@@ -127,7 +127,9 @@ def init_ray(config: FactoryConfig) -> str | None:
 
 
 class Deployer:
-    """--deploy: after each publish, redeploy the registry; Serve updates only the changed styles."""
+    """--deploy: after each publish, deploy the registry. The first deploy starts the front door and style
+    pool; later ones change nothing unless a dedicated style was retrained, since the pool picks up
+    newly published versions by itself within pool.refresh_s."""
 
     def __init__(self, registry_uri: str, serve_config: str | None, dashboard_address: str):
         from serve.settings import load_serving_config  # serving code only when asked for
@@ -142,7 +144,7 @@ class Deployer:
         with self.lock:
             try:
                 deploy.deploy(self.config, self.address)
-                return "deployed"
+                return f"deployed (live within {self.config.pool.refresh_s:g} s)"
             except Exception as error:  # a serving problem must not lose the trained models
                 logger.exception("deploying to Ray Serve at %s failed", self.address)
                 return f"deploy failed: {type(error).__name__}: {str(error)[:150]}"

@@ -1,12 +1,14 @@
-"""Deploy every style in a registry as its own Ray Serve application, declaratively.
+"""Deploy a registry's styles on Ray Serve, declaratively: the front door and style pool for all of
+them, plus an application of its own for each style the serving config marks dedicated.
 
     python -m serve.deploy --registry data/registry                      # deploy to the local cluster
     python -m serve.deploy --config configs/serve.yaml --write serve_config.yaml --dry-run
 
 It writes a Serve config file (the same one `serve deploy serve_config.yaml` or `serve run
 serve_config.yaml` accepts) and applies it through the Ray dashboard's REST API, as `serve deploy`
-does. Serve compares it with what runs: an application whose config is unchanged (same model
-version, same settings) keeps its replicas; a new or retrained style deploys alone.
+does. Pooled styles are not in that config: the front door re-reads the registry, so publishing or
+retraining them needs no deploy, and the config only changes with the serving config (or a dedicated
+style's new version). Serve keeps the replicas of every application whose config is unchanged.
 """
 
 from __future__ import annotations
@@ -24,47 +26,68 @@ if __package__ in (None, ""):
 import yaml
 
 from factory import registry, storage
-from serve.settings import ServingConfig, load_serving_config
+from serve.settings import EndpointSettings, ServingConfig, load_serving_config
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
-GALLERY_APP = "gallery"
+FRONT_APP = "front"
 
 
 def style_app_name(style: str) -> str:
     return f"style-{style}"
 
 
-def build_serve_config(config: ServingConfig) -> dict:
-    """The Serve config (as `serve deploy` takes it) for every published style in the registry."""
-    registry_uri = storage.absolute(config.registry)
-    versions = {style: registry.current_version(registry_uri, style) for style in registry.list_styles(registry_uri)}
-    applications = [{
-        "name": GALLERY_APP,
+def autoscaling(settings: EndpointSettings) -> dict:
+    return {
+        "max_ongoing_requests": settings.max_ongoing_requests,
+        "max_queued_requests": settings.max_queued_requests,
+        "autoscaling_config": {
+            "min_replicas": settings.min_replicas,
+            "initial_replicas": max(1, settings.min_replicas),
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.target_ongoing_requests,
+        },
+        "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus,
+                              **({"resources": settings.resources} if settings.resources else {})},
+    }
+
+
+def front_application(config: ServingConfig, registry_uri: str) -> dict:
+    """The front door (HTTP parsing, listing, page) and the style pool behind it, autoscaled as `defaults`
+    says. The front takes twice what the pool can hold at once: when load exceeds the pool, the pool's
+    queue overflows first and the front answers 503 in JSON with a message, rather than Serve's proxy
+    answering its own plain-text 503."""
+    pool = config.defaults
+    front_ongoing = 2 * (pool.max_ongoing_requests * pool.max_replicas + pool.max_queued_requests)
+    front = dataclasses.replace(pool, min_replicas=1, num_cpus=config.pool.front_num_cpus, num_gpus=0.0, resources={},
+                                max_ongoing_requests=front_ongoing, target_ongoing_requests=front_ongoing / 2)
+    return {
+        "name": FRONT_APP,
         "route_prefix": "/",
-        "import_path": "serve.gallery_app:build_app",
-        "args": {"registry": registry_uri, "styles": versions},
-    }]
-    for style, version in versions.items():
-        settings = config.for_style(style)
-        applications.append({
-            "name": style_app_name(style),
-            "route_prefix": f"/styles/{style}",
-            "import_path": "serve.style_app:build_app",
-            "args": {"registry": registry_uri, "style": style, "version": version, "settings": dataclasses.asdict(settings)},
-            "deployments": [{
-                "name": "StyleEndpoint",
-                "max_ongoing_requests": settings.max_ongoing_requests,
-                "max_queued_requests": settings.max_queued_requests,
-                "autoscaling_config": {
-                    "min_replicas": settings.min_replicas,
-                    "initial_replicas": max(1, settings.min_replicas),
-                    "max_replicas": settings.max_replicas,
-                    "target_ongoing_requests": settings.target_ongoing_requests,
-                },
-                "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus,
-                                      **({"resources": settings.resources} if settings.resources else {})},
-            }],
-        })
+        "import_path": "serve.front_app:build_app",
+        "args": {"registry": registry_uri, "settings": dataclasses.asdict(pool), "pool": dataclasses.asdict(config.pool)},
+        "deployments": [{"name": "Front", **autoscaling(front)}, {"name": "StylePool", **autoscaling(pool)}],
+    }
+
+
+def dedicated_application(config: ServingConfig, registry_uri: str, style: str, version: str) -> dict:
+    settings = config.for_style(style)
+    return {
+        "name": style_app_name(style),
+        "route_prefix": f"/styles/{style}",
+        "import_path": "serve.style_app:build_app",
+        "args": {"registry": registry_uri, "style": style, "version": version, "settings": dataclasses.asdict(settings)},
+        "deployments": [{"name": "StyleEndpoint", **autoscaling(settings)}],
+    }
+
+
+def build_serve_config(config: ServingConfig) -> dict:
+    """The Serve config (as `serve deploy` takes it): the front and pool, and the published dedicated styles."""
+    registry_uri = storage.absolute(config.registry)
+    published = set(registry.list_styles(registry_uri))
+    applications = [front_application(config, registry_uri)]
+    for style in config.dedicated_styles():
+        if style in published:  # one not trained yet gets its application when it is published and deployed
+            applications.append(dedicated_application(config, registry_uri, style, registry.current_version(registry_uri, style)))
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.http.host, "port": config.http.port},
@@ -99,23 +122,23 @@ def wait_until_running(address: str, app_names: list[str], timeout_s: float = 30
         time.sleep(1)
 
 
-def refuse_to_empty(serve_config: dict, registry_uri: str, address: str) -> None:
-    """A wrong or empty registry path lists no styles; deploying that would remove every running style."""
-    if len(serve_config["applications"]) > 1:
+def refuse_to_empty(registry_uri: str, address: str) -> None:
+    """A wrong or empty registry path lists no styles; deploying it over running styles would take them all down."""
+    if registry.list_styles(registry_uri):
         return
-    running = sorted(name for name in _client(address).get_serve_details().get("applications", {}) if name != GALLERY_APP)
+    running = sorted(_client(address).get_serve_details().get("applications", {}))
     if running:
         raise ValueError(
             f"the registry {registry_uri!r} has no published styles (a wrong path or an empty prefix?); deploying it "
-            f"would remove the {len(running)} running application(s) {', '.join(running[:5])}. Check the path, "
-            "or pass --allow-empty to undeploy them on purpose"
+            f"would stop serving every style of the running application(s) {', '.join(running[:5])}. Check the path, "
+            "or pass --allow-empty to do it on purpose (styles published there later go live by themselves)"
         )
 
 
 def deploy(config: ServingConfig, address: str, write: Path | None = None, wait: bool = True, allow_empty: bool = False) -> dict:
-    serve_config = build_serve_config(config)
     if not allow_empty:
-        refuse_to_empty(serve_config, storage.absolute(config.registry), address)
+        refuse_to_empty(storage.absolute(config.registry), address)
+    serve_config = build_serve_config(config)
     if write:
         write.write_text(yaml.safe_dump(serve_config, sort_keys=False))
     apply(serve_config, address)
@@ -147,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, registry.ModelNotFound, RuntimeError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    styles = [app["route_prefix"] for app in serve_config["applications"][1:]]
     host = serve_config["http_options"]["host"]
     base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{serve_config['http_options']['port']}"
-    print(f"deployed {len(styles)} style(s): page at {base}/, endpoints: " + ", ".join(f"{base}{route}" for route in styles))
+    styles = registry.list_styles(storage.absolute(config.registry))
+    dedicated = [app["route_prefix"].rsplit("/", 1)[1] for app in serve_config["applications"][1:]]
+    print(f"deployed: page at {base}/, {len(styles)} style(s) at {base}/styles/<style>"
+          + (f" ({len(dedicated)} dedicated: {', '.join(dedicated)})" if dedicated else "")
+          + f"; styles published later go live within {config.pool.refresh_s:g} s, without a deploy")
     return 0
 
 

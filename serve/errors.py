@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +38,11 @@ def json_errors_api() -> FastAPI:
     async def starlette_error(request: Request, error: StarletteHTTPException):
         message = {404: f"no such path: {request.url.path}", 405: f"method {request.method} not allowed on {request.url.path}"}
         return json_error(error.status_code, message.get(error.status_code, str(error.detail)))
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg', '')}" for problem in error.errors()[:5])
+        return json_error(400, f"invalid request: {problems}")
 
     @api.exception_handler(HTTPError)
     async def our_error(request: Request, error: HTTPError):

@@ -1,8 +1,9 @@
-"""Turning an untrusted HTTP request into an image and options, or a clear JSON error.
+"""Turning an untrusted HTTP request into image bytes and options, or a clear JSON error. No torch, no
+decoding (serve/stylising.py decodes): the front door that parses requests stays a small process.
 
-Every size a client controls is bounded here: the body is read in chunks and abandoned past the
-limit (413), the image header is checked against the pixel limit before decoding (413), and
-max_side is capped.
+Every size a client controls here is bounded: the body is read in chunks and abandoned past the
+limit (413), a form's parts and their headers are capped, and so is max_side (the image's pixels are
+checked against their limit before decoding, in serve/stylising.py).
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from PIL import Image
-
-from factory import images
 from serve.settings import EndpointSettings
 
 # MPO is a JPEG with more pictures after the first (gain-map HDR photos from recent phones): Pillow
@@ -100,26 +98,6 @@ def image_bytes_from_body(body: bytes, content_type: str) -> bytes:
     if not chosen[2]:
         raise HTTPError(400, "the form's 'image' field is empty")
     return chosen[2]
-
-
-def decode_image(data: bytes, settings: EndpointSettings) -> Image.Image:
-    """Decode a JPEG, PNG or WebP; anything else is 415, a broken one 400, a too-big one 413."""
-    import io
-
-    try:
-        header = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:  # a real image, declaring far more pixels than anyone sends
-        raise HTTPError(413, f"image is over the limit of {settings.max_input_pixels} pixels: send a smaller one") from None
-    except Exception:
-        raise HTTPError(415, "not an image: send a JPEG, PNG or WebP file") from None
-    if header.format not in ACCEPTED_INPUT_FORMATS:
-        raise HTTPError(415, f"unsupported image format {header.format}: send a JPEG, PNG or WebP file")
-    try:
-        return images.decode_rgb(data, max_pixels=settings.max_input_pixels)
-    except images.ImageRejected as error:
-        status = 413 if "over the limit" in str(error) else 400
-        raise HTTPError(status, f"unusable image: {error}") from None
-
 
 
 def _number(query, name: str, kind, low, high, default):

@@ -1,13 +1,16 @@
-"""Serving settings: one frozen dataclass per style endpoint, defaults plus per-style overrides.
+"""Serving settings: the style pool's, and a frozen dataclass per endpoint (defaults plus overrides).
 
 A serving config (YAML) looks like:
 
     registry: data/registry
     http: {host: 0.0.0.0, port: 8000}
-    defaults: {max_replicas: 4}
+    pool: {model_cache_mb: 512, refresh_s: 5}
+    defaults: {max_replicas: 4}                  # the pool's replicas, and every style's limits
     styles:
-      starry_night: {max_replicas: 8, num_gpus: 0.25}
-      rarely_used: {min_replicas: 0}          # scale to zero when idle
+      starry_night: {dedicated: true, max_replicas: 8, num_gpus: 0.25}   # a hot style: its own application
+      rarely_used: {dedicated: true, min_replicas: 0}                   # its own, scaled to zero when idle
+
+Every style is served by the pool unless marked dedicated.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from factory.style_names import validate_style_name
 
 @dataclass(frozen=True, kw_only=True)
 class EndpointSettings:
+    # Serve this style from an application of its own, with its own replicas and autoscaling, instead
+    # of from the pool (a hot style); only then do the other per-style settings apply to it.
+    dedicated: bool = False
     # Replicas kept when idle; 0 lets a rarely used style scale to zero (its first request waits).
     min_replicas: int = 1
     # Upper bound of the autoscaler.
@@ -74,6 +80,23 @@ class EndpointSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PoolSettings:
+    # Memory for loaded models in each pool replica: past it the least recently used style is dropped
+    # (a TransformNet holds 6.7 MB of fp32 weights; 512 MB keeps about 75 styles warm per replica).
+    model_cache_mb: int = 512
+    # How often the front door re-reads the registry: a new or retrained style is served at most this
+    # long after its current.json changes (one listing and one read per style each time).
+    refresh_s: float = 5.0
+    # CPUs per front-door replica; it only parses requests and routes them, the pool does the pixels.
+    front_num_cpus: float = 0.1
+
+    def __post_init__(self):
+        require(self.model_cache_mb >= 16, "pool.model_cache_mb must be >= 16 (room for two models)")
+        require(0.5 <= self.refresh_s <= 10, "pool.refresh_s must be between 0.5 and 10 seconds")
+        require(self.front_num_cpus >= 0, "pool.front_num_cpus must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
 class HttpSettings:
     # Where Serve's HTTP proxy listens.
     host: str = "127.0.0.1"
@@ -85,15 +108,24 @@ class ServingConfig:
     # The registry to serve: a folder or s3://bucket/prefix.
     registry: str = "data/registry"
     http: HttpSettings = field(default_factory=HttpSettings)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    # The pool's replicas and resources, and the limits of every style it serves.
     defaults: EndpointSettings = field(default_factory=EndpointSettings)
-    # Per-style overrides of `defaults`, by style name.
+    # Styles with an application of their own ({dedicated: true, ...overrides of `defaults`}), by name.
     styles: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        require(not self.defaults.dedicated, "defaults.dedicated must be false: mark single styles dedicated under `styles`")
         for name, overrides in self.styles.items():
             validate_style_name(name)
             require(isinstance(overrides, dict), f"styles.{name} must be a mapping of endpoint settings")
-            self.for_style(name)  # validate now, not at deploy time
+            settings = self.for_style(name)  # validate now, not at deploy time
+            own = sorted(set(overrides) - {"dedicated"})
+            require(settings.dedicated or not own, f"styles.{name} sets {', '.join(own)}, but a style served "
+                    "by the pool shares `defaults`: add `dedicated: true` to give it an application and settings of its own")
+
+    def dedicated_styles(self) -> list[str]:
+        return sorted(name for name in self.styles if self.for_style(name).dedicated)
 
     def for_style(self, name: str) -> EndpointSettings:
         values = {**dataclasses.asdict(self.defaults), **self.styles.get(name, {})}

@@ -1,11 +1,13 @@
-"""One style's endpoint: a Ray Serve application of its own, mounted at /styles/<style>.
+"""A dedicated style's endpoint: a Ray Serve application of its own, mounted at /styles/<style>.
 
     POST /styles/<style>               the image (raw body or multipart field 'image') -> stylised image
          ?max_side=&strength=&preserve_colors=&format=jpeg|png|webp
     GET  /styles/<style>               the model's metadata
     GET  /styles/<style>/thumbnail.jpg, /styles/<style>/preview.jpg
 
-Each style is its own application so that adding or retraining one redeploys it alone.
+A style gets one when the serving config marks it dedicated (a hot style, with replicas and autoscaling
+of its own); every other style is served by the pool (serve/front_app.py, serve/style_pool.py). The
+same HTTP interface either way.
 """
 
 import asyncio
@@ -16,24 +18,14 @@ from fastapi import Request
 from fastapi.responses import Response
 from ray import serve
 
-from factory import images, registry
-from serve import http_input, postprocess
+from factory import registry
+from serve import http_input, stylising
 from serve.errors import json_errors_api
+from serve.registry_view import public_metadata
 from serve.settings import EndpointSettings
 from serve.style_model import StyleModel, reserved_device
 
 api = json_errors_api()
-
-
-def public_metadata(metadata: dict) -> dict:
-    """What clients may see of a model's metadata: never a storage location (the weights' path or
-    bucket, the config's paths), only what kind of loss network trained it."""
-    keep = ("style", "version", "published_at", "steps", "final_losses", "style_image_sha256", "throughput", "quality")
-    public = {key: metadata[key] for key in keep if key in metadata}
-    if "loss_network" in metadata:
-        source = metadata["loss_network"].get("source", "")
-        public["loss_network"] = {"kind": source.split(":", 1)[0], "random_weights": bool(metadata["loss_network"].get("random_weights"))}
-    return public
 
 
 @serve.deployment(name="StyleEndpoint", health_check_period_s=10, health_check_timeout_s=30)
@@ -69,17 +61,7 @@ class StyleEndpoint:
         body = await http_input.read_body(request, self.settings.max_body_bytes)
         # Off the event loop: a large form must not hold up other requests or the health check.
         data = await asyncio.to_thread(http_input.image_bytes_from_body, body, request.headers.get("content-type", ""))
-        # Decoding and encoding are CPU work: off the event loop, so other requests keep flowing.
-        original = await asyncio.to_thread(lambda: images.fit_within(http_input.decode_image(data, self.settings), options.max_side))
-        stylised = await self.run_batch(images.to_tensor(original))
-        if isinstance(stylised, torch.OutOfMemoryError):
-            raise http_input.HTTPError(503, f"not enough memory to stylise a {original.width}x{original.height} image now; "
-                                            "retry, or send a smaller one (max_side)")
-        if isinstance(stylised, Exception):
-            raise http_input.HTTPError(500, f"stylising failed: {type(stylised).__name__}")
-        output = await asyncio.to_thread(
-            lambda: images.encode(postprocess.finish(images.to_image(stylised), original, options.strength, options.preserve_colors), options.output_format)
-        )
+        output = await stylising.stylise_image(data, options, self.settings, self.run_batch)
         return Response(output, media_type=http_input.MEDIA_TYPES[options.output_format],
                         headers={"X-Style": self.metadata["style"], "X-Model-Version": self.metadata["version"],
                                  "Vary": "Accept"})  # the format follows the Accept header: caches must key on it

@@ -1,12 +1,14 @@
 """A published style model ready to serve: loaded once, run on batches, checked for health. No Ray.
 
-The fast path (on by default, GPU only) runs the network in fp16 with channels_last memory and
-torch.compile. The compile is dynamic in height and width, so it happens once, not once per request
-size. Bucketing sizes by padding was measured and rejected: instance norm takes its statistics over
-the padding too, which moved outputs by 6 of 255 on average (200x150 padded to 256x256), while fp16
-moves them by 0.1 (tests/test_fast_path.py). On CPU, channels_last and fp16 measured slower; a
-dynamic fp32 torch.compile measured 1.3x faster (0.50 s against 0.66 s at 512x512 on 2 cores) but
-costs about a minute of compiling when the replica starts, so it is opt-in (compile_on_cpu).
+The fast path (on by default, GPU only) runs the network eagerly in fp16 with channels_last memory.
+It is not compiled: on an H200 a torch.compile that is dynamic in height and width ran slower than
+eager (423 against 569 images/s at 512x512, batch 16; issue 11's measurement), and a compile per
+style would make the first request of every style in the pool wait for it. Bucketing sizes by padding
+was measured and rejected: instance norm takes its statistics over the padding too, which moved
+outputs by 6 of 255 on average (200x150 padded to 256x256), while fp16 moves them by 0.1
+(tests/test_fast_path.py). On CPU, channels_last and fp16 measured slower; a dynamic fp32
+torch.compile measured 1.3x faster (0.50 s against 0.66 s at 512x512 on 2 cores) but costs about a
+minute of compiling when the replica starts, so it is opt-in (compile_on_cpu) for dedicated styles.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import defaultdict
 import torch
 
 from factory import registry
+from factory.transform_net import TransformNet
 from serve.settings import EndpointSettings
 
 def reserved_device(gpu_ids: list) -> torch.device:
@@ -42,6 +45,12 @@ def fast_input(batch: torch.Tensor) -> torch.Tensor:
     return batch.half().contiguous(memory_format=torch.channels_last)
 
 
+def model_bytes(device: torch.device) -> int:
+    """Memory one loaded model's weights take on `device` (fp16 on a GPU, fp32 on the CPU)."""
+    parameters = sum(parameter.numel() for parameter in TransformNet().parameters())
+    return parameters * (2 if device.type == "cuda" else 4)
+
+
 class StyleModel:
     def __init__(self, registry_uri: str, style: str, version: str, device: torch.device | None = None,
                  fast: bool = True, compile_on_cpu: bool = False, max_batch_pixels: int = EndpointSettings.max_batch_pixels):
@@ -51,10 +60,9 @@ class StyleModel:
         self.fast = fast and self.device.type == "cuda"
         self.net = net.to(self.device).eval()
         if self.fast:
-            self.net = torch.compile(fast_network(self.net), dynamic=True)
+            self.net = fast_network(self.net)
         elif compile_on_cpu and self.device.type == "cpu":
             self.net = torch.compile(self.net, dynamic=True)
-        if self.fast or compile_on_cpu:
             self.forward_by_size([torch.zeros(3, 64, 64)])  # compile now, not on a client's request
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:

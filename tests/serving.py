@@ -38,7 +38,8 @@ def deploy(serving_config: dict, path: Path, address: str, env: dict) -> subproc
 
 @pytest.fixture(scope="session")
 def served(ray_head, serve_http_port, tmp_path_factory):
-    """alpha and beta from a registry the test builds, plus 'slow' with a one-request queue."""
+    """alpha and beta served by the pool (a cache of two models, so styles are evicted all the time, and
+    small queues), plus 'slow', a dedicated style with a one-request queue."""
     address, env = ray_head
     root = tmp_path_factory.mktemp("serving")
     for seed, name in enumerate(["alpha", "beta", "slow"]):
@@ -47,8 +48,10 @@ def served(ray_head, serve_http_port, tmp_path_factory):
     config = {
         "registry": str(root / "registry"),
         "http": {"host": "127.0.0.1", "port": port},
-        "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY},
-        "styles": {"slow": {"max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1}},
+        "pool": {"model_cache_mb": 16, "refresh_s": 1},
+        "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY, "max_ongoing_requests": 3, "max_queued_requests": 8},
+        "styles": {"slow": {"dedicated": True, "max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1,
+                            "max_batch_size": 1}},
     }
     done = deploy(config, root / "serving.yaml", address, env)
     assert done.returncode == 0, done.stderr[-3000:]

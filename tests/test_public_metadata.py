@@ -2,7 +2,7 @@
 
 import json
 
-from serve.style_app import public_metadata
+from serve.registry_view import public_metadata
 
 
 def test_the_weights_location_is_not_published():

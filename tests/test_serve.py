@@ -1,4 +1,4 @@
-"""Every published style as its own Serve application, over real HTTP on 127.0.0.1."""
+"""The served styles over real HTTP on 127.0.0.1: pooled ones (alpha, beta) and a dedicated one (slow)."""
 
 import concurrent.futures
 import io
@@ -70,7 +70,7 @@ def test_strength_zero_gives_back_the_photo_and_preserve_colors_keeps_its_colour
 
 def test_listing_has_every_style_with_working_thumbnail_and_preview_urls(served):
     listing = requests.get(f"{served['base']}/styles", timeout=30).json()
-    assert [entry["name"] for entry in listing] == ["alpha", "beta", "slow"]
+    assert {"alpha", "beta", "slow"} <= {entry["name"] for entry in listing}  # test_pool.py may be publishing more
     assert listing[0]["metadata"]["loss_network"]["random_weights"] is True
     for url in (listing[0]["thumbnail_url"], listing[1]["preview_url"]):
         assert url.startswith("/gallery/")  # served by the gallery: the page never wakes a style's replicas
@@ -159,25 +159,33 @@ def test_concurrent_load_completes_without_server_errors(served):
     body = photo_bytes((64, 64))
 
     def one(index):
-        return requests.post(f"{served['base']}/styles/{'alpha' if index % 2 else 'beta'}", data=body, timeout=120).status_code
+        response = requests.post(f"{served['base']}/styles/{'alpha' if index % 2 else 'beta'}", data=body, timeout=120)
+        return response.status_code, response.text[:200] if response.status_code != 200 else ""
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
-        statuses = list(pool.map(one, range(50)))
-    assert statuses == [200] * 50
+    with concurrent.futures.ThreadPoolExecutor(max_workers=5) as pool:  # within what one pool replica takes (3, and 8 queued)
+        answers = list(pool.map(one, range(40)))
+    assert answers == [(200, "")] * 40
 
 
-def test_requests_past_a_full_queue_are_shed_with_503(served):
-    big = photo_bytes((1024, 1024))  # seconds of CPU each: the one replica stays busy
+def shed(url: str, clients: int, max_side: int) -> list[tuple[int, str]]:
+    big = photo_bytes((max_side, max_side))  # a second or more of CPU each: the replicas stay busy
 
     def one(_):
-        response = requests.post(f"{served['base']}/styles/slow?max_side=1024", data=big, timeout=300)
+        response = requests.post(f"{url}?max_side={max_side}", data=big, timeout=300)
         return response.status_code, response.text[:200]
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
-        results = list(pool.map(one, range(6)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
+        return list(pool.map(one, range(clients)))
+
+
+@pytest.mark.parametrize("style, clients, max_side", [("slow", 6, 1024), ("alpha", 20, 512)], ids=["dedicated", "pool"])
+def test_requests_past_a_full_queue_are_shed_with_503(served, style, clients, max_side):
+    results = shed(f"{served['base']}/styles/{style}", clients, max_side)
     statuses = [status for status, _ in results]
     assert 503 in statuses and 200 in statuses, results
     assert set(statuses) <= {200, 503}, results
+    if style == "alpha":  # the pool's queue overflows before Serve's proxy sheds: a JSON answer that says why
+        assert any("at capacity" in text for status, text in results if status == 503), results
     good_request_works(served["base"])
 
 
@@ -191,20 +199,20 @@ def test_serve_status_shows_every_application_running(served):
     serve_cli = str(Path(sys.executable).parent / "serve")
     done = subprocess.run([serve_cli, "status", "--address", served["address"]], env=served["env"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    for app in ("gallery", "style-alpha", "style-beta", "style-slow"):
+    for app in ("front", "style-slow"):
         assert f"{app}:" in done.stdout
     assert "DEPLOY_FAILED" not in done.stdout and "RUNNING" in done.stdout
 
 
-def test_retraining_one_style_redeploys_it_alone(served):
-    alpha_before = replica_ids(served["address"], "style-alpha")
-    old_version = requests.post(f"{served['base']}/styles/beta", data=photo_bytes(), timeout=60).headers["x-model-version"]
-    new_version = publish_random_style(served["root"] / "registry", "beta", seed=42)
+def test_retraining_a_dedicated_style_redeploys_it_alone(served):
+    front_before = replica_ids(served["address"], "front")
+    old_version = requests.post(f"{served['base']}/styles/slow", data=photo_bytes(), timeout=60).headers["x-model-version"]
+    new_version = publish_random_style(served["root"] / "registry", "slow", seed=42)
 
     done = deploy(served["config"], served["root"] / "serving.yaml", served["address"], served["env"])
     assert done.returncode == 0, done.stderr[-3000:]
 
-    response = requests.post(f"{served['base']}/styles/beta", data=photo_bytes(), timeout=60)
+    response = requests.post(f"{served['base']}/styles/slow", data=photo_bytes(), timeout=60)
     assert response.status_code == 200 and response.headers["x-model-version"] == new_version != old_version
-    assert replica_ids(served["address"], "style-alpha") == alpha_before
+    assert replica_ids(served["address"], "front") == front_before
     good_request_works(served["base"])

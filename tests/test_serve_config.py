@@ -1,4 +1,4 @@
-"""The generated Serve config and the endpoint's health check, without a cluster."""
+"""The generated Serve config, the serving settings and the model runner, without a cluster."""
 
 import pytest
 import torch
@@ -10,34 +10,49 @@ from serve.style_model import StyleModel
 from serving import publish_random_style
 
 
-def test_generated_config_is_one_application_per_style_and_valid_for_serve(tmp_path):
+def test_generated_config_is_the_pool_plus_one_application_per_dedicated_style_and_valid_for_serve(tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
-    for seed, name in enumerate(["alpha", "rare"]):
+    for seed, name in enumerate(["alpha", "rare", "hot"]):
         publish_random_style(tmp_path / "registry", name, seed)
     serving = tmp_path / "serving.yaml"
-    serving.write_text(yaml.safe_dump({"registry": str(tmp_path / "registry"), "styles": {"rare": {"min_replicas": 0, "num_gpus": 0.25}}}))
+    serving.write_text(yaml.safe_dump({"registry": str(tmp_path / "registry"), "pool": {"model_cache_mb": 64},
+                                       "styles": {"rare": {"dedicated": True, "min_replicas": 0, "num_gpus": 0.25},
+                                                  "hot": {"dedicated": False}, "unpublished": {"dedicated": True}}}))
     assert deploy.main(["--config", str(serving), "--dry-run", "--write", str(tmp_path / "serve_config.yaml")]) == 0
 
     config = yaml.safe_load((tmp_path / "serve_config.yaml").read_text())
     ServeDeploySchema.model_validate(config)  # what `serve deploy` itself checks
     apps = {app["name"]: app for app in config["applications"]}
-    assert list(apps) == ["gallery", "style-alpha", "style-rare"]
-    assert apps["style-rare"]["route_prefix"] == "/styles/rare"
+    assert list(apps) == ["front", "style-rare"]  # alpha and hot are pooled; "unpublished" has nothing to serve yet
+    assert apps["front"]["route_prefix"] == "/" and apps["style-rare"]["route_prefix"] == "/styles/rare"
+    assert apps["front"]["args"]["pool"]["model_cache_mb"] == 64
+    assert "alpha" not in yaml.safe_dump(apps["front"])  # pooled styles are found at run time, not listed in the config
+    front, pool = apps["front"]["deployments"]
+    assert (front["name"], pool["name"]) == ("Front", "StylePool")
+    assert front["max_ongoing_requests"] > pool["max_ongoing_requests"] * pool["autoscaling_config"]["max_replicas"]
     rare = apps["style-rare"]["deployments"][0]
     assert rare["autoscaling_config"]["min_replicas"] == 0  # scale to zero
     assert rare["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.25}
-    assert apps["style-alpha"]["deployments"][0]["autoscaling_config"]["min_replicas"] == 1
-    assert apps["gallery"]["args"]["styles"].keys() == {"alpha", "rare"}
 
 
-def test_bad_serving_settings_are_refused_with_the_setting_named(tmp_path):
-    with pytest.raises(ValueError, match="max_replicas must be"):
-        load_serving_config(None, styles={"alpha": {"min_replicas": 3, "max_replicas": 2}})
-    with pytest.raises(ValueError, match="unknown setting.*'replicas'"):
-        load_serving_config(None, styles={"alpha": {"replicas": 3}})
-    with pytest.raises(ValueError, match="invalid style name"):
-        load_serving_config(None, styles={"../x": {}})
+def test_publishing_a_pooled_style_leaves_the_serve_config_unchanged(tmp_path):
+    config = load_serving_config(None, registry=str(tmp_path / "registry"))
+    publish_random_style(tmp_path / "registry", "alpha", 0)
+    before = deploy.build_serve_config(config)
+    publish_random_style(tmp_path / "registry", "alpha", 1)
+    publish_random_style(tmp_path / "registry", "beta", 2)
+    assert deploy.build_serve_config(config) == before  # so Serve has nothing to redeploy
+
+
+def test_the_front_door_process_does_not_load_torch():
+    # Torch adds about 470 MB to a process; the front only parses HTTP and routes to the pool.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys, serve.front_app; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
 
 
 def test_health_check_fails_when_the_model_is_not_usable(tmp_path):

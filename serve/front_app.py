@@ -1,0 +1,129 @@
+"""The front door, the root application: the page, the listing, and every pooled style's endpoint.
+
+    GET  /                 the page: every style's painting and preview; pick or drop a photo, see the result
+    GET  /styles           [{name, version, endpoint, thumbnail_url, preview_url, metadata}, ...]
+    GET  /gallery/<style>/thumbnail.jpg, /gallery/<style>/preview.jpg   the page's pictures
+    POST /styles/<style>   the image (raw body or multipart field 'image') -> stylised image
+         ?max_side=&strength=&preserve_colors=&format=jpeg|png|webp
+    GET  /styles/<style>   the model's metadata;  /styles/<style>/thumbnail.jpg, /styles/<style>/preview.jpg
+
+It parses requests (bounded, off the event loop) and hands the image to the style pool
+(serve/style_pool.py) with the style's current version as the multiplexed model id; the pool does the
+pixel work. The registry is re-read every pool.refresh_s, so a style published or retrained while
+serving is live within that time, without a deploy. A style marked dedicated has its own application
+at /styles/<style>, which Serve routes to before this one (the longer route prefix wins).
+"""
+
+
+import asyncio
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from factory import registry
+from factory.style_names import validate_style_name
+from serve import http_input
+from serve.errors import json_errors_api
+from serve.http_input import HTTPError
+from serve.registry_view import PICTURES, PublishedStyle, RegistryView
+from serve.settings import EndpointSettings
+
+PAGE = Path(__file__).with_name("page.html")
+CACHED = {"Cache-Control": "max-age=300"}
+api = json_errors_api()
+
+
+@serve.deployment(name="Front", health_check_period_s=10, health_check_timeout_s=30)
+@serve.ingress(api)
+class Front:
+    def __init__(self, pool: DeploymentHandle, registry_uri: str, settings: dict, refresh_s: float):
+        self.pool = pool
+        self.settings = EndpointSettings(**settings)
+        self.page = PAGE.read_text()
+        self.view = RegistryView(registry_uri, refresh_s)
+        self.view.start_refreshing()
+
+    @api.get("/", response_class=HTMLResponse)
+    def page(self) -> HTMLResponse:
+        return HTMLResponse(self.page)
+
+    @api.get("/styles")
+    def styles(self) -> list[dict]:
+        return [{
+            "name": style.name,
+            "version": style.version,
+            "endpoint": f"/styles/{style.name}",
+            # Served here: opening the page neither wakes a style scaled to zero nor queues at a busy one.
+            "thumbnail_url": f"/gallery/{style.name}/{registry.THUMBNAIL_FILE}",
+            "preview_url": f"/gallery/{style.name}/{registry.PREVIEW_FILE}",
+            "metadata": style.metadata,
+        } for _, style in sorted(self.view.styles.items())]
+
+    @api.api_route("/gallery/{name}/{filename}", methods=["GET", "HEAD"])
+    @api.api_route("/styles/{name}/{filename}", methods=["GET", "HEAD"])
+    async def picture(self, name: str, filename: str) -> Response:
+        style = self._published(name)
+        if filename not in PICTURES:
+            raise HTTPError(404, f"no picture {filename!r} for style {name!r}: there are {', '.join(PICTURES)}")
+        return Response(await asyncio.to_thread(self.view.picture, style.name, filename), media_type="image/jpeg", headers=CACHED)
+
+    # HEAD too: link checkers and caches ask it before GET (FastAPI's get() routes do not answer it).
+    @api.api_route("/styles/{name}", methods=["GET", "HEAD"])
+    @api.api_route("/styles/{name}/", methods=["GET", "HEAD"])
+    def describe(self, name: str) -> dict:
+        return self._published(name).metadata
+
+    @api.post("/styles/{name}")
+    @api.post("/styles/{name}/")
+    async def stylise(self, name: str, request: Request) -> Response:
+        style = self._published(name)
+        options = http_input.parse_options(request.query_params, request.headers.get("accept", ""), self.settings)
+        body = await http_input.read_body(request, self.settings.max_body_bytes)
+        # Off the event loop: a large form must not hold up other requests or the health check.
+        data = await asyncio.to_thread(http_input.image_bytes_from_body, body, request.headers.get("content-type", ""))
+        status, answer = await self._run_in_pool(style, data, options)
+        if status != 200:
+            raise HTTPError(status, answer)
+        return Response(answer, media_type=http_input.MEDIA_TYPES[options.output_format],
+                        headers={"X-Style": style.name, "X-Model-Version": style.version,
+                                 "Vary": "Accept"})  # the format follows the Accept header: caches must key on it
+
+    async def _run_in_pool(self, style: PublishedStyle, data: bytes, options: http_input.StyliseOptions) -> tuple[int, bytes | str]:
+        try:
+            return await self.pool.options(multiplexed_model_id=style.model_id).stylise.remote(data, options)
+        except BackPressureError:
+            return 503, "the style pool is at capacity (its queue is full); retry in a few seconds"
+        except (DeploymentUnavailableError, ReplicaUnavailableError):
+            return 503, "the style pool is starting or restarting; retry in a few seconds"
+
+    def _published(self, name: str) -> PublishedStyle:
+        try:
+            validate_style_name(name)
+        except ValueError as error:
+            raise HTTPError(400, str(error)) from None
+        style = self.view.styles.get(name)
+        if style is None:
+            known = sorted(self.view.styles)
+            listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more (GET /styles)" if len(known) > 20 else "")
+            raise HTTPError(404, f"unknown style {name!r}; published styles: {listed or 'none'}")
+        return style
+
+    @api.api_route("/styles/{name:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    def anything_else(self, name: str, request: Request):
+        style = self._published(name.split("/", 1)[0])
+        if request.method not in ("GET", "HEAD", "POST"):
+            raise HTTPError(405, f"method {request.method} not allowed on {request.url.path}: POST an image to "
+                                 f"/styles/{style.name}, GET it for its metadata")
+        raise HTTPError(404, f"no such path: {request.url.path} (style {style.name!r} has /, /thumbnail.jpg and /preview.jpg)")
+
+
+def build_app(args: dict):
+    """Application builder for Serve config files: args {registry, settings, pool: {model_cache_mb, refresh_s}}."""
+    from serve.style_pool import StylePool  # only the builder needs it: the front's replicas stay free of torch
+
+    pool = StylePool.bind(args["registry"], args.get("settings", {}), args["pool"]["model_cache_mb"])
+    return Front.bind(pool, args["registry"], args.get("settings", {}), args["pool"]["refresh_s"])

@@ -1,0 +1,74 @@
+"""The style pool: one Serve deployment whose every replica can run any published style.
+
+Models load on first use (sha256-checked, weights only) into a least-recently-used cache sized by
+`pool.model_cache_mb`. Serve's model multiplexing routes each request to a replica that already holds
+its style: the model id is "<style>:<version>" (PublishedStyle.model_id), so a retrained style is a new id and its old version
+ages out of the cache. Requests for one style that arrive together run as one batch; Serve splits a
+batch by model id, and stacking different styles' weights into one pass (torch.func.vmap) measured
+slower on CPU (bench/pool_batching.py), so there is nothing to gain from undoing that split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import ray
+import torch
+from ray import serve
+
+from factory import registry
+from serve import stylising
+from serve.http_input import HTTPError, StyliseOptions
+from serve.registry_view import parse_model_id
+from serve.settings import EndpointSettings
+from serve.style_model import StyleModel, model_bytes, reserved_device
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment(name="StylePool", health_check_period_s=10, health_check_timeout_s=30)
+class StylePool:
+    def __init__(self, registry_uri: str, settings: dict, model_cache_mb: int):
+        self.registry_uri = registry_uri
+        self.settings = EndpointSettings(**settings)
+        self.device = reserved_device(ray.get_gpu_ids())
+        self.capacity = max(2, model_cache_mb * 2**20 // model_bytes(self.device))
+
+        async def load(model_id: str) -> StyleModel:
+            return await self._load(model_id)
+
+        # Wired here, not as a decorator: the cache's size comes from the serving config.
+        self.model = serve.multiplexed(max_num_models_per_replica=self.capacity)(load)
+        self.run_batch.set_max_batch_size(self.settings.max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+
+    async def _load(self, model_id: str) -> StyleModel:
+        style, version = parse_model_id(model_id)
+        return await asyncio.to_thread(StyleModel, self.registry_uri, style, version, device=self.device,
+                                       max_batch_pixels=self.settings.max_batch_pixels)
+
+    async def stylise(self, data: bytes, options: StyliseOptions) -> tuple[int, bytes | str]:
+        """(200, image bytes) or (status, message): an HTTPError does not survive Ray's pickling intact."""
+        try:
+            model = await self._model_for_request()
+            image = await stylising.stylise_image(data, options, self.settings, lambda tensor: self.run_batch(model, tensor))
+        except HTTPError as error:
+            return error.status, error.message
+        return 200, image
+
+    async def _model_for_request(self) -> StyleModel:
+        requested = serve.get_multiplexed_model_id()
+        try:
+            return await self.model(requested)
+        except (registry.ModelNotFound, FileNotFoundError):
+            raise HTTPError(404, f"model {requested!r} is no longer in the registry; retry to get its current version") from None
+        except Exception as error:
+            logger.exception("loading model %r failed", requested)
+            raise HTTPError(500, f"model {requested!r} could not be loaded: {type(error).__name__}") from None
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def run_batch(self, models: list[StyleModel], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Requests that arrived together. Serve splits batches by model id, so they share one model;
+        those of the same size run as one batch on the device."""
+        return await asyncio.to_thread(models[0].forward_by_size, tensors)

@@ -1,0 +1,110 @@
+"""The style pool over real HTTP: many styles from one deployment, new versions live without a deploy.
+
+The served fixture's pool keeps two models per replica, so these requests also exercise eviction.
+"""
+
+import io
+import shutil
+import time
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from factory import images, registry
+from serving import publish_random_style, served  # noqa: F401 (a fixture)
+from test_serve import photo_bytes
+
+pytestmark = pytest.mark.slow
+POOLED = [f"pooled-{index:02d}" for index in range(30)]
+
+
+def listed(base: str) -> set[str]:
+    return {entry["name"] for entry in requests.get(f"{base}/styles", timeout=30).json()}
+
+
+def wait_for(condition, timeout_s: float, what: str) -> float:
+    """Seconds until condition() held; fails the test after timeout_s."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout_s:
+            pytest.fail(f"{what}: not within {timeout_s} s")
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def expected_png(registry_root, style: str, data: bytes) -> np.ndarray:
+    net, _ = registry.load_model(str(registry_root), style)
+    with torch.inference_mode():
+        return np.asarray(images.to_image(net(images.to_tensor(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0))[0]), int)
+
+
+def stylised_png(base: str, style: str, data: bytes) -> tuple[np.ndarray, requests.Response]:
+    response = requests.post(f"{base}/styles/{style}?format=png", data=data, timeout=120)
+    assert response.status_code == 200, (style, response.text)
+    return np.asarray(Image.open(io.BytesIO(response.content)), int), response
+
+
+@pytest.fixture(scope="module")
+def thirty_styles(served):
+    """30 more styles published into the running registry (no deploy); removed again afterwards."""
+    root = served["root"] / "registry"
+    for index, name in enumerate(POOLED):
+        publish_random_style(root, name, seed=100 + index)
+    wait_for(lambda: set(POOLED) <= listed(served["base"]), 30, "the published styles listed")
+    yield POOLED
+    for name in POOLED:
+        shutil.rmtree(root / name)
+    wait_for(lambda: not set(POOLED) & listed(served["base"]), 30, "the removed styles gone from the listing")
+
+
+def test_thirty_pooled_styles_each_answer_with_their_own_model(served, thirty_styles):
+    data = photo_bytes((40, 32), "PNG", seed=3)
+    outputs = {}
+    for name in thirty_styles:  # a cache of two: nearly every request loads its model and evicts another
+        answer, response = stylised_png(served["base"], name, data)
+        assert response.headers["x-style"] == name
+        assert np.abs(answer - expected_png(served["root"] / "registry", name, data)).max() <= 1, name
+        outputs[name] = answer
+    first, second = outputs[thirty_styles[0]], outputs[thirty_styles[1]]
+    assert np.abs(first - second).mean() > 5  # different models, different pictures: no style answers for another
+
+
+def test_a_style_published_while_serving_answers_without_a_deploy(served):
+    base, root = served["base"], served["root"] / "registry"
+    assert requests.post(f"{base}/styles/fresh", data=photo_bytes(), timeout=60).status_code == 404
+    publish_random_style(root, "fresh", seed=7)
+    seconds = wait_for(lambda: requests.post(f"{base}/styles/fresh", data=photo_bytes(), timeout=60).status_code == 200,
+                       15, "a newly published style answering")
+    print(f"newly published style answered after {seconds:.1f} s")
+    assert "fresh" in listed(base)
+    data = photo_bytes((40, 32), "PNG", seed=4)
+    answer, _ = stylised_png(base, "fresh", data)
+    assert np.abs(answer - expected_png(root, "fresh", data)).max() <= 1
+
+
+def test_retraining_a_pooled_style_switches_its_version_without_a_deploy(served):
+    base, root = served["base"], served["root"] / "registry"
+    data = photo_bytes((40, 32), "PNG", seed=5)
+    _, before = stylised_png(base, "beta", data)
+    new_version = publish_random_style(root, "beta", seed=77)
+    wait_for(lambda: requests.post(f"{base}/styles/beta", data=data, timeout=60).headers.get("x-model-version") == new_version,
+             15, "the retrained version served")
+    answer, after = stylised_png(base, "beta", data)
+    assert after.headers["x-model-version"] == new_version != before.headers["x-model-version"]
+    assert np.abs(answer - expected_png(root, "beta", data)).max() <= 1
+    metadata = requests.get(f"{base}/styles/beta", timeout=30).json()
+    assert metadata["version"] == new_version and metadata["steps"] == 77
+
+
+def test_a_version_without_its_pointer_is_never_served(served, tmp_path):
+    """A style whose current.json is not written yet (its publisher is still writing) is not a style yet."""
+    base, root = served["base"], served["root"] / "registry"
+    publish_random_style(tmp_path, "halfway", seed=8)
+    shutil.copytree(tmp_path / "halfway" / "versions", root / "halfway" / "versions")  # every file but the pointer
+    time.sleep(3 * served["config"]["pool"]["refresh_s"])
+    assert "halfway" not in listed(base)
+    response = requests.post(f"{base}/styles/halfway", data=photo_bytes(), timeout=60)
+    assert response.status_code == 404 and "unknown style 'halfway'" in response.json()["error"]
