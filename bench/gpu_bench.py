@@ -9,7 +9,7 @@ names a folder), with the factory's own training step (factory/style_pack.py), w
   fast   a pack of --styles styles sharing each batch of 4, bf16 autocast, channels_last,
          torch.compile, JPEGs decoded on the GPU (nvJPEG via torchvision.io.decode_jpeg)
 Images/s count each image once per style it trains. Stylising compares fp32 eager with the serving
-fast path (serve/style_model.py: fp16, channels_last, torch.compile) at 1024x1024 and in batches of
+fast path (serve/style_model.py: fp16, channels_last, eager) at 1024x1024 and in batches of
 512x512. Needs only torch and torchvision.
 """
 
@@ -177,7 +177,7 @@ def main() -> int:
 
     torch.manual_seed(0)
     net = TransformNet().to(device).eval()
-    fast_net = torch.compile(fast_network(copy.deepcopy(net)), dynamic=True) if gpu else net
+    fast_net = fast_network(copy.deepcopy(net)) if gpu else net
     fast_run = (lambda batch: fast_net(fast_input(batch))) if gpu else net
     one = torch.rand(1, 3, stylise_large, stylise_large, device=device) * 255
     plain_ms = 1e3 * stylise_seconds(net, one, device, 20 if gpu else 3)

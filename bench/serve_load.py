@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import random
 import statistics
 import sys
 import threading
@@ -33,16 +34,17 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def drive(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], dict[str, int]]:
+def drive(urls: list[str], body: bytes, clients: int, seconds: float) -> tuple[list[float], dict[str, int]]:
+    """`clients` threads POST `body` back to back for `seconds`, each request to a random one of `urls`."""
     latencies, errors, lock = [], {}, threading.Lock()
     deadline = time.perf_counter() + seconds
 
-    def client():
-        session = requests.Session()
+    def client(seed: int):
+        session, choose = requests.Session(), random.Random(seed)
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             try:
-                status = session.post(url, data=body, timeout=120).status_code
+                status = session.post(choose.choice(urls), data=body, timeout=120).status_code
             except requests.RequestException as error:
                 status = type(error).__name__
             with lock:
@@ -51,7 +53,7 @@ def drive(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[flo
                 else:
                     errors[str(status)] = errors.get(str(status), 0) + 1
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -82,7 +84,7 @@ def main() -> int:
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=90)
     url = f"{args.url.rstrip('/')}/styles/{args.style}?max_side={args.max_side}"
-    latencies, errors = drive(url, buffer.getvalue(), args.clients, args.seconds)
+    latencies, errors = drive([url], buffer.getvalue(), args.clients, args.seconds)
 
     model = StyleModel(args.registry, args.style, registry.current_version(args.registry, args.style))
     per_image = in_process_seconds(model, images.to_tensor(photo), repeats=5)
