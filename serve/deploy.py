@@ -83,11 +83,14 @@ def dedicated_application(config: ServingConfig, registry_uri: str, style: str, 
 def build_serve_config(config: ServingConfig) -> dict:
     """The Serve config (as `serve deploy` takes it): the front and pool, and the published dedicated styles."""
     registry_uri = storage.absolute(config.registry)
-    published = set(registry.list_styles(registry_uri))
+    # Only dedicated styles are named in the config; without them it is written without reading the registry.
+    published = set(registry.list_styles(registry_uri)) if config.dedicated_styles() else set()
     applications = [front_application(config, registry_uri)]
     for style in config.dedicated_styles():
         if style in published:  # one not trained yet gets its application when it is published and deployed
             applications.append(dedicated_application(config, registry_uri, style, registry.current_version(registry_uri, style)))
+    if config.runtime_env:
+        applications = [{**application, "runtime_env": config.runtime_env} for application in applications]
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.http.host, "port": config.http.port},

@@ -113,6 +113,9 @@ class ServingConfig:
     defaults: EndpointSettings = field(default_factory=EndpointSettings)
     # Styles with an application of their own ({dedicated: true, ...overrides of `defaults`}), by name.
     styles: dict = field(default_factory=dict)
+    # Ray runtime_env every application runs in, where the nodes lack the project (on Kubernetes:
+    # {working_dir: <zip URL of this repository>, pip: [...]}); empty where it is installed (cluster.yaml).
+    runtime_env: dict = field(default_factory=dict)
 
     def __post_init__(self):
         require(not self.defaults.dedicated, "defaults.dedicated must be false: mark single styles dedicated under `styles`")
