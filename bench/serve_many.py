@@ -1,6 +1,6 @@
 """Many styles served two ways, side by side in one run: the style pool, and one application per style.
 
-    RAY_AUTH_MODE=token ray start --head --num-cpus 2
+    ray get-auth-token --generate > /dev/null && export RAY_AUTH_MODE=token && ray start --head --num-cpus 2
     python bench/serve_many.py --address http://127.0.0.1:8265 --styles 200 --per-style-apps 16
 
 Copies of one random model are published under --styles names. For each way it prints: deploy time,

@@ -172,6 +172,29 @@ def concurrent_packs(config: FactoryConfig, gpu: bool, pack_count: int) -> int:
     return max(1, min(pack_count, fits))
 
 
+def fit_cpu_workers_to_cluster(config: FactoryConfig, gpu: bool) -> FactoryConfig:
+    """CPU training on a cluster smaller than the config asks for (a 2-core laptop's `ray start --head`
+    has 2 CPUs; configs/tiny.yaml gives its worker 2): the workers would take every CPU, and Ray Data's
+    reads would wait for one forever. Give each worker fewer CPUs, keeping one for the data pipeline,
+    and say so. Left alone: GPU training and custom worker resources, whose nodes an autoscaler adds."""
+    training = config.training
+    if gpu or training.worker_resources:
+        return config
+    available = int(ray.cluster_resources().get("CPU", 0))
+    if available >= training.num_workers * training.cpus_per_worker + 1:
+        return config
+    fitted = (available - 1) // training.num_workers
+    if fitted < 1:
+        raise ValueError(
+            f"the Ray cluster has {available} CPU(s); training on CPU with {training.num_workers} worker(s) needs at least "
+            f"{training.num_workers + 1} (one per worker, one for reading data): start Ray with more (ray start --num-cpus N) "
+            "or lower training.num_workers"
+        )
+    logger.warning("the Ray cluster has %d CPUs: each of the %d training worker(s) gets %d instead of %d, leaving one "
+                   "for reading data", available, training.num_workers, fitted, training.cpus_per_worker)
+    return dataclasses.replace(config, training=dataclasses.replace(training, cpus_per_worker=fitted))
+
+
 def loss_network_weights(config: FactoryConfig) -> VGGWeights:
     """Loaded once on the driver and shared through the object store: the only copy any worker needs."""
     weights = load_vgg19(config.loss_network.weights)
@@ -364,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         gpu = use_gpu(config)
+        try:
+            config = fit_cpu_workers_to_cluster(config, gpu)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         vgg_ref = ray.put(weights)
         workers = concurrent_packs(config, gpu, len(plans))
         logger.info("%d style(s) to train in %d pack(s), %d at a time, %d content files, on %s; loss network: %s",
