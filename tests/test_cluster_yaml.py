@@ -34,12 +34,14 @@ def test_head_trains_nothing_and_training_runs_on_spot_gpu_nodes():
         assert "instance-profile" in types[name]["node_config"]["IamInstanceProfile"]["Arn"]
 
 
-def test_only_ssh_and_the_serve_port_are_open_and_auth_is_on():
+def test_every_node_names_the_prepared_security_group_and_auth_is_on():
+    """Ray creates (and opens SSH to everyone in) a group only for node types that name none:
+    tests/test_aws_bootstrap.py checks what its bootstrap does with this file."""
     config = load()
-    rules = config["provider"]["security_group"]["IpPermissions"]
-    assert sorted(rule["FromPort"] for rule in rules) == [22, 8000]
-    ssh = next(rule for rule in rules if rule["FromPort"] == 22)
-    assert all(entry["CidrIp"] != "0.0.0.0/0" for entry in ssh["IpRanges"])
+    assert "security_group" not in config["provider"]
+    groups = {tuple(node_type["node_config"]["SecurityGroupIds"]) for node_type in config["available_node_types"].values()}
+    assert len(groups) == 1
+    assert config["available_node_types"]["head"]["node_config"]["IamInstanceProfile"]["Arn"].endswith("/style-factory-head")
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "RAY_AUTH_MODE=token" in head_start
     assert "RAY_AUTH_MODE=token" in " ".join(config["worker_start_ray_commands"])
