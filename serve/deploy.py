@@ -93,7 +93,7 @@ def build_serve_config(config: ServingConfig) -> dict:
         applications = [{**application, "runtime_env": config.runtime_env} for application in applications]
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": config.http.host, "port": config.http.port},
+        "http_options": dataclasses.asdict(config.http),
         "applications": applications,
     }
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.http_input import HTTPError
+
+logger = logging.getLogger(__name__)
 
 
 def json_error(status: int, message: str) -> JSONResponse:
@@ -47,5 +51,11 @@ def json_errors_api() -> FastAPI:
     @api.exception_handler(HTTPError)
     async def our_error(request: Request, error: HTTPError):
         return json_error(error.status, error.message)
+
+    @api.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        # Logged with its traceback by Serve; the client gets the documented shape, not plain text.
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return json_error(500, f"internal error ({type(error).__name__}); the server keeps serving")
 
     return api

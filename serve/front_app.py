@@ -82,7 +82,7 @@ class Front:
     async def stylise(self, name: str, request: Request) -> Response:
         style = self._published(name)
         options = http_input.parse_options(request.query_params, request.headers.get("accept", ""), self.settings)
-        body = await http_input.read_body(request, self.settings.max_body_bytes)
+        body = await http_input.read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
         # Off the event loop: a large form must not hold up other requests or the health check.
         data = await asyncio.to_thread(http_input.image_bytes_from_body, body, request.headers.get("content-type", ""))
         status, answer = await self._run_in_pool(style, data, options)

@@ -8,6 +8,7 @@ checked against their limit before decoding, in serve/stylising.py).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
@@ -34,18 +35,29 @@ class StyliseOptions:
     output_format: str  # "jpeg", "png" or "webp"
 
 
-async def read_body(request, max_bytes: int) -> bytes:
-    """The request body, or 413 as soon as it is known to be larger than max_bytes."""
+async def read_body(request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request body; 413 as soon as it is known to be larger than max_bytes, 408 when it has not
+    all arrived within timeout_s. The deadline is ours because Serve's own request timeout is not a
+    bound: Ray 2.60's proxy lets any client switch it off with an `x-request-timeout-seconds: 0` header."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise HTTPError(413, f"request body of {declared} bytes is over the limit of {max_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout=max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes came): send it "
+                                 "faster, or a smaller image") from None
         size += len(chunk)
         if size > max_bytes:
             raise HTTPError(413, f"request body is over the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # A form with an image needs one or two parts; a body of thousands is an attack on the parser.

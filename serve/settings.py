@@ -57,6 +57,9 @@ class EndpointSettings:
     max_batch_pixels: int = 8 * 1024 * 1024
     # Request body limit (bytes): larger bodies get 413 before they are read whole.
     max_body_bytes: int = 20 * 1024 * 1024
+    # Seconds a client has to send the whole body (20 MB at 6 Mbit/s); a slower one gets 408, so a
+    # trickling upload cannot hold a replica's slot and memory for long.
+    body_timeout_s: float = 30.0
     # Decoded pixel limit: larger images (decompression bombs included) get 413 before decoding.
     max_input_pixels: int = 40_000_000
     # Longest side the image is downscaled to before stylising, unless the request asks for less.
@@ -75,6 +78,7 @@ class EndpointSettings:
         require(self.max_batch_pixels >= 1, "max_batch_pixels must be >= 1")
         require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s must be >= 0")
         require(self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")
+        require(self.body_timeout_s > 0, "body_timeout_s must be > 0")
         require(self.max_input_pixels >= 64 * 64, "max_input_pixels must be >= 4096")
         require(16 <= self.default_max_side <= self.max_side_limit, "default_max_side must be 16..max_side_limit")
 
@@ -101,6 +105,16 @@ class HttpSettings:
     # Where Serve's HTTP proxy listens.
     host: str = "127.0.0.1"
     port: int = 8000
+    # Serve's end-to-end limit per request (its proxy answers 408 past it): bounds a request that waits
+    # in queues and runs too long. A client can lift it with an x-request-timeout-seconds header, so
+    # a front proxy should strip that header (README); body_timeout_s bounds uploads regardless.
+    request_timeout_s: float = 120.0
+    # Seconds an idle keep-alive connection stays open (Serve's default is 5).
+    keep_alive_timeout_s: int = 5
+
+    def __post_init__(self):
+        require(self.request_timeout_s > 0, "http.request_timeout_s must be > 0")
+        require(self.keep_alive_timeout_s >= 1, "http.keep_alive_timeout_s must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)

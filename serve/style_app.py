@@ -58,7 +58,7 @@ class StyleEndpoint:
     @api.post("/")
     async def stylise(self, request: Request) -> Response:
         options = http_input.parse_options(request.query_params, request.headers.get("accept", ""), self.settings)
-        body = await http_input.read_body(request, self.settings.max_body_bytes)
+        body = await http_input.read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
         # Off the event loop: a large form must not hold up other requests or the health check.
         data = await asyncio.to_thread(http_input.image_bytes_from_body, body, request.headers.get("content-type", ""))
         output = await stylising.stylise_image(data, options, self.settings, self.run_batch)

@@ -18,6 +18,7 @@ from factory.transform_net import TransformNet
 
 STYLES = REPO_ROOT / "data" / "samples" / "styles"
 MAX_BODY = 2_000_000
+BODY_TIMEOUT_S = 3
 
 
 def publish_random_style(root: Path, name: str, seed: int, style_image: str = "udnie.jpg") -> str:
@@ -49,7 +50,8 @@ def served(ray_head, serve_http_port, tmp_path_factory):
         "registry": str(root / "registry"),
         "http": {"host": "127.0.0.1", "port": port},
         "pool": {"model_cache_mb": 16, "refresh_s": 1},
-        "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY, "max_ongoing_requests": 3, "max_queued_requests": 8},
+        "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY, "body_timeout_s": BODY_TIMEOUT_S,
+                     "max_ongoing_requests": 3, "max_queued_requests": 8},
         "styles": {"slow": {"dedicated": True, "max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1,
                             "max_batch_size": 1}},
     }

@@ -2,6 +2,9 @@
 
 import concurrent.futures
 import io
+import socket
+import threading
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +18,7 @@ from PIL import Image
 from factory import images, registry
 from image_files import jpeg_declaring, mpo_photo, png_16_bit_gradient, png_declaring, webp_with_broken_exif
 from serve.deploy import _client
-from serving import MAX_BODY, deploy, publish_random_style, served  # noqa: F401 (a fixture)
+from serving import BODY_TIMEOUT_S, MAX_BODY, deploy, publish_random_style, served  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -145,6 +148,35 @@ def test_an_empty_or_wrong_registry_path_does_not_undeploy_the_running_styles(se
     config = {**served["config"], "registry": str(tmp_path / "no-such-registry")}
     done = deploy(config, tmp_path / "wrong.yaml", served["address"], served["env"])
     assert done.returncode == 2 and "no-such-registry" in done.stderr and "--allow-empty" in done.stderr
+    good_request_works(served["base"])
+
+
+@pytest.mark.parametrize("style", ["alpha", "slow"], ids=["pool", "dedicated"])
+def test_a_slow_body_is_cut_off_with_408_while_other_clients_are_served(served, style):
+    host, port = served["base"].removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)), timeout=60)
+    # Ray's proxy lets a client lift Serve's request timeout with this header: the app's own deadline must hold.
+    client.sendall(f"POST /styles/{style} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n"
+                   "x-request-timeout-seconds: 0\r\n\r\n".encode())
+    stop = threading.Event()
+
+    def trickle():  # a byte every 0.2 s: 100 kB would take 5 hours
+        while not stop.is_set():
+            try:
+                client.sendall(b"x")
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    start = time.monotonic()
+    threading.Thread(target=trickle, daemon=True).start()
+    good_request_works(served["base"])  # served meanwhile
+    answer = client.recv(4096)
+    stop.set()
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b'"status":408' in answer and b"did not arrive within" in answer
+    assert time.monotonic() - start < BODY_TIMEOUT_S + 10
     good_request_works(served["base"])
 
 

@@ -1,0 +1,79 @@
+"""Reading a request body against its limits, and errors as JSON, through Starlette's real request
+and application objects (driven over ASGI, no server)."""
+
+import asyncio
+import json
+import time
+
+import pytest
+from starlette.requests import Request
+
+from serve.errors import json_errors_api
+from serve.http_input import HTTPError, read_body
+
+
+def trickling_request(chunks: list[bytes], pause_s: float) -> Request:
+    """A POST whose body arrives in `chunks`, `pause_s` apart, as a slow client sends it."""
+    pending = list(chunks)
+
+    async def receive():
+        await asyncio.sleep(pause_s)
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}, receive)
+
+
+def test_a_body_that_arrives_in_time_is_read_whole():
+    body = asyncio.run(read_body(trickling_request([b"ab", b"cd", b"ef"], 0.01), max_bytes=1024, timeout_s=5))
+    assert body == b"abcdef"
+
+
+def test_a_trickling_body_is_cut_off_with_408_at_the_deadline():
+    start = time.monotonic()
+    with pytest.raises(HTTPError) as error:
+        asyncio.run(read_body(trickling_request([b"x"] * 1000, 0.05), max_bytes=10_000, timeout_s=0.5))
+    assert error.value.status == 408 and "within 0.5 s" in error.value.message
+    assert time.monotonic() - start < 2  # cut off at the deadline, not after the 50 s the client would take
+
+
+def test_a_streamed_body_over_the_limit_is_413_without_reading_the_rest():
+    with pytest.raises(HTTPError) as error:
+        asyncio.run(read_body(trickling_request([b"x" * 600] * 100, 0.0), max_bytes=1024, timeout_s=5))
+    assert error.value.status == 413
+
+
+def call(api, path: str) -> tuple[int, dict]:
+    messages = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "root_path": "", "headers": [],
+             "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+    try:
+        asyncio.run(api(scope, receive, send))
+    except RuntimeError:
+        pass  # Starlette re-raises an unhandled error after answering, for the server to log
+    start = next(message for message in messages if message["type"] == "http.response.start")
+    body = b"".join(message.get("body", b"") for message in messages if message["type"] == "http.response.body")
+    return start["status"], json.loads(body)
+
+
+def test_an_unexpected_error_is_a_json_500_and_a_bad_parameter_a_json_400():
+    api = json_errors_api()
+
+    @api.get("/boom")
+    def boom():
+        raise RuntimeError("a bug")
+
+    @api.get("/number/{value}")
+    def number(value: int):
+        return {"value": value}
+
+    assert call(api, "/boom") == (500, {"error": "internal error (RuntimeError); the server keeps serving", "status": 500})
+    status, error = call(api, "/number/abc")
+    assert status == 400 and error["status"] == 400 and "value" in error["error"]
