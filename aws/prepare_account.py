@@ -34,6 +34,8 @@ EC2_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Princip
 AUTOSCALER_EC2 = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Resource": "*", "Action": ["ec2:Describe*", "ec2:RunInstances", "ec2:CreateTags",
                                                     "ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"]},
+    {"Effect": "Allow", "Action": "ssm:GetParameters",  # cluster.yaml's ImageId: resolve:ssm:/aws/service/deeplearning/...
+     "Resource": "arn:aws:ssm:*::parameter/aws/service/deeplearning/*"},
     {"Effect": "Allow", "Action": "iam:CreateServiceLinkedRole", "Resource": "*",  # the first spot request of an account
      "Condition": {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}}},
 ]}

@@ -46,3 +46,12 @@ def test_every_node_names_the_prepared_security_group_and_auth_is_on():
     assert "--dashboard-host=127.0.0.1" in head_start and "RAY_AUTH_MODE=token" in head_start
     assert "RAY_AUTH_MODE=token" in " ".join(config["worker_start_ray_commands"])
     assert "/home/ray/.ray/auth_token" in config["file_mounts"]
+
+
+def test_gpu_nodes_boot_a_current_deep_learning_ami_in_any_region():
+    """Ray's default AMI carries CUDA 11.2 drivers, too old for the CUDA 12 torch in the image."""
+    types = load()["available_node_types"]
+    for name in ("gpu_train", "gpu_serve"):
+        image = types[name]["node_config"]["ImageId"]
+        assert image.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-")
+        assert image.endswith("/latest/ami-id")
