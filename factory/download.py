@@ -82,7 +82,7 @@ class Progress:
 def fetch(url: str, target: Path, expected_sha256: str | None, md5_releases: dict | None = None) -> Path:
     """Download url to target, resuming target.part; returns target once complete and checked."""
     if target.exists():
-        return target
+        return _checked_existing(url, target, expected_sha256, md5_releases)
     partial = target.with_name(target.name + ".part")
     # The ETag (or Last-Modified) of the response that began the .part: a resume asks for the rest
     # only if the server's file is still that one (If-Range), so a changed file is never spliced on.
@@ -130,23 +130,39 @@ def fetch(url: str, target: Path, expected_sha256: str | None, md5_releases: dic
     size = partial.stat().st_size
     if total is not None and size != total:
         raise DownloadError(f"{url}: got {size} of {total} bytes; run the same command again to resume")
-    digest, md5 = digests_of(partial)
     validator_file.unlink(missing_ok=True)  # from here the .part is either accepted or set aside
+    _check_digests(url, partial, target, expected_sha256, md5_releases)
+    os.replace(partial, target)
+    return target
+
+
+def _checked_existing(url: str, target: Path, expected_sha256: str | None, md5_releases: dict | None) -> Path:
+    """A file already at target: trusted if it was checked after it was last written (its .sha256
+    record is at least as new); else (put there by hand, or changed since) checked now, like a download."""
+    record = target.with_name(target.name + ".sha256")
+    if record.exists() and record.stat().st_mtime_ns >= target.stat().st_mtime_ns:
+        return target
+    _check_digests(url, target, target, expected_sha256, md5_releases)
+    return target
+
+
+def _check_digests(url: str, path: Path, target: Path, expected_sha256: str | None, md5_releases: dict | None) -> None:
+    """Check path against the published digests; a mismatch is removed (sha256) or set aside (MD5,
+    as target.unverified, never under the name training reads). Records the sha256 when it passes."""
+    digest, md5 = digests_of(path)
     if expected_sha256 and not digest.startswith(expected_sha256):
-        partial.unlink()
+        path.unlink()
         raise DownloadError(f"{url}: sha256 {digest} does not match the published {expected_sha256}; the file was removed, download it again")
     if md5_releases:
         if md5 not in md5_releases:
             unverified = target.with_name(target.name + ".unverified")
-            os.replace(partial, unverified)  # kept (it may be large), but never under the name training reads
+            os.replace(path, unverified)  # kept (it may be large), but never under the name training reads
             raise DownloadError(
                 f"{url}: MD5 {md5} matches no published release ({', '.join(f'{value}: {key}' for key, value in md5_releases.items())}); "
                 f"kept as {unverified}. A mirror may serve another file: check it, or delete it and download again"
             )
         print(f"{target.name}: MD5 {md5} is {md5_releases[md5]}", file=sys.stderr)
     target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
-    os.replace(partial, target)
-    return target
 
 
 def _discard(partial: Path) -> None:
@@ -195,6 +211,11 @@ def safe_member_name(name: str) -> str | None:
     return str(path)
 
 
+# A member is read whole before it is written (atomically, to disk or S3); this bounds what that can
+# cost, whatever an archive's header claims (a zip bomb member, or a mirror's wrong file).
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+
 def unpack(archive: Path, dest: str, folder: str) -> int:
     """Extract the archive's files into dest/<folder>/ (local or S3); skips what is already there."""
     count = 0
@@ -207,6 +228,9 @@ def unpack(archive: Path, dest: str, folder: str) -> int:
             relative = "/".join(parts[1:] if parts[0] == folder else parts)  # train2014/x.jpg -> x.jpg
             target = storage.join(dest, folder, relative)
             if storage.exists(target):
+                continue
+            if member.file_size > MAX_MEMBER_BYTES:  # read whole below: COCO's largest image is under 1 MB
+                print(f"skipped {member.filename}: {member.file_size} bytes unpacked, over {MAX_MEMBER_BYTES}", file=sys.stderr)
                 continue
             storage.write_bytes(target, zipped.read(member))  # atomic per file
             count += 1

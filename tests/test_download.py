@@ -1,7 +1,7 @@
-import dataclasses
 """The download command against a real HTTP server on 127.0.0.1 that serves byte ranges and can
 drop a connection half-way, as real downloads do."""
 
+import dataclasses
 import hashlib
 import http.server
 import io
@@ -185,6 +185,39 @@ def test_the_release_found_is_named(tmp_path, weights_bytes, monkeypatch, capsys
         server.close()
     assert "is the current MatConvNet release" in capsys.readouterr().err
     assert (tmp_path / "imagenet-vgg-verydeep-19.mat").read_bytes() == weights_bytes
+
+
+def test_a_file_changed_after_its_check_is_checked_again_and_set_aside(tmp_path, weights_bytes, monkeypatch, capsys):
+    with_published_md5(monkeypatch, "vgg19-mat", weights_bytes, "the current MatConvNet release")
+    server = Server({"imagenet-vgg-verydeep-19.mat": weights_bytes})
+    target = tmp_path / "imagenet-vgg-verydeep-19.mat"
+    try:
+        assert download.main(["vgg19-mat", "--dest", str(tmp_path), "--mirror", server.url]) == 0
+        requests_after_first = len(server.requests)
+        assert download.main(["vgg19-mat", "--dest", str(tmp_path), "--mirror", server.url]) == 0  # checked: reused
+        assert len(server.requests) == requests_after_first
+        with open(target, "r+b") as handle:  # a disk error, an interrupted copy: the file is cut short
+            handle.truncate(len(weights_bytes) // 3)
+        capsys.readouterr()
+        assert download.main(["vgg19-mat", "--dest", str(tmp_path), "--mirror", server.url]) == 1
+        assert "matches no published release" in capsys.readouterr().err and not target.exists()
+        assert download.main(["vgg19-mat", "--dest", str(tmp_path), "--mirror", server.url]) == 0  # fetched afresh
+    finally:
+        server.close()
+    assert target.read_bytes() == weights_bytes
+
+
+def test_an_archive_member_larger_than_the_bound_is_skipped_not_read(tmp_path, monkeypatch, capsys):
+    with_published_md5(monkeypatch, "coco", coco_zip())
+    monkeypatch.setattr(download, "MAX_MEMBER_BYTES", 5)  # the test archive's images are 6 bytes each
+    server = Server({"train2014.zip": coco_zip()})
+    try:
+        arguments = ["coco", "--dest", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--mirror", server.url]
+        assert download.main(arguments) == 0
+    finally:
+        server.close()
+    assert "over 5" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "train2014").exists() or not list((tmp_path / "data" / "train2014").iterdir())
 
 
 def test_coco_is_unpacked_into_train2014_and_zip_slip_is_ignored(tmp_path, monkeypatch):

@@ -131,6 +131,13 @@ def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(served, case
     good_request_works(served["base"])
 
 
+def test_a_chunked_body_over_the_limit_is_413_though_no_length_was_declared(served):
+    chunks = (b"\0" * 100_000 for _ in range(MAX_BODY // 100_000 + 2))  # a generator: requests sends it chunked
+    response = requests.post(f"{served['base']}/styles/alpha", data=chunks, timeout=60)
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]
+    good_request_works(served["base"])
+
+
 @pytest.mark.parametrize("size", [(1, 1), (4, 4), (1000, 2)], ids=["1x1", "4x4", "1000x2"])
 def test_tiny_images_get_a_result_at_their_size(served, size):
     response = requests.post(f"{served['base']}/styles/alpha?format=png", data=photo_bytes(size, "PNG"), timeout=60)

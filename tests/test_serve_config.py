@@ -67,9 +67,11 @@ def test_health_check_fails_when_the_model_is_not_usable(tmp_path):
 
 def test_requests_of_the_same_size_share_a_batch_and_keep_their_order(tmp_path):
     version = publish_random_style(tmp_path, "alpha", 0)
-    model = StyleModel(str(tmp_path), "alpha", version)
+    model = CountsBatches(str(tmp_path), "alpha", version)
+    model.batch_sizes = []
     inputs = [torch.rand(3, 16, 16) * 255, torch.rand(3, 8, 12) * 255, torch.rand(3, 16, 16) * 255]
     outputs = model.forward_by_size(inputs)
+    assert sorted(model.batch_sizes) == [1, 2]  # the two 16x16 images ran as one batch
     with torch.inference_mode():
         for tensor, output in zip(inputs, outputs):
             assert output.shape == tensor.shape
