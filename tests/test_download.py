@@ -207,27 +207,24 @@ def test_a_file_changed_after_its_check_is_checked_again_and_set_aside(tmp_path,
     assert target.read_bytes() == weights_bytes
 
 
-def test_an_archive_member_larger_than_the_bound_is_skipped_not_read(tmp_path, monkeypatch, capsys):
+def download_test_coco(tmp_path, monkeypatch) -> int:
     with_published_md5(monkeypatch, "coco", coco_zip())
-    monkeypatch.setattr(download, "MAX_MEMBER_BYTES", 5)  # the test archive's images are 6 bytes each
     server = Server({"train2014.zip": coco_zip()})
     try:
-        arguments = ["coco", "--dest", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--mirror", server.url]
-        assert download.main(arguments) == 0
+        return download.main(["coco", "--dest", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--mirror", server.url])
     finally:
         server.close()
+
+
+def test_an_archive_member_larger_than_the_bound_is_skipped_not_read(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(download, "MAX_MEMBER_BYTES", 5)  # the test archive's images are 6 bytes each
+    assert download_test_coco(tmp_path, monkeypatch) == 0
     assert "over 5" in capsys.readouterr().err
     assert not (tmp_path / "data" / "train2014").exists() or not list((tmp_path / "data" / "train2014").iterdir())
 
 
 def test_coco_is_unpacked_into_train2014_and_zip_slip_is_ignored(tmp_path, monkeypatch):
-    with_published_md5(monkeypatch, "coco", coco_zip())
-    server = Server({"train2014.zip": coco_zip()})
-    try:
-        arguments = ["coco", "--dest", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--mirror", server.url]
-        assert download.main(arguments) == 0
-    finally:
-        server.close()
+    assert download_test_coco(tmp_path, monkeypatch) == 0
     assert sorted(p.name for p in (tmp_path / "data" / "train2014").iterdir()) == [
         "COCO_train2014_000000000009.jpg", "COCO_train2014_000000000025.jpg"]
     assert not (tmp_path / "escape.jpg").exists() and not (tmp_path / "data" / "escape.jpg").exists()
