@@ -4,6 +4,7 @@ Layout under the registry root (a folder or s3://bucket/prefix):
 
     <style>/current.json                      {"version": ..., "published_at": ...}, written last
     <style>/versions/<version>/model.pt        TransformNet state dict (tensors only)
+    <style>/versions/<version>/model.onnx      the same network for ONNX Runtime (CPU serving); older versions lack it
     <style>/versions/<version>/metadata.json   style, image hash, loss network, config, steps, losses...
     <style>/versions/<version>/thumbnail.jpg   the style image, at most 256 px
     <style>/versions/<version>/preview.jpg     a sample photo stylised by this model
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MODEL_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE = "model.pt", "metadata.json", "thumbnail.jpg", "preview.jpg"
+ONNX_FILE = "model.onnx"
 MAX_MODEL_BYTES = 64 * 1024 * 1024  # a TransformNet is about 7 MB; anything far bigger is not ours
 
 
@@ -43,8 +45,10 @@ def version_uri(registry: str, style: str, version: str, filename: str = "") -> 
     return storage.join(registry, *parts)
 
 
-def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbnail_jpeg: bytes, preview_jpeg: bytes) -> str:
-    """Write a complete new version of `style`, then point current.json at it. Returns the version."""
+def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbnail_jpeg: bytes, preview_jpeg: bytes,
+            onnx_model: bytes | None = None) -> str:
+    """Write a complete new version of `style` (with its ONNX export when given: factory/onnx_model.py),
+    then point current.json at it. Returns the version."""
     import torch  # here, not at the top: the serving front door reads the registry without torch (~470 MB a process)
 
     validate_style_name(style)
@@ -60,8 +64,11 @@ def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbna
         "version": version,
         "published_at": now.isoformat(),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        **({"onnx_sha256": hashlib.sha256(onnx_model).hexdigest()} if onnx_model else {}),
     }
     storage.write_bytes(version_uri(registry, style, version, MODEL_FILE), model_bytes)
+    if onnx_model:
+        storage.write_bytes(version_uri(registry, style, version, ONNX_FILE), onnx_model)
     storage.write_bytes(version_uri(registry, style, version, THUMBNAIL_FILE), thumbnail_jpeg)
     storage.write_bytes(version_uri(registry, style, version, PREVIEW_FILE), preview_jpeg)
     storage.write_bytes(version_uri(registry, style, version, METADATA_FILE), json.dumps(metadata, indent=2, sort_keys=True).encode())
@@ -98,7 +105,7 @@ def read_metadata(registry: str, style: str, version: str | None = None) -> dict
 
 
 def read_file(registry: str, style: str, filename: str, version: str | None = None) -> bytes:
-    if filename not in (MODEL_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE):
+    if filename not in (MODEL_FILE, ONNX_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE):
         raise ValueError(f"unknown registry file {filename!r}")
     return storage.read_bytes(version_uri(registry, style, version or current_version(registry, style), filename))
 
@@ -110,12 +117,24 @@ def load_model(registry: str, style: str, version: str | None = None) -> tuple[T
     from factory.transform_net import TransformNet
 
     metadata = read_metadata(registry, style, version)
-    model_bytes = storage.read_bytes(version_uri(registry, style, metadata["version"], MODEL_FILE))
-    if len(model_bytes) > MAX_MODEL_BYTES:
-        raise ValueError(f"model file of {style!r} is {len(model_bytes)} bytes, more than a TransformNet can be")
-    if hashlib.sha256(model_bytes).hexdigest() != metadata["model_sha256"]:
-        raise ValueError(f"model file of {style!r} version {metadata['version']} does not match its recorded sha256")
+    model_bytes = _read_checked(registry, metadata, MODEL_FILE, metadata["model_sha256"])
     state_dict = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
     net = TransformNet(upsample=metadata.get("architecture", {}).get("upsample", "nearest"))
     net.load_state_dict(state_dict)
     return net.eval(), metadata
+
+
+def load_onnx(registry: str, metadata: dict) -> bytes | None:
+    """The version's ONNX export, sha256-checked; None for a version published without one."""
+    if "onnx_sha256" not in metadata:
+        return None
+    return _read_checked(registry, metadata, ONNX_FILE, metadata["onnx_sha256"])
+
+
+def _read_checked(registry: str, metadata: dict, filename: str, sha256: str) -> bytes:
+    data = storage.read_bytes(version_uri(registry, metadata["style"], metadata["version"], filename))
+    if len(data) > MAX_MODEL_BYTES:
+        raise ValueError(f"{filename} of {metadata['style']!r} is {len(data)} bytes, more than a TransformNet can be")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{filename} of {metadata['style']!r} version {metadata['version']} does not match its recorded sha256")
+    return data

@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {args.style!r} was trained with a random loss network; expect no real style", file=sys.stderr)
     device = torch.device(args.device)
     net = net.to(device)
+    onnx = registry.load_onnx(args.registry, metadata) if device.type == "cpu" else None
+    runtime = "onnxruntime" if onnx else f"torch on {device}"
+    if onnx:  # the CPU fast path, for versions published with their export
+        from factory.onnx_model import OnnxTransformNet
+
+        net = OnnxTransformNet(onnx)
     if many:
         args.output.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         target = args.output / f"{path.stem}-{args.style}.jpg" if many else args.output
         result = stylise(net, image, device)
         target.write_bytes(images.encode(result, OUTPUT_FORMATS.get(target.suffix.lower(), "jpeg"), quality=95))
-        print(f"{path} -> {target} ({result.width}x{result.height})")
+        print(f"{path} -> {target} ({result.width}x{result.height}, {runtime})")
     return 1 if failures else 0
 
 

@@ -29,7 +29,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from factory import contact_sheet, data, images, quality, registry, storage
+from factory import contact_sheet, data, images, onnx_model, quality, registry, storage
 from factory.loss_network import relu_index
 from factory.packs import PackPlan, plan_packs, recipe, recipe_hash, resolve_style
 from factory.settings import FactoryConfig, load_config
@@ -202,11 +202,15 @@ def loss_network_weights(config: FactoryConfig) -> VGGWeights:
     return weights.first(deepest + 1)
 
 
-def stylise_preview(state_dict: dict, photo: "images.Image.Image") -> "images.Image.Image":
+def trained_net(state_dict: dict) -> TransformNet:
     net = TransformNet()
     net.load_state_dict(state_dict)
+    return net.eval()
+
+
+def stylise_preview(net: TransformNet, photo: "images.Image.Image") -> "images.Image.Image":
     with torch.inference_mode():
-        output = net.eval()(images.to_tensor(photo).unsqueeze(0))[0]
+        output = net(images.to_tensor(photo).unsqueeze(0))[0]
     return images.to_image(output)
 
 
@@ -221,7 +225,8 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
     for style in plan.styles:
         losses = metrics.get("losses", {}).get(style.name, {})
         style_image = images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
-        preview = stylise_preview(state["nets"][style.name], photo)
+        net = trained_net(state["nets"][style.name])
+        preview = stylise_preview(net, photo)
         figures = quality.figures(preview, photo, style_image)
         metadata = {
             "style_image_sha256": style.image_sha256,
@@ -240,7 +245,8 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
             "quality": {**figures, "photo": Path(config.preview_image).name},
         }
         thumbnail = images.encode(images.fit_within(style_image, THUMBNAIL_MAX_SIDE))
-        version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail, images.encode(preview, "jpeg"))
+        version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail,
+                                   images.encode(preview, "jpeg"), onnx_model=onnx_model.export(net))
         logger.info("published %s version %s to %s (colour shift %.2f, structure kept %.2f)", style.name, version,
                     config.registry, figures["colour_shift"], figures["structure_kept"])
         outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version, quality=figures))

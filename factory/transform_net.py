@@ -93,18 +93,30 @@ class TransformNet(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        shortest = min(images.shape[-2:])
-        if shortest < MIN_SIDE:
-            factor = -(-MIN_SIDE // shortest)  # ceil: the smallest whole factor that reaches MIN_SIDE
-            enlarged = nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
-            return nn.functional.avg_pool2d(self._forward(enlarged), factor)  # back to exactly (H, W)
-        return self._forward(images)
+        return stylise_any_size(self.core, images)
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        pad_bottom, pad_right = -height % 4, -width % 4
+    def core(self, images: torch.Tensor) -> torch.Tensor:
+        """The network proper, for sides that are multiples of 4 and at least MIN_SIDE (what an ONNX
+        export holds: factory/onnx_model.py)."""
         x = images / 127.5 - 1.0  # inputs centred in [-1, 1] train faster than raw 0..255
-        if pad_bottom or pad_right:
-            x = nn.functional.pad(x, (0, pad_right, 0, pad_bottom), mode="reflect")
-        y = self.layers(x)[..., :height, :width]
-        return 127.5 * (torch.tanh(y) + 1.0)  # (B, 3, H, W) in [0, 255]
+        return 127.5 * (torch.tanh(self.layers(x)) + 1.0)  # (B, 3, H, W) in [0, 255]
+
+
+def stylise_any_size(core, images: torch.Tensor) -> torch.Tensor:
+    """Runs `core` (a TransformNet's, or its ONNX export) on a batch of any size: a side under MIN_SIDE
+    runs enlarged by a whole factor and is averaged back, other sides are reflect-padded to a multiple
+    of 4 and cropped back."""
+    shortest = min(images.shape[-2:])
+    if shortest < MIN_SIDE:
+        factor = -(-MIN_SIDE // shortest)  # ceil: the smallest whole factor that reaches MIN_SIDE
+        enlarged = nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+        return nn.functional.avg_pool2d(_padded_to_4(core, enlarged), factor)  # back to exactly (H, W)
+    return _padded_to_4(core, images)
+
+
+def _padded_to_4(core, images: torch.Tensor) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    pad_bottom, pad_right = -height % 4, -width % 4
+    if pad_bottom or pad_right:
+        images = nn.functional.pad(images, (0, pad_right, 0, pad_bottom), mode="reflect")
+    return core(images)[..., :height, :width]

@@ -6,9 +6,11 @@ eager (423 against 569 images/s at 512x512, batch 16; issue 11's measurement), a
 style would make the first request of every style in the pool wait for it. Bucketing sizes by padding
 was measured and rejected: instance norm takes its statistics over the padding too, which moved
 outputs by 6 of 255 on average (200x150 padded to 256x256), while fp16 moves them by 0.1
-(tests/test_fast_path.py). On CPU, channels_last and fp16 measured slower; a dynamic fp32
-torch.compile measured 1.3x faster (0.50 s against 0.66 s at 512x512 on 2 cores) but costs about a
-minute of compiling when the replica starts, so it is opt-in (compile_on_cpu) for dedicated styles.
+(tests/test_fast_path.py). On CPU, a version published with its ONNX export runs in ONNX Runtime
+(factory/onnx_model.py; bench/cpu_stylise.py measures it against eager torch). Without one,
+channels_last and fp16 measured slower than plain fp32; a dynamic torch.compile measured 1.3x faster
+(0.50 s against 0.66 s at 512x512 on 2 cores) but costs about a minute of compiling when the replica
+starts, so it is opt-in (compile_on_cpu) for dedicated styles.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import defaultdict
 import torch
 
 from factory import registry
+from factory.onnx_model import OnnxTransformNet
 from factory.transform_net import TransformNet
 from serve.settings import EndpointSettings
 
@@ -59,8 +62,12 @@ class StyleModel:
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.fast = fast and self.device.type == "cuda"
         self.net = net.to(self.device).eval()
+        onnx = registry.load_onnx(registry_uri, self.metadata) if fast and self.device.type == "cpu" else None
+        self.runtime = "onnxruntime" if onnx else "torch"
         if self.fast:
             self.net = fast_network(self.net)
+        elif onnx:  # the CPU fast path, where the version has its export (older ones do not)
+            self.net = OnnxTransformNet(onnx)
         elif compile_on_cpu and self.device.type == "cpu":
             self.net = torch.compile(self.net, dynamic=True)
             self.forward_by_size([torch.zeros(3, 64, 64)])  # compile now, not on a client's request
