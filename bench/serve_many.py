@@ -30,7 +30,7 @@ import torch
 
 from bench import results
 from bench.serve_load import drive, percentile
-from factory import images, registry
+from factory import images, onnx_model, registry
 from factory.transform_net import TransformNet
 from serve import deploy
 from serve.settings import load_serving_config
@@ -61,11 +61,13 @@ def used_memory_mb() -> float:
 
 
 def publish_copies(root: Path, names: list[str]) -> None:
+    """One random model under many names, published as training publishes (with its ONNX export)."""
     torch.manual_seed(0)
-    state = TransformNet().state_dict()
+    net = TransformNet().eval()
+    exported = onnx_model.export(net)
     picture = images.encode(images.fit_within(images.decode_rgb(Path("data/samples/styles/udnie.jpg").read_bytes(), max_pixels=10**8), 64))
     for name in names:
-        registry.publish(str(root), name, state, {"steps": 0}, picture, picture)
+        registry.publish(str(root), name, net.state_dict(), {"steps": 0}, picture, picture, onnx_model=exported)
 
 
 def post_seconds(url: str, body: bytes) -> float:
@@ -114,6 +116,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--image-side", type=int, default=256)
+    parser.add_argument("--pool-replicas", type=int, default=1, help="pool replicas (each reserves --pool-cpus)")
+    parser.add_argument("--model-cache-mb", type=int, default=1024, help="the pool's model cache (enough for --mixed styles)")
     parser.add_argument("--pool-cpus", type=float, default=float(os.cpu_count()),
                         help="CPUs the pool's one replica reserves (torch uses as many threads, rounded down): the whole machine by "
                              "default, the front door reserving none")
@@ -128,8 +132,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="serve-many-") as work:
         names = [f"style-{index:03d}" for index in range(args.styles)]
         publish_copies(Path(work) / "pool", names)
-        pool = measure("pool", {"registry": str(Path(work) / "pool"), "http": http, "pool": {"front_num_cpus": 0},
-                                "defaults": {"num_cpus": args.pool_cpus, "max_replicas": 1}},
+        pool = measure("pool", {"registry": str(Path(work) / "pool"), "http": http, "pool": {"front_num_cpus": 0, "model_cache_mb": args.model_cache_mb},
+                                "defaults": {"num_cpus": args.pool_cpus, "min_replicas": args.pool_replicas,
+                                             "max_replicas": args.pool_replicas}},
                        args.address, base, names, names[:args.mixed], body, args.clients, args.seconds, leave_out=())
         late = "published-while-serving"
         publish_copies(Path(work) / "pool", [late])

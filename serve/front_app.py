@@ -122,8 +122,8 @@ class Front:
 
 
 def build_app(args: dict):
-    """Application builder for Serve config files: args {registry, settings, pool: {model_cache_mb, refresh_s}}."""
+    """Application builder for Serve config files: args {registry, settings, pool: PoolSettings' fields}."""
     from serve.style_pool import StylePool  # only the builder needs it: the front's replicas stay free of torch
 
-    pool = StylePool.bind(args["registry"], args.get("settings", {}), args["pool"]["model_cache_mb"])
+    pool = StylePool.bind(args["registry"], args.get("settings", {}), args["pool"])
     return Front.bind(pool, args["registry"], args.get("settings", {}), args["pool"]["refresh_s"])

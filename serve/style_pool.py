@@ -21,7 +21,7 @@ from factory import registry
 from serve import stylising
 from serve.http_input import HTTPError, StyliseOptions
 from serve.registry_view import parse_model_id
-from serve.settings import EndpointSettings
+from serve.settings import EndpointSettings, PoolSettings
 from serve.style_model import StyleModel, model_bytes, reserved_device
 
 logger = logging.getLogger(__name__)
@@ -29,28 +29,38 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(name="StylePool", health_check_period_s=10, health_check_timeout_s=30)
 class StylePool:
-    def __init__(self, registry_uri: str, settings: dict, model_cache_mb: int):
+    def __init__(self, registry_uri: str, settings: dict, pool: dict):
         self.registry_uri = registry_uri
         self.settings = EndpointSettings(**settings)
+        pool = PoolSettings(**pool)
         self.device = reserved_device(ray.get_gpu_ids())
-        self.capacity = max(2, model_cache_mb * 2**20 // model_bytes(self.device))
+        runtime = "cuda" if self.device.type == "cuda" else pool.cpu_runtime
+        # StyleModel's fast path: fp16 on a GPU, ONNX Runtime on the CPU (for versions that have the export).
+        self.fast = runtime != "torch"
+        self.capacity = max(2, pool.model_cache_mb * 2**20 // model_bytes(runtime))
 
         async def load(model_id: str) -> StyleModel:
             return await self._load(model_id)
 
         # Wired here, not as a decorator: the cache's size comes from the serving config.
         self.model = serve.multiplexed(max_num_models_per_replica=self.capacity)(load)
-        # One batch on the device at a time, with all the replica's threads: batches of different styles
-        # run in threads, and side by side they fought over the same cores (4.3 against 5.1 requests/s
-        # on 2 cores, bench/serve_many.py), as they would queue on a GPU.
-        self.device_lock = asyncio.Lock()
+        # ONNX Runtime on the CPU: batches of different styles side by side, one per reserved core, each
+        # on one thread (ORT releases the GIL; 4.3 requests/s against 4.2 for one two-thread run at a
+        # time, bench/serve_many.py). Torch (CPU or GPU): one batch at a time with all the replica's
+        # threads; side by side, torch's thread pools fought over the cores (4.3 against 5.1 requests/s)
+        # and batches would only queue on a GPU.
+        side_by_side = runtime == "onnxruntime"
+        self.cpu_threads = 1 if side_by_side else None
+        self.device_slots = asyncio.Semaphore(max(1, int(self.settings.num_cpus)) if side_by_side else 1)
         self.run_batch.set_max_batch_size(self.settings.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
 
     async def _load(self, model_id: str) -> StyleModel:
         style, version = parse_model_id(model_id)
-        return await asyncio.to_thread(StyleModel, self.registry_uri, style, version, device=self.device,
-                                       max_batch_pixels=self.settings.max_batch_pixels)
+        # Without ONNX Runtime's memory arena: a few hundred styles' sessions must fit the cache budget.
+        return await asyncio.to_thread(StyleModel, self.registry_uri, style, version, device=self.device, fast=self.fast,
+                                       max_batch_pixels=self.settings.max_batch_pixels, cpu_threads=self.cpu_threads,
+                                       memory_arena=False)
 
     async def stylise(self, data: bytes, options: StyliseOptions) -> tuple[int, bytes | str]:
         """(200, image bytes) or (status, message): an HTTPError does not survive Ray's pickling intact."""
@@ -75,5 +85,5 @@ class StylePool:
     async def run_batch(self, models: list[StyleModel], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Requests that arrived together. Serve splits batches by model id, so they share one model;
         those of the same size run as one batch on the device."""
-        async with self.device_lock:
+        async with self.device_slots:
             return await asyncio.to_thread(models[0].forward_by_size, tensors)

@@ -49,10 +49,12 @@ def stylised_png(base: str, style: str, data: bytes) -> tuple[np.ndarray, reques
 
 @pytest.fixture(scope="module")
 def thirty_styles(served):
-    """30 more styles published into the running registry (no deploy); removed again afterwards."""
+    """30 more styles published into the running registry (no deploy), every other one with its ONNX
+    export (run by ONNX Runtime) and the rest without (run by torch, as older versions are); removed
+    again afterwards."""
     root = served["root"] / "registry"
     for index, name in enumerate(POOLED):
-        publish_random_style(root, name, seed=100 + index)
+        publish_random_style(root, name, seed=100 + index, with_onnx=index % 2 == 0)
     wait_for(lambda: set(POOLED) <= listed(served["base"]), 30, "the published styles listed")
     yield POOLED
     for name in POOLED:

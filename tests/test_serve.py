@@ -178,7 +178,13 @@ def test_a_slow_body_is_cut_off_with_408_while_other_clients_are_served(served, 
     start = time.monotonic()
     threading.Thread(target=trickle, daemon=True).start()
     good_request_works(served["base"])  # served meanwhile
-    answer = client.recv(4096)
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+            answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+        chunk = client.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
     stop.set()
     client.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
@@ -228,10 +234,9 @@ def test_requests_past_a_full_queue_are_shed_with_503(served, style, clients, ma
     good_request_works(served["base"])
 
 
-def replica_ids(address, app):
-    details = _client(address).get_serve_details()
-    deployments = details["applications"][app]["deployments"]
-    return sorted(replica["replica_id"] for deployment in deployments.values() for replica in deployment["replicas"])
+def replica_ids(address, app) -> set[str]:
+    deployments = _client(address).get_serve_details()["applications"][app]["deployments"]
+    return {replica["replica_id"] for deployment in deployments.values() for replica in deployment["replicas"]}
 
 
 def test_serve_status_shows_every_application_running(served):
@@ -253,5 +258,7 @@ def test_retraining_a_dedicated_style_redeploys_it_alone(served):
 
     response = requests.post(f"{served['base']}/styles/slow", data=photo_bytes(), timeout=60)
     assert response.status_code == 200 and response.headers["x-model-version"] == new_version != old_version
-    assert replica_ids(served["address"], "front") == front_before
+    # The front and pool kept their replicas (autoscaling may still have added or removed one; a
+    # redeploy would have replaced them all).
+    assert replica_ids(served["address"], "front") & front_before
     good_request_works(served["base"])
