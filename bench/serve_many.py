@@ -116,6 +116,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--image-side", type=int, default=256)
+    parser.add_argument("--cpu-runtime", default="torch", help="the pool's pool.cpu_runtime: torch (its default) or onnxruntime")
     parser.add_argument("--pool-replicas", type=int, default=1, help="pool replicas (each reserves --pool-cpus)")
     parser.add_argument("--model-cache-mb", type=int, default=1024, help="the pool's model cache (enough for --mixed styles)")
     parser.add_argument("--pool-cpus", type=float, default=float(os.cpu_count()),
@@ -132,7 +133,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="serve-many-") as work:
         names = [f"style-{index:03d}" for index in range(args.styles)]
         publish_copies(Path(work) / "pool", names)
-        pool = measure("pool", {"registry": str(Path(work) / "pool"), "http": http, "pool": {"front_num_cpus": 0, "model_cache_mb": args.model_cache_mb},
+        pool = measure("pool", {"registry": str(Path(work) / "pool"), "http": http, "pool": {"front_num_cpus": 0, "model_cache_mb": args.model_cache_mb,
+                                         "cpu_runtime": args.cpu_runtime},
                                 "defaults": {"num_cpus": args.pool_cpus, "min_replicas": args.pool_replicas,
                                              "max_replicas": args.pool_replicas}},
                        args.address, base, names, names[:args.mixed], body, args.clients, args.seconds, leave_out=())
@@ -171,12 +173,14 @@ def main() -> int:
         ("  errors", pool["errors"] or "none", apps["errors"] or "none", ""),
         ("published while serving: answers after, s", pool["published_while_serving_answers_after_s"], "(needs a deploy)", ""),
     ]
-    print(f"\nimage {photo.width}x{photo.height} JPEG, {args.seconds:.0f} s of traffic per way, on {results.device_name()}")
+    print(f"\nimage {photo.width}x{photo.height} JPEG, {args.seconds:.0f} s of traffic per way, pool runtime {args.cpu_runtime}, "
+          f"on {results.device_name()}")
     print(f"{'':<44} {'pool':>12} {'per-style apps':>16} {'pool/apps':>10}")
     for label, left, right, ratio in rows:
         print(f"{label:<44} {left:>12.2f} {right:>16.2f} {ratio:>10}" if isinstance(left, float) and isinstance(right, float)
               else f"{label:<44} {str(left):>12} {str(right):>16} {ratio:>10}")
-    path = results.record("serve_many", {"image": f"{photo.width}x{photo.height}", "pool": pool, "per_style_apps": apps})
+    path = results.record(f"serve_many_{args.cpu_runtime}", {"image": f"{photo.width}x{photo.height}", "pool_cpu_runtime": args.cpu_runtime,
+                                                             "pool": pool, "per_style_apps": apps})
     print(f"recorded in {path}")
     return 0
 

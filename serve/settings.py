@@ -89,12 +89,13 @@ CPU_RUNTIMES = ("onnxruntime", "torch")
 @dataclass(frozen=True, kw_only=True)
 class PoolSettings:
     # Memory for loaded models in each pool replica: past it the least recently used style is dropped.
-    # A style takes about 18.5 MB in ONNX Runtime, 6.7 MB in torch on the CPU, 3.4 MB in fp16 on a GPU:
-    # 1024 MB keeps about 55, 150 or 300 styles warm per replica.
+    # A style takes about 6.7 MB in torch on the CPU, 18.5 MB in ONNX Runtime, 3.4 MB in fp16 on a GPU:
+    # 1024 MB keeps about 150, 55 or 300 styles warm per replica.
     model_cache_mb: int = 1024
-    # How a CPU replica runs models published with their ONNX export: "onnxruntime" (faster per image)
-    # or "torch" (a third of the memory per style). GPU replicas always run torch in fp16.
-    cpu_runtime: str = "onnxruntime"
+    # How a CPU pool replica runs models published with their ONNX export: "torch" (6.7 MB a style) or
+    # "onnxruntime" (faster per image alone, but 18.5 MB a style, and in the pool it measured slower:
+    # 4.25 against 5.35 requests/s over 50 styles on 2 cores, bench/serve_many.py). GPU: torch in fp16.
+    cpu_runtime: str = "torch"
     # How often the front door re-reads the registry: a new or retrained style is served at most this
     # long after its current.json changes (one listing and one read per style each time).
     refresh_s: float = 5.0

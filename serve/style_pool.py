@@ -44,11 +44,11 @@ class StylePool:
 
         # Wired here, not as a decorator: the cache's size comes from the serving config.
         self.model = serve.multiplexed(max_num_models_per_replica=self.capacity)(load)
-        # ONNX Runtime on the CPU: batches of different styles side by side, one per reserved core, each
-        # on one thread (ORT releases the GIL; 4.3 requests/s against 4.2 for one two-thread run at a
-        # time, bench/serve_many.py). Torch (CPU or GPU): one batch at a time with all the replica's
-        # threads; side by side, torch's thread pools fought over the cores (4.3 against 5.1 requests/s)
-        # and batches would only queue on a GPU.
+        # ONNX Runtime on the CPU (pool.cpu_runtime): batches of different styles side by side, one per
+        # reserved core, each on one thread (ORT releases the GIL; 4.3 requests/s against 4.2 for one
+        # two-thread run at a time, bench/serve_many.py). Torch (the default, CPU or GPU): one batch at a
+        # time with all the replica's threads; side by side, torch's thread pools fought over the cores
+        # (4.3 against 5.1 requests/s) and batches would only queue on a GPU.
         side_by_side = runtime == "onnxruntime"
         self.cpu_threads = 1 if side_by_side else None
         self.device_slots = asyncio.Semaphore(max(1, int(self.settings.num_cpus)) if side_by_side else 1)

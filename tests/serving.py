@@ -52,7 +52,7 @@ def served(ray_head, serve_http_port, tmp_path_factory):
     config = {
         "registry": str(root / "registry"),
         "http": {"host": "127.0.0.1", "port": port},
-        "pool": {"model_cache_mb": 16, "refresh_s": 1},
+        "pool": {"model_cache_mb": 16, "refresh_s": 1, "cpu_runtime": "onnxruntime"},  # torch runs versions without an export
         "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY, "body_timeout_s": BODY_TIMEOUT_S,
                      "max_ongoing_requests": 3, "max_queued_requests": 8},
         "styles": {"slow": {"dedicated": True, "max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1,
