@@ -16,10 +16,13 @@ from factory import download
 
 class Server:
     """Serves `files` with an ETag per file, HTTP ranges and If-Range, as CDNs do; the first request
-    for a name in `cut_once` is cut after half its bytes."""
+    for a name in `cut_once` is cut after half its bytes. Misbehaving servers too: `ranges=False`
+    answers every request with the whole file (200), `range_off_by` shifts the start a 206 claims,
+    `length=False` sends no Content-Length."""
 
-    def __init__(self, files: dict[str, bytes], cut_once=()):
+    def __init__(self, files: dict[str, bytes], cut_once=(), ranges=True, range_off_by=0, length=True):
         self.files, self.cut_once, self.requests = files, set(cut_once), []
+        self.ranges, self.range_off_by, self.length = ranges, range_off_by, length
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -34,7 +37,7 @@ class Server:
                     self.send_error(404)
                     return
                 etag = f'"{hashlib.md5(data).hexdigest()}"'
-                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") and server.ranges else 0
                 if start and self.headers.get("If-Range") not in (None, etag):
                     start = 0  # the file changed since: the whole new file, as RFC 9110 says
                 if start >= len(data) and start:
@@ -46,8 +49,11 @@ class Server:
                 self.send_response(206 if start else 200)
                 self.send_header("ETag", etag)
                 if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
+                    self.send_header("Content-Range", f"bytes {start + server.range_off_by}-{len(data) - 1}/{len(data)}")
+                if server.length:
+                    self.send_header("Content-Length", str(len(data) - start))
+                else:
+                    self.close_connection = True  # the body ends when the connection does
                 self.end_headers()
                 body = data[start:]
                 if name in server.cut_once:
@@ -104,6 +110,22 @@ def test_a_file_changed_between_attempts_is_downloaded_afresh_not_spliced(tmp_pa
         assert (tmp_path / "vgg19.pth").read_bytes() == changed
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("misbehaving", [{"ranges": False}, {"range_off_by": 100}, {"length": False}],
+                         ids=["200-on-resume", "wrong-content-range", "no-content-length"])
+def test_a_resume_against_a_misbehaving_server_never_splices(tmp_path, weights_bytes, monkeypatch, capsys, misbehaving):
+    monkeypatch.setitem(download.ITEMS, "vgg19-pth", download.Item("unused", "vgg19.pth", None))
+    (tmp_path / "vgg19.pth.part").write_bytes(weights_bytes[:1000])  # an earlier, interrupted attempt
+    server = Server({"vgg19.pth": weights_bytes}, **misbehaving)
+    try:
+        arguments = ["vgg19-pth", "--dest", str(tmp_path), "--mirror", server.url]
+        if download.main(arguments) == 1:  # a resume it cannot trust: the partial file goes, a rerun starts over
+            assert "start over" in capsys.readouterr().err
+            assert download.main(arguments) == 0
+    finally:
+        server.close()
+    assert (tmp_path / "vgg19.pth").read_bytes() == weights_bytes
 
 
 def test_a_partial_file_longer_than_the_servers_is_not_taken_as_whole(tmp_path, weights_bytes, monkeypatch, capsys):
