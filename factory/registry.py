@@ -88,15 +88,19 @@ def current_version(registry: str, style: str) -> str:
 
 def list_styles(registry: str) -> list[str]:
     """Names of the styles with a complete published version, sorted."""
+    return [name for name in style_folders(registry) if storage.exists(storage.join(registry, name, "current.json"))]
+
+
+def style_folders(registry: str) -> list[str]:
+    """Names of the registry's folders that can be styles (published or still being written), sorted."""
     names = []
     for name in storage.list_subfolders(registry):
         try:
             validate_style_name(name)
         except ValueError:
             continue  # not ours (a stray folder); never turn it into a URL
-        if storage.exists(storage.join(registry, name, "current.json")):
-            names.append(name)
-    return names
+        names.append(name)
+    return sorted(names)
 
 
 def read_metadata(registry: str, style: str, version: str | None = None) -> dict:

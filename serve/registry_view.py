@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from factory import registry
 
 logger = logging.getLogger(__name__)
 PICTURES = (registry.THUMBNAIL_FILE, registry.PREVIEW_FILE)
+READERS = 16  # registry reads in flight during a refresh
 
 
 def public_metadata(metadata: dict) -> dict:
@@ -57,28 +59,32 @@ class RegistryView:
         """Re-read every style's current.json; read metadata only for versions not seen before.
 
         current.json is written after every other file of a version, so a version seen here is complete.
-        The dict is replaced in one assignment: a reader sees the old listing or the new one, never a mix.
+        Styles are read side by side (on S3 each is a request or two). The dict is replaced in one
+        assignment: a reader sees the old listing or the new one, never a mix.
         """
-        names = registry.list_styles(self.registry_uri)
-        styles = {}
-        for name in names:
-            try:
-                version = registry.current_version(self.registry_uri, name)
-                known = self.styles.get(name)
-                if known is not None and known.version == version:
-                    styles[name] = known
-                    continue
-                metadata = public_metadata(registry.read_metadata(self.registry_uri, name, version))
-                styles[name] = PublishedStyle(name, version, metadata)
-            except Exception as error:  # one broken style must not hide the others
-                logger.warning("style %r left out of the listing: %s", name, error)
-                if name in self.styles:
-                    styles[name] = self.styles[name]
+        names = registry.style_folders(self.registry_uri)
+        with ThreadPoolExecutor(max_workers=READERS) as readers:
+            found = dict(zip(names, readers.map(self._read, names)))
+        styles = {name: style for name, style in found.items() if style is not None}
         added = sorted(set(styles) - set(self.styles))
         changed = sorted(name for name in set(styles) & set(self.styles) if styles[name].version != self.styles[name].version)
         if added or changed:
             logger.info("registry %s: %d style(s); new: %s; new versions: %s", self.registry_uri, len(styles), added or "none", changed or "none")
         self.styles = styles
+
+    def _read(self, name: str) -> PublishedStyle | None:
+        """The style as published now; None before its first current.json; the last one seen if unreadable."""
+        try:
+            version = registry.current_version(self.registry_uri, name)
+            known = self.styles.get(name)
+            if known is not None and known.version == version:
+                return known
+            return PublishedStyle(name, version, public_metadata(registry.read_metadata(self.registry_uri, name, version)))
+        except registry.ModelNotFound:
+            return None  # a folder whose first version is still being written
+        except Exception as error:  # one broken style must not hide the others
+            logger.warning("style %r: %s; serving what was last seen of it", name, error)
+            return self.styles.get(name)
 
     def start_refreshing(self) -> None:
         threading.Thread(target=self._refresh_forever, name="registry-refresh", daemon=True).start()
