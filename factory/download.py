@@ -211,8 +211,8 @@ def safe_member_name(name: str) -> str | None:
     return str(path)
 
 
-# A member is read whole before it is written (atomically, to disk or S3); this bounds what that can
-# cost, whatever an archive's header claims (a zip bomb member, or a mirror's wrong file).
+# Members are streamed to their destination; this bounds the disk or S3 space one can take, whatever
+# an archive claims (a zip bomb member, or a mirror's wrong file).
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 
 
@@ -229,10 +229,11 @@ def unpack(archive: Path, dest: str, folder: str) -> int:
             target = storage.join(dest, folder, relative)
             if storage.exists(target):
                 continue
-            if member.file_size > MAX_MEMBER_BYTES:  # read whole below: COCO's largest image is under 1 MB
+            if member.file_size > MAX_MEMBER_BYTES:  # COCO's largest image is under 1 MB
                 print(f"skipped {member.filename}: {member.file_size} bytes unpacked, over {MAX_MEMBER_BYTES}", file=sys.stderr)
                 continue
-            storage.write_bytes(target, zipped.read(member))  # atomic per file
+            with zipped.open(member) as source:
+                storage.write_stream(target, source)  # in chunks, atomic per file
             count += 1
     return count
 
@@ -256,7 +257,8 @@ def download(name: str, dest: str, cache: Path, mirror: str | None = None) -> st
         print(f"{name}: {written} new files in {storage.join(dest, item.unpack_to)}", file=sys.stderr)
         return storage.join(dest, item.unpack_to)
     if not local_dest:
-        storage.write_bytes(storage.join(dest, item.filename), path.read_bytes())
+        with open(path, "rb") as source:  # 510 MB for the .mat: streamed, in parts
+            storage.write_stream(storage.join(dest, item.filename), source)
         return storage.join(dest, item.filename)
     return str(path)
 

@@ -7,11 +7,16 @@ credentials, AWS_DEFAULT_REGION and, for S3-compatible servers, AWS_ENDPOINT_URL
 from __future__ import annotations
 
 import functools
+import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow.fs
+
+CHUNK_BYTES = 1024 * 1024
 
 
 def is_s3(uri: str) -> bool:
@@ -63,16 +68,22 @@ def read_bytes(uri: str) -> bytes:
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: a reader sees the old content or the new, never a part (S3 PUTs are atomic)."""
+    write_stream(uri, io.BytesIO(data))
+
+
+def write_stream(uri: str, source: BinaryIO) -> None:
+    """write_bytes for a file-like source, copied in chunks: never held whole in memory (an S3 upload
+    goes in parts, and becomes visible only when complete)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        _s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        _s3_client().upload_fileobj(source, bucket, key)
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         temporary = Path(handle.name)
         try:
-            handle.write(data)
+            shutil.copyfileobj(source, handle, CHUNK_BYTES)
             handle.flush()
             os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
             # NamedTemporaryFile makes 0600 files; a registry on a shared filesystem must be readable
