@@ -116,16 +116,21 @@ def read_file(registry: str, style: str, filename: str, version: str | None = No
 
 def load_model(registry: str, style: str, version: str | None = None) -> tuple[TransformNet, dict]:
     """The published network (eval mode, CPU) and its metadata. Never unpickles code."""
+    metadata = read_metadata(registry, style, version)
+    return load_net(registry, metadata), metadata
+
+
+def load_net(registry: str, metadata: dict) -> TransformNet:
+    """The network of the version `metadata` describes (eval mode, CPU), sha256-checked, weights only."""
     import torch
 
     from factory.transform_net import TransformNet
 
-    metadata = read_metadata(registry, style, version)
     model_bytes = _read_checked(registry, metadata, MODEL_FILE, metadata["model_sha256"])
     state_dict = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
     net = TransformNet(upsample=metadata.get("architecture", {}).get("upsample", "nearest"))
     net.load_state_dict(state_dict)
-    return net.eval(), metadata
+    return net.eval()
 
 
 def load_onnx(registry: str, metadata: dict) -> bytes | None:

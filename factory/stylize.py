@@ -42,16 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     many = len(args.inputs) > 1 or args.output.is_dir()
     if not many and args.output.suffix.lower() not in OUTPUT_FORMATS:
         parser.error(f"output {args.output} needs an extension among {', '.join(OUTPUT_FORMATS)}, or must be an existing folder")
+    device = torch.device(args.device)
     try:
-        net, metadata = registry.load_model(args.registry, args.style)
+        metadata = registry.read_metadata(args.registry, args.style)
+        onnx = registry.load_onnx(args.registry, metadata) if device.type == "cpu" else None
+        net = None if onnx else registry.load_net(args.registry, metadata).to(device)
     except (registry.ModelNotFound, ValueError) as error:
         print(f"error: {error}; available styles: {', '.join(registry.list_styles(args.registry)) or 'none'}", file=sys.stderr)
         return 2
     if metadata.get("loss_network", {}).get("random_weights"):
         print(f"warning: {args.style!r} was trained with a random loss network; expect no real style", file=sys.stderr)
-    device = torch.device(args.device)
-    net = net.to(device)
-    onnx = registry.load_onnx(args.registry, metadata) if device.type == "cpu" else None
     runtime = "onnxruntime" if onnx else f"torch on {device}"
     if onnx:  # the CPU fast path, for versions published with their export
         from factory.onnx_model import OnnxTransformNet

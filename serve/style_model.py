@@ -65,16 +65,17 @@ class StyleModel:
                  fast: bool = True, compile_on_cpu: bool = False, max_batch_pixels: int = EndpointSettings.max_batch_pixels,
                  cpu_threads: int | None = None, memory_arena: bool = True):
         self.max_batch_pixels = max_batch_pixels
-        net, self.metadata = registry.load_model(registry_uri, style, version)
+        self.metadata = registry.read_metadata(registry_uri, style, version)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.fast = fast and self.device.type == "cuda"
-        self.net = net.to(self.device).eval()
         onnx = registry.load_onnx(registry_uri, self.metadata) if fast and self.device.type == "cpu" else None
         self.runtime = "onnxruntime" if onnx else "torch"
+        if onnx:  # the CPU fast path, where the version has its export (older ones do not): model.pt is not read
+            self.net = OnnxTransformNet(onnx, threads=cpu_threads, memory_arena=memory_arena)
+            return
+        self.net = registry.load_net(registry_uri, self.metadata).to(self.device)
         if self.fast:
             self.net = fast_network(self.net)
-        elif onnx:  # the CPU fast path, where the version has its export (older ones do not)
-            self.net = OnnxTransformNet(onnx, threads=cpu_threads, memory_arena=memory_arena)
         elif compile_on_cpu and self.device.type == "cpu":
             self.net = torch.compile(self.net, dynamic=True)
             self.forward_by_size([torch.zeros(3, 64, 64)])  # compile now, not on a client's request
