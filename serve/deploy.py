@@ -80,13 +80,16 @@ def dedicated_application(config: ServingConfig, registry_uri: str, style: str, 
     }
 
 
-def build_serve_config(config: ServingConfig) -> dict:
-    """The Serve config (as `serve deploy` takes it): the front and pool, and the published dedicated styles."""
+def build_serve_config(config: ServingConfig, published: list[str] | None = None) -> dict:
+    """The Serve config (as `serve deploy` takes it): the front and pool, and the published dedicated
+    styles (`published`: the registry's styles, when the caller has listed them already)."""
     registry_uri = storage.absolute(config.registry)
+    dedicated = config.dedicated_styles()
     # Only dedicated styles are named in the config; without them it is written without reading the registry.
-    published = set(registry.list_styles(registry_uri)) if config.dedicated_styles() else set()
+    if dedicated and published is None:
+        published = registry.list_styles(registry_uri)
     applications = [front_application(config, registry_uri)]
-    for style in config.dedicated_styles():
+    for style in dedicated:
         if style in published:  # one not trained yet gets its application when it is published and deployed
             applications.append(dedicated_application(config, registry_uri, style, registry.current_version(registry_uri, style)))
     if config.runtime_env:
@@ -125,9 +128,9 @@ def wait_until_running(address: str, app_names: list[str], timeout_s: float = 30
         time.sleep(1)
 
 
-def refuse_to_empty(registry_uri: str, address: str) -> None:
+def refuse_to_empty(registry_uri: str, published: list[str], address: str) -> None:
     """A wrong or empty registry path lists no styles; deploying it over running styles would take them all down."""
-    if registry.list_styles(registry_uri):
+    if published:
         return
     running = sorted(_client(address).get_serve_details().get("applications", {}))
     if running:
@@ -138,16 +141,20 @@ def refuse_to_empty(registry_uri: str, address: str) -> None:
         )
 
 
-def deploy(config: ServingConfig, address: str, write: Path | None = None, wait: bool = True, allow_empty: bool = False) -> dict:
+def deploy(config: ServingConfig, address: str, write: Path | None = None, wait: bool = True,
+           allow_empty: bool = False) -> tuple[dict, list[str]]:
+    """Apply the serving config; returns the Serve config and the registry's styles (listed once:
+    on S3 a listing is a request or two per style)."""
+    published = registry.list_styles(storage.absolute(config.registry))
     if not allow_empty:
-        refuse_to_empty(storage.absolute(config.registry), address)
-    serve_config = build_serve_config(config)
+        refuse_to_empty(storage.absolute(config.registry), published, address)
+    serve_config = build_serve_config(config, published)
     if write:
         write.write_text(yaml.safe_dump(serve_config, sort_keys=False))
     apply(serve_config, address)
     if wait:
         wait_until_running(address, [app["name"] for app in serve_config["applications"]])
-    return serve_config
+    return serve_config, published
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,13 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             text = yaml.safe_dump(serve_config, sort_keys=False)
             args.write.write_text(text) if args.write else print(text)
             return 0
-        serve_config = deploy(config, args.address, args.write, wait=not args.no_wait, allow_empty=args.allow_empty)
+        serve_config, styles = deploy(config, args.address, args.write, wait=not args.no_wait, allow_empty=args.allow_empty)
     except (ValueError, registry.ModelNotFound, RuntimeError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     host = serve_config["http_options"]["host"]
     base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{serve_config['http_options']['port']}"
-    styles = registry.list_styles(storage.absolute(config.registry))
     dedicated = [app["route_prefix"].rsplit("/", 1)[1] for app in serve_config["applications"][1:]]
     print(f"deployed: page at {base}/, {len(styles)} style(s) at {base}/styles/<style>"
           + (f" ({len(dedicated)} dedicated: {', '.join(dedicated)})" if dedicated else "")
