@@ -32,7 +32,7 @@ from ray.train.torch import TorchTrainer
 from factory import contact_sheet, data, images, onnx_model, quality, registry, storage
 from factory.loss_network import relu_index
 from factory.packs import PackPlan, plan_packs, recipe, recipe_hash, resolve_style
-from factory.settings import FactoryConfig, load_config
+from factory.settings import FactoryConfig, TrainingSettings, load_config
 from factory.train_loop import CHECKPOINT_FILE, train_pack
 from factory.transform_net import TransformNet
 from factory.vgg_weights import VGGWeights, load_vgg19
@@ -107,16 +107,25 @@ def refuse_outputs_inside_job_copy(config: FactoryConfig) -> None:
             )
 
 
+# CPUs kept free beside CPU training workers for Ray Data's reading and decoding: without one, the
+# data pipeline waits for a CPU forever while the workers wait for data.
+DATA_PIPELINE_CPUS = 1
+
+
+def cpus_to_train(training: TrainingSettings) -> int:
+    """CPUs a CPU training pack needs: its workers', and the data pipeline's."""
+    return training.num_workers * training.cpus_per_worker + DATA_PIPELINE_CPUS
+
+
 def init_ray(config: FactoryConfig) -> str | None:
     """Start or join Ray; returns the dashboard URL when this call started the connection."""
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
         return ray.init().dashboard_url
-    # A local Ray on this machine: reserve a CPU for Ray Data's decoding beside the training workers,
-    # or a small laptop's pipeline stalls.
-    training = config.training
-    needed = training.num_workers * training.cpus_per_worker + 1
+    # A local Ray on this machine: with room for Ray Data's decoding beside the training workers, or a
+    # small laptop's pipeline stalls.
+    needed = cpus_to_train(config.training)
     env_vars = {
         "PYTHONPATH": str(REPO_ROOT),
         # Ray Data logs a line per epoch ("Dataset ... execution finished"); a small data set has an
@@ -168,7 +177,7 @@ def concurrent_packs(config: FactoryConfig, gpu: bool, pack_count: int) -> int:
         return pack_count
     # CPU training on the machines at hand: as many packs as fit, keeping one CPU for Ray Data's
     # decoding (packs queued behind a full machine would starve the running ones' data pipelines).
-    fits = int((ray.cluster_resources().get("CPU", 1) - 1) // (training.num_workers * training.cpus_per_worker))
+    fits = int((ray.cluster_resources().get("CPU", 1) - DATA_PIPELINE_CPUS) // (training.num_workers * training.cpus_per_worker))
     return max(1, min(pack_count, fits))
 
 
@@ -181,13 +190,13 @@ def fit_cpu_workers_to_cluster(config: FactoryConfig, gpu: bool) -> FactoryConfi
     if gpu or training.worker_resources:
         return config
     available = int(ray.cluster_resources().get("CPU", 0))
-    if available >= training.num_workers * training.cpus_per_worker + 1:
+    if available >= cpus_to_train(training):
         return config
-    fitted = (available - 1) // training.num_workers
+    fitted = (available - DATA_PIPELINE_CPUS) // training.num_workers
     if fitted < 1:
         raise ValueError(
             f"the Ray cluster has {available} CPU(s); training on CPU with {training.num_workers} worker(s) needs at least "
-            f"{training.num_workers + 1} (one per worker, one for reading data): start Ray with more (ray start --num-cpus N) "
+            f"{training.num_workers + DATA_PIPELINE_CPUS} (one per worker, one for reading data): start Ray with more (ray start --num-cpus N) "
             "or lower training.num_workers"
         )
     logger.warning("the Ray cluster has %d CPUs: each of the %d training worker(s) gets %d instead of %d, leaving one "
