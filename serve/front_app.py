@@ -81,16 +81,11 @@ class Front:
     @api.post("/styles/{name}/")
     async def stylise(self, name: str, request: Request) -> Response:
         style = self._published(name)
-        options = http_input.parse_options(request.query_params, request.headers.get("accept", ""), self.settings)
-        body = await http_input.read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
-        # Off the event loop: a large form must not hold up other requests or the health check.
-        data = await asyncio.to_thread(http_input.image_bytes_from_body, body, request.headers.get("content-type", ""))
+        data, options = await http_input.read_stylise_request(request, self.settings)
         status, answer = await self._run_in_pool(style, data, options)
         if status != 200:
             raise HTTPError(status, answer)
-        return Response(answer, media_type=http_input.MEDIA_TYPES[options.output_format],
-                        headers={"X-Style": style.name, "X-Model-Version": style.version,
-                                 "Vary": "Accept"})  # the format follows the Accept header: caches must key on it
+        return http_input.stylised_response(answer, options, style.name, style.version)
 
     async def _run_in_pool(self, style: PublishedStyle, data: bytes, options: http_input.StyliseOptions) -> tuple[int, bytes | str]:
         try:

@@ -12,6 +12,8 @@ import asyncio
 import re
 from dataclasses import dataclass
 
+from fastapi.responses import Response
+
 from serve.settings import EndpointSettings
 
 # MPO is a JPEG with more pictures after the first (gain-map HDR photos from recent phones): Pillow
@@ -33,6 +35,22 @@ class StyliseOptions:
     strength: float
     preserve_colors: bool
     output_format: str  # "jpeg", "png" or "webp"
+
+
+async def read_stylise_request(request, settings: EndpointSettings) -> tuple[bytes, StyliseOptions]:
+    """A stylise request's image bytes and options: options first (a bad one is 400 before any body is
+    read), then the bounded body, then the form parsed off the event loop, so that a large form holds
+    up neither other requests nor the health check."""
+    options = parse_options(request.query_params, request.headers.get("accept", ""), settings)
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+    data = await asyncio.to_thread(image_bytes_from_body, body, request.headers.get("content-type", ""))
+    return data, options
+
+
+def stylised_response(image: bytes, options: StyliseOptions, style: str, version: str) -> Response:
+    return Response(image, media_type=MEDIA_TYPES[options.output_format],
+                    headers={"X-Style": style, "X-Model-Version": version,
+                             "Vary": "Accept"})  # the format follows the Accept header: caches must key on it
 
 
 async def read_body(request, max_bytes: int, timeout_s: float) -> bytes:

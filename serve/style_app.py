@@ -57,14 +57,9 @@ class StyleEndpoint:
 
     @api.post("/")
     async def stylise(self, request: Request) -> Response:
-        options = http_input.parse_options(request.query_params, request.headers.get("accept", ""), self.settings)
-        body = await http_input.read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
-        # Off the event loop: a large form must not hold up other requests or the health check.
-        data = await asyncio.to_thread(http_input.image_bytes_from_body, body, request.headers.get("content-type", ""))
+        data, options = await http_input.read_stylise_request(request, self.settings)
         output = await stylising.stylise_image(data, options, self.settings, self.run_batch)
-        return Response(output, media_type=http_input.MEDIA_TYPES[options.output_format],
-                        headers={"X-Style": self.metadata["style"], "X-Model-Version": self.metadata["version"],
-                                 "Vary": "Accept"})  # the format follows the Accept header: caches must key on it
+        return http_input.stylised_response(output, options, self.metadata["style"], self.metadata["version"])
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def run_batch(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
