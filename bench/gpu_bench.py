@@ -9,8 +9,9 @@ names a folder), with the factory's own training step (factory/style_pack.py), w
   fast   a pack of --styles styles sharing each batch of 4, bf16 autocast, channels_last,
          torch.compile, JPEGs decoded on the GPU (nvJPEG via torchvision.io.decode_jpeg)
 Images/s count each image once per style it trains. Stylising compares fp32 eager with the serving
-fast path (serve/style_model.py: fp16, channels_last, eager) at 1024x1024 and in batches of
-512x512. Needs only torch and torchvision.
+fast paths at 1024x1024 and in batches of 512x512: fp16 channels_last eager (what a GPU replica runs
+for a size not compiled yet) and the same compiled for the static shape (serve/static_shapes.py, what
+it runs once the size's bucket has compiled). Needs only torch and torchvision.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from factory.settings import LossSettings, ResolvedStyle
 from factory.style_pack import PerceptualObjective, StepRunner, StylePack, make_optimizer
 from factory.transform_net import TransformNet
 from factory.vgg_weights import random_vgg19
+from serve.static_shapes import StaticShapes
 from serve.style_model import fast_input, fast_network
 
 PAPER_STEPS, FACTORY_STYLES = 40_000, 16
@@ -179,24 +181,41 @@ def main() -> int:
     net = TransformNet().to(device).eval()
     fast_net = fast_network(copy.deepcopy(net)) if gpu else net
     fast_run = (lambda batch: fast_net(fast_input(batch))) if gpu else net
+    count, side = stylise_batch
+    # CPU (--tiny): dynamo's eager backend checks the compiled path's plumbing without a minute of C++.
+    static = StaticShapes(TransformNet(), device, backend="inductor") if gpu else \
+        StaticShapes(TransformNet(), device, dtype=torch.float32, channels_last=False, backend="eager")
+    compile_start = time.perf_counter()
+    static.request((stylise_large, stylise_large))
+    static.request((side, side))
+    static.wait_until_idle()
+    compile_seconds = time.perf_counter() - compile_start
+    prepared = static.prepare(copy.deepcopy(net))
+
+    def compiled_run(batch):
+        return static.run(prepared, batch)
+
     one = torch.rand(1, 3, stylise_large, stylise_large, device=device) * 255
     plain_ms = 1e3 * stylise_seconds(net, one, device, 20 if gpu else 3)
-    fast_ms = 1e3 * stylise_seconds(fast_run, one, device, 20 if gpu else 3)
-    rows.append((f"stylise {stylise_large}px, ms", f"{plain_ms:.2f}", f"{fast_ms:.2f}", plain_ms / fast_ms))
-    count, side = stylise_batch
+    for label, run in (("eager fp16", fast_run), ("static compiled", compiled_run)):
+        fast_ms = 1e3 * stylise_seconds(run, one, device, 20 if gpu else 3)
+        rows.append((f"stylise {stylise_large}px {label}, ms", f"{plain_ms:.2f}", f"{fast_ms:.2f}", plain_ms / fast_ms))
     many = torch.rand(count, 3, side, side, device=device) * 255
     plain_ips = count / stylise_seconds(net, many, device, 10 if gpu else 2)
-    fast_ips = count / stylise_seconds(fast_run, many, device, 10 if gpu else 2)
-    rows.append((f"stylise {side}px x{count}, img/s", f"{plain_ips:.1f}", f"{fast_ips:.1f}", fast_ips / plain_ips))
+    for label, run in (("eager fp16", fast_run), ("static compiled", compiled_run)):
+        fast_ips = count / stylise_seconds(run, many, device, 10 if gpu else 2)
+        rows.append((f"stylise {side}px x{count} {label}, img/s", f"{plain_ips:.1f}", f"{fast_ips:.1f}", fast_ips / plain_ips))
 
     print(f"\n{name}, torch {torch.__version__}, {datetime.date.today()}; fast training pack: {styles} styles"
           f"{'' if gpu else ' (CPU: the fast path falls back to the plain one; numbers check the script only)'}")
-    print(f"{'measure':<30} {'plain':>10} {'fast':>10} {'fast/plain':>11}")
+    print(f"{'measure':<42} {'plain':>10} {'fast':>10} {'fast/plain':>11}")
     for label, plain_value, fast_value, ratio in rows:
-        print(f"{label:<30} {plain_value:>10} {fast_value:>10} {ratio:>10.2f}x")
+        print(f"{label:<42} {plain_value:>10} {fast_value:>10} {ratio:>10.2f}x")
+    print(f"compiling the two static stylising shapes took {compile_seconds:.0f} s{'' if not static.failed else ' and FAILED (see the log)'}")
     if not args.tiny:  # --tiny checks the script; its numbers describe nothing
         figures = {label: {"plain": float(plain_value), "fast": float(fast_value), "ratio": ratio} for label, plain_value, fast_value, ratio in rows}
-        path = results.record("gpu_bench", {"torch": torch.__version__, "styles_in_pack": styles, "rows": figures})
+        path = results.record("gpu_bench", {"torch": torch.__version__, "styles_in_pack": styles, "rows": figures,
+                                            "static_shape_compile_s": compile_seconds, "static_shape_compile_failed": static.failed})
         print(f"recorded in {path}")
     return 0
 

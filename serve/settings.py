@@ -23,6 +23,7 @@ import yaml
 
 from factory.settings import build_settings, require
 from factory.style_names import validate_style_name
+from serve.size_buckets import parse_shape
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,9 +47,16 @@ class EndpointSettings:
     num_gpus: float = 0.0
     # Extra Ray resources per replica, e.g. {serve_node: 0.001} to keep replicas on cluster.yaml's gpu_serve nodes.
     resources: dict = field(default_factory=dict)
-    # GPU replicas always run the compiled fp16 fast path; on CPU, torch.compile is 1.3x faster per
+    # GPU replicas run fp16 (serve/static_shapes.py compiles their common sizes); on CPU, torch.compile is 1.3x faster per
     # image but adds about a minute to each replica's start, so it is opt-in.
     compile_on_cpu: bool = False
+    # GPU replicas: request sizes compiled as static shapes, at most this many per replica (each a
+    # compile of tens of seconds, in the background); 0 runs every size eagerly.
+    compiled_shapes: int = 16
+    # Shapes (WIDTHxHEIGHT) compiled when a GPU replica starts: photos fitted to default_max_side
+    # in landscape and portrait (4:3, 3:2, 16:9) and square.
+    warm_shapes: list = field(default_factory=lambda: ["1024x768", "768x1024", "1024x683", "683x1024",
+                                                        "1024x576", "576x1024", "1024x1024"])
     # Same-sized requests arriving within batch_wait_timeout_s are run as one batch of up to this many.
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.01
@@ -75,6 +83,9 @@ class EndpointSettings:
         require(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
         require(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0")
         require(self.max_batch_size >= 1, "max_batch_size must be >= 1")
+        require(self.compiled_shapes >= 0, "compiled_shapes must be >= 0 (0: no compiling)")
+        for shape in self.warm_shapes:
+            parse_shape(shape)  # a ValueError that says how to write one
         require(self.max_batch_pixels >= 1, "max_batch_pixels must be >= 1")
         require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s must be >= 0")
         require(self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")

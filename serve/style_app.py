@@ -23,7 +23,7 @@ from serve import http_input, stylising
 from serve.errors import json_errors_api
 from serve.registry_view import public_metadata
 from serve.settings import EndpointSettings
-from serve.style_model import StyleModel, reserved_device
+from serve.style_model import StyleModel, reserved_device, static_shapes_for
 
 api = json_errors_api()
 
@@ -35,7 +35,8 @@ class StyleEndpoint:
         self.settings = EndpointSettings(**settings)
         device = reserved_device(ray.get_gpu_ids())
         self.model = StyleModel(registry_uri, style, version, device=device, compile_on_cpu=self.settings.compile_on_cpu,
-                                max_batch_pixels=self.settings.max_batch_pixels)
+                                max_batch_pixels=self.settings.max_batch_pixels,
+                                static_shapes=static_shapes_for(device, self.settings))
         self.metadata = self.model.metadata
         self.thumbnail = registry.read_file(registry_uri, style, registry.THUMBNAIL_FILE, version)
         self.preview = registry.read_file(registry_uri, style, registry.PREVIEW_FILE, version)

@@ -1,11 +1,12 @@
 """A published style model ready to serve: loaded once, run on batches, checked for health. No Ray.
 
-The fast path (on by default, GPU only) runs the network eagerly in fp16 with channels_last memory.
-It is not compiled: on an H200 a torch.compile that is dynamic in height and width ran slower than
-eager (423 against 569 images/s at 512x512, batch 16; issue 11's measurement), and a compile per
-style would make the first request of every style in the pool wait for it. Bucketing sizes by padding
-was measured and rejected: instance norm takes its statistics over the padding too, which moved
-outputs by 6 of 255 on average (200x150 padded to 256x256), while fp16 moves them by 0.1
+The fast path (on by default, GPU only) runs the network in fp16 with channels_last memory. Requests
+whose size maps to a compiled static shape run there (serve/static_shapes.py: resized to the bucket
+and back); the others, and every request until its shape has compiled in the background, run eagerly
+at their own size. A compile that is dynamic in height and width was measured slower than eager on an
+H200 (423 against 569 images/s at 512x512, batch 16; issue 11), so no dynamic compile is used. Bucketing
+sizes by padding was measured and rejected: instance norm takes its statistics over the padding too,
+which moved outputs by 6 of 255 on average (200x150 padded to 256x256), while fp16 moves them by 0.1
 (tests/test_fast_path.py). On CPU, a version published with its ONNX export runs in ONNX Runtime
 (factory/onnx_model.py; bench/cpu_stylise.py measures it against eager torch). Without one,
 channels_last and fp16 measured slower than plain fp32; a dynamic torch.compile measured 1.3x faster
@@ -23,6 +24,8 @@ from factory import registry
 from factory.onnx_model import OnnxTransformNet
 from factory.transform_net import TransformNet
 from serve.settings import EndpointSettings
+from serve.size_buckets import bucket_shape, parse_shape
+from serve.static_shapes import StaticShapes, resize
 
 def reserved_device(gpu_ids: list) -> torch.device:
     """The device a replica reserved: a GPU only when Ray gave it one (`ray.get_gpu_ids()`). Ray 2.60
@@ -37,6 +40,17 @@ def reserved_device(gpu_ids: list) -> torch.device:
             f"built for CUDA {torch.version.cuda}): check the node's NVIDIA driver (nvidia-smi) against it"
         )
     return torch.device("cuda")
+
+
+def static_shapes_for(device: torch.device, settings: EndpointSettings) -> StaticShapes | None:
+    """A GPU replica's compiled static shapes, shared by every style it holds, with the warm shapes
+    queued for compiling; None on CPU or when settings.compiled_shapes is 0."""
+    if device.type != "cuda" or settings.compiled_shapes == 0:
+        return None
+    static_shapes = StaticShapes(TransformNet(), device, capacity=settings.compiled_shapes)
+    for shape in settings.warm_shapes:
+        static_shapes.request(parse_shape(shape))
+    return static_shapes
 
 
 def fast_network(net: torch.nn.Module) -> torch.nn.Module:
@@ -63,19 +77,22 @@ def model_bytes(runtime: str) -> int:
 class StyleModel:
     def __init__(self, registry_uri: str, style: str, version: str, device: torch.device | None = None,
                  fast: bool = True, compile_on_cpu: bool = False, max_batch_pixels: int = EndpointSettings.max_batch_pixels,
-                 cpu_threads: int | None = None, memory_arena: bool = True):
+                 cpu_threads: int | None = None, memory_arena: bool = True, static_shapes: StaticShapes | None = None):
         self.max_batch_pixels = max_batch_pixels
         self.metadata = registry.read_metadata(registry_uri, style, version)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.fast = fast and self.device.type == "cuda"
         onnx = registry.load_onnx(registry_uri, self.metadata) if fast and self.device.type == "cpu" else None
         self.runtime = "onnxruntime" if onnx else "torch"
+        self.static_shapes = None
         if onnx:  # the CPU fast path, where the version has its export (older ones do not): model.pt is not read
             self.net = OnnxTransformNet(onnx, threads=cpu_threads, memory_arena=memory_arena)
             return
         self.net = registry.load_net(registry_uri, self.metadata).to(self.device)
         if self.fast:
             self.net = fast_network(self.net)
+        if static_shapes is not None and static_shapes.fits(self.net):
+            self.static_shapes, self.prepared = static_shapes, static_shapes.prepare(self.net)
         elif compile_on_cpu and self.device.type == "cpu":
             self.net = torch.compile(self.net, dynamic=True)
             self.forward_by_size([torch.zeros(3, 64, 64)])  # compile now, not on a client's request
@@ -86,21 +103,22 @@ class StyleModel:
         return self.net(fast_input(batch)).float()
 
     def forward_by_size(self, tensors: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
-        """(3, H, W) tensors in 0..255 -> stylised, in order; those of one size run as one batch.
+        """(3, H, W) tensors in 0..255 -> stylised, in order; those that run at one shape run as one batch.
 
-        A batch that fails is run again one image at a time, so only the image that fails gets its
-        exception (in its place in the list) and the requests batched with it still get their pictures.
+        A batch that fails is run again one image at a time (eagerly), so only the image that fails
+        gets its exception (in its place in the list) and the requests batched with it still get their
+        pictures.
         """
         groups = defaultdict(list)
         for index, tensor in enumerate(tensors):
-            groups[tuple(tensor.shape)].append(index)
+            groups[self._run_shape(tuple(tensor.shape[-2:]))].append(index)
         outputs: list = [None] * len(tensors)
         with torch.inference_mode():
-            for indices in self._within_pixel_budget(groups.values(), tensors):
+            for run_shape, indices in self._within_pixel_budget(groups.items()):
                 try:
-                    results = self._run(torch.stack([tensors[i] for i in indices]).to(self.device)).cpu()
+                    results = self._run_group(run_shape, [tensors[i] for i in indices])
                 except Exception as error:
-                    if len(indices) == 1:
+                    if len(indices) == 1 and not run_shape[1]:
                         outputs[indices[0]] = error
                         continue
                     self._release_memory()
@@ -109,13 +127,32 @@ class StyleModel:
                     outputs[index] = result
         return outputs
 
-    def _within_pixel_budget(self, groups, tensors) -> list[list[int]]:
-        """Same-size groups cut into runs of at most max_batch_pixels (at least one image each)."""
+    def _run_shape(self, size: tuple[int, int]) -> tuple[tuple[int, int], bool]:
+        """(shape, bucketed): the compiled bucket shape when it is ready, else the image's own size
+        (and the bucket is asked for, to be compiled in the background)."""
+        if self.static_shapes is None:
+            return size, False
+        bucket = bucket_shape(*size)
+        if self.static_shapes.ready(bucket):
+            return bucket, True
+        self.static_shapes.request(bucket)
+        return size, False
+
+    def _run_group(self, run_shape: tuple[tuple[int, int], bool], group: list[torch.Tensor]) -> list[torch.Tensor]:
+        (height, width), bucketed = run_shape
+        if not bucketed:
+            return list(self._run(torch.stack(group).to(self.device)).cpu())
+        batch = torch.cat([resize(tensor[None].to(self.device), height, width) for tensor in group])
+        stylised = self.static_shapes.run(self.prepared, batch)
+        return [resize(stylised[i:i + 1], *tensor.shape[-2:])[0].clamp(0, 255).cpu() for i, tensor in enumerate(group)]
+
+    def _within_pixel_budget(self, groups) -> list[tuple[tuple, list[int]]]:
+        """Groups cut into runs of at most max_batch_pixels (at least one image each)."""
         runs = []
-        for indices in groups:
-            height, width = tensors[indices[0]].shape[-2:]
+        for run_shape, indices in groups:
+            height, width = run_shape[0]
             per_run = max(1, self.max_batch_pixels // (height * width))
-            runs += [indices[start:start + per_run] for start in range(0, len(indices), per_run)]
+            runs += [(run_shape, indices[start:start + per_run]) for start in range(0, len(indices), per_run)]
         return runs
 
     def _run_alone(self, tensor: torch.Tensor) -> torch.Tensor | Exception:

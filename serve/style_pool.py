@@ -22,7 +22,7 @@ from serve import stylising
 from serve.http_input import HTTPError, StyliseOptions
 from serve.registry_view import parse_model_id
 from serve.settings import EndpointSettings, PoolSettings
-from serve.style_model import StyleModel, model_bytes, reserved_device
+from serve.style_model import StyleModel, model_bytes, reserved_device, static_shapes_for
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class StylePool:
         # StyleModel's fast path: fp16 on a GPU, ONNX Runtime on the CPU (for versions that have the export).
         self.fast = runtime != "torch"
         self.capacity = max(2, pool.model_cache_mb * 2**20 // model_bytes(runtime))
+        self.static_shapes = static_shapes_for(self.device, self.settings)  # GPU: compiled once, shared by every style
 
         async def load(model_id: str) -> StyleModel:
             return await self._load(model_id)
@@ -60,7 +61,7 @@ class StylePool:
         # Without ONNX Runtime's memory arena: a few hundred styles' sessions must fit the cache budget.
         return await asyncio.to_thread(StyleModel, self.registry_uri, style, version, device=self.device, fast=self.fast,
                                        max_batch_pixels=self.settings.max_batch_pixels, cpu_threads=self.cpu_threads,
-                                       memory_arena=False)
+                                       memory_arena=False, static_shapes=self.static_shapes)
 
     async def stylise(self, data: bytes, options: StyliseOptions) -> tuple[int, bytes | str]:
         """(200, image bytes) or (status, message): an HTTPError does not survive Ray's pickling intact."""
