@@ -139,8 +139,10 @@ class TrainingSettings:
     max_concurrent_packs: int = 0
     # "auto" (bf16 on GPUs that have it, else fp16; fp32 on CPU), "fp32", "bf16" or "fp16".
     precision: str = "auto"
-    # torch.compile the transform networks and loss network (GPU only; ignored on CPU).
-    compile: bool = False
+    # torch.compile the transform networks and loss network (GPU only; ignored on CPU). On by default:
+    # on an H200 the bf16 channels_last step measured about 880 images/s compiled against 500 eager
+    # (issue 5); the first steps wait a minute or two for the compiler.
+    compile: bool = True
     # channels_last (NHWC) memory layout, which tensor cores want (GPU only; ignored on CPU).
     channels_last: bool = True
     # Steps between checkpoints.
