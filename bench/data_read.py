@@ -3,8 +3,8 @@
     python bench/data_read.py                       # 400 synthetic COCO-sized JPEGs (640x480)
     python bench/data_read.py --source data/train2014 --limit 5000 --image-size 256
 
-Both paths go through Ray Data the way training reads them; the shards are prepared first (not timed
-in the epoch figure, printed separately: it is paid once).
+Both are read the way a training worker reads them (factory/content_stream.py, through Ray Data);
+the shards are prepared first (not timed in the epoch figure, printed separately: it is paid once).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import ray
 from PIL import Image
 
 from factory import data, prepare_shards
+from factory.content_stream import ContentSource, content_batches, shard_chunks
 from factory.settings import DataSettings
 
 
@@ -35,11 +36,19 @@ def synthetic_jpegs(folder: Path, count: int) -> None:
         Image.fromarray(pixels).save(folder / f"{index:06d}.jpg", quality=90)
 
 
-def epoch_seconds(dataset: ray.data.Dataset) -> tuple[float, int]:
-    start, rows = time.perf_counter(), 0
-    for batch in dataset.iter_batches(batch_size=64, batch_format="numpy"):
-        rows += len(batch["image"])
-    return time.perf_counter() - start, rows
+def epoch_seconds(source: ContentSource) -> tuple[float, int]:
+    """One epoch as a training worker reads it (factory/content_stream.py, one worker, batches of 64):
+    from the last batch of a warm-up epoch to the last batch of the next, so worker start-up is not
+    counted but each epoch's new Ray Data execution is."""
+    stream = content_batches(source, seed=0, rank=0, world_size=1, batch_size=64)
+    last_batch_at, rows = {}, 0
+    for images, position in stream:
+        if position.epoch == 2:
+            break
+        rows += len(images) if position.epoch == 1 else 0
+        last_batch_at[position.epoch] = time.perf_counter()
+    stream.close()
+    return last_batch_at[1] - last_batch_at[0], rows
 
 
 def main() -> int:
@@ -62,11 +71,13 @@ def main() -> int:
 
     ledger = data.SkipLedger.remote()
     filesystem, paths, _ = data.list_image_files(settings)
-    results = {}
-    for name, make in (("JPEG files", lambda: data.content_dataset(settings, paths, filesystem, ledger)),
-                       ("prepared shards", lambda: data.shard_dataset(data.list_shard_files(str(work / "shards")), pyarrow.fs.LocalFileSystem()))):
-        epoch_seconds(make())  # warm-up: worker start-up is not the data path
-        results[name] = epoch_seconds(make())
+    shards = data.list_shard_files(str(work / "shards"))
+    sources = {
+        "JPEG files": ContentSource(tuple(paths), False, filesystem, args.image_size, settings.max_image_pixels, ledger),
+        "prepared shards": ContentSource(tuple(shard_chunks(shards, pyarrow.fs.LocalFileSystem())), True,
+                                         pyarrow.fs.LocalFileSystem(), args.image_size, settings.max_image_pixels, ledger),
+    }
+    results = {name: epoch_seconds(source) for name, source in sources.items()}
     cpus = int(ray.cluster_resources().get("CPU", 0))
     print(f"one epoch of {results['JPEG files'][1]} images at {args.image_size} px, Ray Data on {cpus} CPUs")
     print(f"{'read from':<18} {'seconds':>8} {'images/s':>10}")

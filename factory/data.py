@@ -1,9 +1,9 @@
-"""The content-image stream: every image file under a folder or S3 prefix, decoded by Ray Data.
+"""Content images: every image file under a folder or S3 prefix, or prepared shards, decoded by Ray Data.
 
-Ray Train splits the stream across the workers of a pack, so each image is used once per epoch across
-the cluster. Real folders are dirty (COCO has grayscale and CMYK JPEGs; users have truncated, empty,
-non-image and enormous files): each bad file is skipped, never fatal, and recorded in a SkipLedger
-so the run can report how many were skipped and why.
+Training workers read them through factory/content_stream.py, each its own share of every epoch, so
+each image is used once per epoch across the cluster. Real folders are dirty (COCO has grayscale and
+CMYK JPEGs; users have truncated, empty, non-image and enormous files): each bad file is skipped,
+never fatal, and recorded in a SkipLedger so the run can report how many were skipped and why.
 """
 
 from __future__ import annotations
@@ -64,12 +64,14 @@ def list_image_files(settings: DataSettings) -> tuple[pyarrow.fs.FileSystem, lis
 
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int, ledger) -> dict[str, np.ndarray]:
-    """{'bytes', 'path'} -> {'image': (n, size, size, 3) uint8}, dropping the files that fail to decode."""
-    decoded, skipped = [], {}
-    for data, path in zip(batch["bytes"], batch["path"]):
+    """{'bytes', 'path', ...} -> {'image': (n, size, size, 3) uint8, ...}: the files that fail to decode
+    are dropped, and the other columns (but bytes and path) follow the images that remain."""
+    decoded, kept, skipped = [], [], {}
+    for index, (data, path) in enumerate(zip(batch["bytes"], batch["path"])):
         try:
             image = images.decode_rgb(data, max_pixels=max_pixels, min_side=image_size)
             decoded.append(images.resize_and_center_crop(image, image_size))
+            kept.append(index)
         except images.ImageRejected as error:
             skipped[str(path)] = str(error)
     if skipped:
@@ -78,7 +80,8 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int,
         # count read at the end of a run must include every batch that had finished.
         ray.get(ledger.add.remote(skipped))
     stacked = np.stack(decoded) if decoded else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return {"image": stacked}
+    others = {name: np.asarray(values)[kept] for name, values in batch.items() if name not in ("bytes", "path")}
+    return {"image": stacked, **others}
 
 
 def content_dataset(settings: DataSettings, paths: list[str], filesystem: pyarrow.fs.FileSystem, ledger) -> ray.data.Dataset:

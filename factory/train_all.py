@@ -30,6 +30,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from factory import contact_sheet, data, images, onnx_model, quality, registry, storage
+from factory.content_stream import ContentSource, shard_chunks
 from factory.loss_network import relu_index
 from factory.packs import PackPlan, plan_packs, recipe, recipe_hash, resolve_style
 from factory.settings import FactoryConfig, TrainingSettings, load_config
@@ -286,12 +287,13 @@ def write_contact_sheet(config: FactoryConfig, photo, outcomes: list[Outcome], w
     return uri
 
 
-def train_one_pack(config: FactoryConfig, plan: PackPlan, make_dataset, vgg_ref, gpu: bool) -> "ray.train.Result":
-    dataset = make_dataset()  # one per pack: each pack streams its own epochs
+def train_one_pack(config: FactoryConfig, plan: PackPlan, content: ContentSource, vgg_ref, gpu: bool) -> "ray.train.Result":
     storage_filesystem, storage_path = storage.pyarrow_filesystem(config.training.storage_path)
     trainer = TorchTrainer(
         train_pack,
-        train_loop_config={"plan": plan, "vgg": vgg_ref},
+        # Each worker reads its own share of the content (factory/content_stream.py), not a split of
+        # one Ray dataset, so that a checkpoint can say where every worker's reading stands.
+        train_loop_config={"plan": plan, "vgg": vgg_ref, "content": content},
         scaling_config=ScalingConfig(
             num_workers=config.training.num_workers,
             use_gpu=gpu,
@@ -305,27 +307,28 @@ def train_one_pack(config: FactoryConfig, plan: PackPlan, make_dataset, vgg_ref,
             failure_config=FailureConfig(max_failures=config.training.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": dataset},
     )
     return trainer.fit()
 
 
-def content_source(config: FactoryConfig, ledger):
-    """(a function making the content dataset, how many images or files it holds): prepared shards
-    when data.source has a shard manifest, else the image files, decoded as they stream."""
+def content_source(config: FactoryConfig, ledger) -> tuple[ContentSource, int]:
+    """(what the workers read, how many images or files it holds): prepared shards when data.source
+    has a shard manifest, else the image files, decoded as they stream."""
     manifest = data.shard_manifest(config.data)
+    settings = config.data
     if manifest:
-        paths = data.list_shard_files(storage.absolute(config.data.source))
-        filesystem, _ = storage.pyarrow_filesystem(config.data.source)
-        logger.info("reading %d prepared images from %d shards at %s", manifest["count"], len(paths), config.data.source)
-        return (lambda: data.shard_dataset(paths, filesystem)), manifest["count"]
-    filesystem, paths, oversized = data.list_image_files(config.data)
+        paths = data.list_shard_files(storage.absolute(settings.source))
+        filesystem, _ = storage.pyarrow_filesystem(settings.source)
+        logger.info("reading %d prepared images from %d shards at %s", manifest["count"], len(paths), settings.source)
+        chunks = shard_chunks(paths, filesystem)
+        return ContentSource(tuple(chunks), True, filesystem, settings.image_size, settings.max_image_pixels, ledger), manifest["count"]
+    filesystem, paths, oversized = data.list_image_files(settings)
     if oversized:
         ledger.add.remote(oversized)
     # A handful of images (the bundled samples) would make every step or two a new epoch, and each
     # epoch costs Ray Data a new execution: list them several times, so an epoch is some 64 images.
     repeats = max(1, SMALL_EPOCH_IMAGES // len(paths))
-    return (lambda: data.content_dataset(config.data, paths * repeats, filesystem, ledger)), len(paths)
+    return ContentSource(tuple(paths * repeats), False, filesystem, settings.image_size, settings.max_image_pixels, ledger), len(paths)
 
 
 def print_table(outcomes: list[Outcome], skipped: dict) -> None:
@@ -397,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {}
     if plans:
         try:
-            make_dataset, content_count = content_source(config, ledger)
+            content, content_count = content_source(config, ledger)
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -415,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         def run(plan: PackPlan) -> list[Outcome]:
             started = time.time()
             try:
-                result = train_one_pack(config, plan, make_dataset, vgg_ref, gpu)
+                result = train_one_pack(config, plan, content, vgg_ref, gpu)
                 published = publish_pack(config, plan, result, weights, hashes, photo)
                 if deployer:
                     deployed = deployer.deploy()

@@ -16,13 +16,12 @@ import ray.train.torch
 import torch
 
 from factory import storage
+from factory.content_stream import StreamPosition, content_batches
 from factory.loss_network import LossNetwork
 from factory.packs import PackPlan
 from factory.style_pack import PerceptualObjective, StepRunner, StylePack, make_optimizer, resolve_precision
 
 CHECKPOINT_FILE = "pack.pt"
-# Decoded content images each worker holds to mix batches (256 px crops: about 200 KB each).
-LOCAL_SHUFFLE_IMAGES = 256
 # Progress goes through logging, not print: Ray Train patches print in workers to log *and* echo,
 # which showed every line twice in the job log.
 logger = logging.getLogger("factory.train")
@@ -38,6 +37,8 @@ class Progress:
     loss_history: dict = field(default_factory=dict)
     # Steps at which the run was resumed from a checkpoint (a replaced worker or a rerun).
     resumed_at_steps: list = field(default_factory=list)
+    # Every worker's place in its content stream, [epoch, item, row] by rank: where a resumed run reads on.
+    data_positions: list = field(default_factory=list)
 
 
 def _checkpoint_state() -> dict | None:
@@ -186,51 +187,64 @@ def train_pack(config: dict) -> None:
     tensorboard = TensorBoardLog(plan.tensorboard_uri) if rank == 0 else None
 
     per_worker_batch = plan.training.batch_size // world_size
-    shard = ray.train.get_dataset_shard("train")
+    stream = content_batches(config["content"], plan.training.seed, rank, world_size, per_worker_batch,
+                             _stream_start(progress, rank, world_size, plan.run_name))
     losses, window = {}, LossWindow()
     window_start, window_steps = time.perf_counter(), 0
     while progress.step < plan.steps:
-        batches_this_epoch = 0
-        # Shards are shuffled by file; the buffer also mixes images across files, so batches differ
-        # from epoch to epoch.
-        batches = shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, device=device,
-                                           local_shuffle_buffer_size=LOCAL_SHUFFLE_IMAGES)
-        for batch in batches:
-            content = batch["image"].permute(0, 3, 1, 2).float()  # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255
-            window.add(runner.step(content))
-            progress.step += 1
-            step = progress.step
-            batches_this_epoch += 1
-            window_steps += 1
-            at_end = step >= plan.steps
-            if step % plan.training.log_every == 0 or at_end:
-                elapsed = time.perf_counter() - window_start
-                progress.train_seconds += elapsed
-                steps_per_second = window_steps / max(elapsed, 1e-9)
-                images_per_second = steps_per_second * plan.training.batch_size  # per style
-                window_start, window_steps = time.perf_counter(), 0
-                losses = window.mean(world_size)
+        images, position = next(stream)
+        # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255 on the device; a copy, as Ray Data's arrays are read-only
+        content = torch.tensor(images).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+        window.add(runner.step(content))
+        progress.step += 1
+        step = progress.step
+        window_steps += 1
+        at_end = step >= plan.steps
+        if step % plan.training.log_every == 0 or at_end:
+            elapsed = time.perf_counter() - window_start
+            progress.train_seconds += elapsed
+            steps_per_second = window_steps / max(elapsed, 1e-9)
+            images_per_second = steps_per_second * plan.training.batch_size  # per style
+            window_start, window_steps = time.perf_counter(), 0
+            losses = window.mean(world_size)
+            for name, parts in losses.items():
+                progress.loss_history.setdefault(name, []).append([step, parts["total"]])
+            if rank == 0:
+                eta = _format_eta((plan.steps - step) / max(steps_per_second, 1e-9))
                 for name, parts in losses.items():
-                    progress.loss_history.setdefault(name, []).append([step, parts["total"]])
-                if rank == 0:
-                    eta = _format_eta((plan.steps - step) / max(steps_per_second, 1e-9))
-                    for name, parts in losses.items():
-                        logger.info(
-                            f"[{plan.run_name}] {name:>16} step {step}/{plan.steps}  {images_per_second:7.1f} img/s  "
-                            f"loss {float(parts['total']):.4g} (content {float(parts['content']):.4g}, "
-                            f"style {float(parts['style']):.4g}, tv {float(parts['tv']):.4g})  ETA {eta}"
-                        )
-                        tensorboard.add(step, {f"{name}/{key}": float(value) for key, value in parts.items()})
-                    tensorboard.add(step, {"pack/images_per_second_per_style": images_per_second})
-            if step % plan.training.checkpoint_every == 0 or at_end:
-                _report(pack, optimizer, progress, losses, rank, tensorboard, runner.scaler)
-            if at_end:
-                break
-        if batches_this_epoch == 0:
-            raise RuntimeError(
-                f"the data set gave worker {rank} no full batch of {per_worker_batch}: {plan.data.source!r} "
-                f"needs at least {plan.training.batch_size} usable images; add images or lower training.batch_size"
-            )
+                    logger.info(
+                        f"[{plan.run_name}] {name:>16} step {step}/{plan.steps}  {images_per_second:7.1f} img/s  "
+                        f"loss {float(parts['total']):.4g} (content {float(parts['content']):.4g}, "
+                        f"style {float(parts['style']):.4g}, tv {float(parts['tv']):.4g})  ETA {eta}"
+                    )
+                    tensorboard.add(step, {f"{name}/{key}": float(value) for key, value in parts.items()})
+                tensorboard.add(step, {"pack/images_per_second_per_style": images_per_second})
+        if step % plan.training.checkpoint_every == 0 or at_end:
+            progress.data_positions = _gather_positions(position, world_size)
+            _report(pack, optimizer, progress, losses, rank, tensorboard, runner.scaler)
+    stream.close()  # stops this worker's reading tasks now, not when the process ends
+
+
+def _stream_start(progress: Progress, rank: int, world_size: int, run_name: str) -> StreamPosition:
+    """Where this worker's content stream starts: the checkpoint's position for its rank, or the start."""
+    if not progress.data_positions:
+        return StreamPosition()
+    if len(progress.data_positions) != world_size:  # training.num_workers changed: the shares differ
+        epoch = progress.data_positions[0][0] + 1
+        if rank == 0:
+            logger.warning("[%s] the checkpoint has %d workers' data positions, this run %d: reading on from epoch %d",
+                           run_name, len(progress.data_positions), world_size, epoch)
+        return StreamPosition(epoch)
+    return StreamPosition(*progress.data_positions[rank])
+
+
+def _gather_positions(position: StreamPosition, world_size: int) -> list[list[int]]:
+    """Every rank's stream position, by rank (every rank must call this at the same step)."""
+    if world_size == 1:
+        return [position.as_list()]
+    positions = [None] * world_size
+    torch.distributed.all_gather_object(positions, position.as_list())
+    return positions
 
 
 def _report(pack: StylePack, optimizer, progress: Progress, losses: dict, rank: int, tensorboard, scaler) -> None:

@@ -8,7 +8,8 @@ import torch
 from factory.packs import PackPlan
 from factory.settings import DataSettings, LossSettings, ResolvedStyle, TrainingSettings
 from factory.style_pack import resolve_precision
-from factory.train_loop import LossWindow, _checkpoint_bytes, _restore_random_state, build_pack
+from factory.content_stream import StreamPosition
+from factory.train_loop import LossWindow, Progress, _checkpoint_bytes, _restore_random_state, _stream_start, build_pack
 
 
 def plan(names=("a", "b")) -> PackPlan:
@@ -71,3 +72,16 @@ def test_published_losses_are_the_mean_of_the_logging_window():
     assert window.mean(world_size=1) == {"a": {"style": 1.5, "total": 3.0}}
     window.add({"a": {"total": torch.tensor(5.0), "style": torch.tensor(0.0)}})
     assert window.mean(world_size=1)["a"]["total"] == 5.0  # a new window after each log point
+
+
+def test_the_checkpoint_keeps_every_workers_data_position_and_each_worker_reads_on_from_its_own():
+    pack, optimizer, progress = build_pack(plan(), torch.device("cpu"), False, None)
+    progress.step, progress.data_positions = 5, [[1, 4, 1], [1, 3, 0]]
+    data = _checkpoint_bytes(pack, optimizer, progress, torch.amp.GradScaler("cpu", enabled=False))
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    _, _, resumed = build_pack(plan(), torch.device("cpu"), False, state)
+    assert _stream_start(resumed, 0, 2, "r") == StreamPosition(1, 4, 1)
+    assert _stream_start(resumed, 1, 2, "r") == StreamPosition(1, 3, 0)
+    # Another number of workers shares the epochs differently: every worker starts the next epoch.
+    assert _stream_start(resumed, 2, 3, "r") == StreamPosition(2)
+    assert _stream_start(Progress(), 0, 2, "r") == StreamPosition()
