@@ -116,7 +116,9 @@ def _epoch_batches(source: ContentSource, seed: int, position: StreamPosition, s
     context.print_on_execution_start = False  # one execution per epoch: its banner would drown the training log
     context.enable_progress_bars = False
     if source.shards:
-        dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        # Small chunks (a small data set) go several to a task: some MAX_CHUNK_ROWS rows per task.
+        chunks_per_task = max(1, MAX_CHUNK_ROWS // source.items[0][2])
+        dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // chunks_per_task))
         dataset = dataset.map_batches(_read_chunk, batch_size=1, batch_format="numpy",
                                       fn_kwargs={"filesystem": source.filesystem, "image_size": source.image_size})
     else:
