@@ -53,10 +53,11 @@ class EndpointSettings:
     # GPU replicas: request sizes compiled as static shapes, at most this many per replica (each a
     # compile of tens of seconds, in the background); 0 runs every size eagerly.
     compiled_shapes: int = 16
-    # Shapes (WIDTHxHEIGHT) compiled when a GPU replica starts: photos fitted to default_max_side
-    # in landscape and portrait (4:3, 3:2, 16:9) and square.
-    warm_shapes: list = field(default_factory=lambda: ["1024x768", "768x1024", "1024x683", "683x1024",
-                                                        "1024x576", "576x1024", "1024x1024"])
+    # Shapes (WIDTHxHEIGHT) compiled when a GPU replica starts: phone photos fitted to default_max_side
+    # (4:3 both ways) and squares. Each costs two compiles, in the background, holding the GIL for
+    # part of it, so the list is short; other sizes compile on their first request. Inductor's cache
+    # (/tmp/torchinductor_<user>) lets later replicas on a node reuse the work.
+    warm_shapes: list = field(default_factory=lambda: ["1024x768", "768x1024", "1024x1024"])
     # Same-sized requests arriving within batch_wait_timeout_s are run as one batch of up to this many.
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.01
