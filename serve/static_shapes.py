@@ -58,8 +58,9 @@ class StaticShapes:
         # Dynamo's settings are per thread, so both the compiling thread and callers apply these.
         # A new size is a new static shape, never a dynamic one; each shape takes two of dynamo's
         # entries (batch 1, batch >= 2), and a full cache would make it give up on the function.
-        self._dynamo_settings = dict(automatic_dynamic_shapes=False,
-                                     recompile_limit=max(torch._dynamo.config.recompile_limit, 2 * capacity + 2))
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+        self._dynamo_settings = {"automatic_dynamic_shapes": False,
+                                 limit: max(getattr(torch._dynamo.config, limit), 2 * capacity + 2)}
         self._ready: set[tuple[int, int]] = set()
         self._asked: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
