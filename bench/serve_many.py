@@ -6,7 +6,8 @@
 Copies of one random model are published under --styles names. For each way it prints: deploy time,
 memory of Serve's processes (controller, proxy, replicas; summed RSS and PSS, PSS counting shared
 library pages once) and how much the machine's used memory rose, the time to the first answer from
-a never-requested style, then requests/s, p50 and p99 of --clients clients sending mixed traffic
+a never-requested style, the time to send one request to each style of the mixed traffic in turn
+(the pool loads them then), then requests/s, p50 and p99 of --clients clients sending mixed traffic
 (over --mixed styles for the pool, over every style for per-style applications) for --seconds. For
 the pool also: how long a style published while serving takes to answer, with no deploy. Every
 application it deploys is deleted at the end; figures go to bench/results/ as JSON.
@@ -93,6 +94,12 @@ def measure(name: str, serving: dict, address: str, base: str, styles: list[str]
     never_requested = styles[-1]
     figures["first_answer_s"] = post_seconds(f"{base}/styles/{never_requested}", body)
     figures["second_answer_s"] = post_seconds(f"{base}/styles/{never_requested}", body)
+    # Steady state: every style of the mixed traffic answers once first, so the traffic measures
+    # serving, not loading (per-style applications load theirs while deploying); loading is reported.
+    start = time.perf_counter()
+    for style in mixed:
+        post_seconds(f"{base}/styles/{style}", body)
+    figures["first_request_to_each_mixed_style_s"] = time.perf_counter() - start
     latencies, errors = drive([f"{base}/styles/{style}" for style in mixed], body, clients, seconds)
     figures.update({
         "mixed_styles": len(mixed), "clients": clients, "seconds": seconds,
@@ -165,6 +172,8 @@ def main() -> int:
         ("machine's used memory rise, MB", pool["machine_used_mb_rise"], apps["machine_used_mb_rise"], ""),
         ("first answer, never-requested style, s", pool["first_answer_s"], apps["first_answer_s"], ""),
         ("second answer, same style, s", pool["second_answer_s"], apps["second_answer_s"], ""),
+        ("one request to each mixed style in turn, s", pool["first_request_to_each_mixed_style_s"],
+         apps["first_request_to_each_mixed_style_s"], ""),
         (f"mixed traffic ({args.clients} clients), req/s", pool["requests_per_second"], apps["requests_per_second"],
          f"x{pool['requests_per_second'] / apps['requests_per_second']:.2f}" if apps["requests_per_second"] else ""),
         ("  over styles", pool["mixed_styles"], apps["mixed_styles"], ""),
