@@ -81,7 +81,7 @@ def shard_chunks(paths: list[str], filesystem: pyarrow.fs.FileSystem, chunk_rows
 
 
 def worker_share(item_count: int, seed: int, epoch: int, rank: int, world_size: int) -> np.ndarray:
-    """Indices into the source's paths that this worker reads in this epoch, in order."""
+    """Indices into the source's items that this worker reads in this epoch, in order."""
     return np.random.default_rng([seed, epoch]).permutation(item_count)[rank::world_size]
 
 

@@ -3,6 +3,7 @@ once per epoch across the workers, a new order every epoch, and a stream resumed
 goes on with exactly the batches the uninterrupted stream gave."""
 
 import hashlib
+import io
 
 import pytest
 from PIL import Image
@@ -94,3 +95,24 @@ def test_a_share_without_one_full_batch_says_what_to_do(ray_local, tmp_path):
         Image.new("RGB", (40, 40), (index * 100, 50, 50)).save(tmp_path / "few" / f"{index}.png")
     with pytest.raises(EmptyShare, match="gave no full batch of 3: add images or lower training.batch_size"):
         take(file_source(tmp_path / "few"), 1, batch_size=3)
+
+
+def test_shard_chunks_on_s3_read_only_their_rows_by_byte_range(s3_server):
+    import boto3
+    import numpy as np
+
+    from factory import storage
+    from factory.content_stream import _read_chunk
+
+    boto3.client("s3").create_bucket(Bucket="shards")
+    rows = np.random.default_rng(0).integers(0, 255, (10, 8, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    storage.write_bytes("s3://shards/train/shard_0.npy", buffer.getvalue())
+    filesystem, root = storage.pyarrow_filesystem("s3://shards/train")
+    chunks = shard_chunks([f"{root}/shard_0.npy"], filesystem, chunk_rows=4)
+    assert [count for _, _, count, _ in chunks] == [4, 4, 2]
+    seed = [SEED, 0, 1]
+    read = _read_chunk({"source": [chunks[1]], "rows_seed": [seed], "skip": [1], "item": [0]}, filesystem, image_size=8)
+    expected = rows[4:8][np.random.default_rng(seed).permutation(4)][1:]
+    assert np.array_equal(read["image"], expected) and list(read["row"]) == [1, 2, 3]
