@@ -6,17 +6,16 @@ ray-project/ray#58658), and a Ray Data iterator cannot be checkpointed (ray-proj
 worker reads its own share: epoch e's order is a permutation of all items seeded by (seed, e), and rank
 r of W takes every W-th item of it. An item is an image file, or a chunk of a prepared shard (a run of
 its rows, read by byte range, then permuted by (seed, e, chunk)): chunks, not whole shards, so that a
-few large shards still give every worker a share. Ray Data reads and decodes the share in parallel tasks across the cluster
-and hands the rows over in order. After every batch the stream says where it stands (epoch, item,
-row); a checkpoint keeps that for every worker, and a resumed worker starts its share there without
-reading what it skips. Epochs follow each other without a pause in the step count: every worker takes
+few large shards still give every worker a share. Ray Data reads and decodes the share in parallel
+tasks across the cluster and hands the rows over in order. After every batch the stream says where it
+stands (epoch, item, row); a checkpoint keeps that for every worker, and a resumed worker starts its
+share there without reading what it skips. Epochs follow each other without a pause in the step count: every worker takes
 one batch per step, so workers stay in step even when their shares hold different numbers of usable
 images (a corrupt file drops out of one share only).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -26,7 +25,6 @@ import ray
 
 from factory import data
 
-logger = logging.getLogger(__name__)
 # Items per Ray Data block when reading image files: enough work per task to hide its overhead.
 FILES_PER_BLOCK = 16
 # Rows per chunk of a prepared shard (64 images of 256 px: 12.6 MB), fewer for a small data set so
@@ -110,11 +108,8 @@ def _epoch_batches(source: ContentSource, seed: int, position: StreamPosition, s
              for number, index in enumerate(share) if number >= position.item]
     if not items:
         return
-    context = ray.data.DataContext.get_current()
     # The rows in the order of the share, whichever task finishes first: what makes a run repeatable.
-    context.execution_options.preserve_order = True
-    context.print_on_execution_start = False  # one execution per epoch: its banner would drown the training log
-    context.enable_progress_bars = False
+    data.quiet_ray_data().execution_options.preserve_order = True
     if source.shards:
         # Small chunks (a small data set) go several to a task: some MAX_CHUNK_ROWS rows per task.
         chunks_per_task = max(1, MAX_CHUNK_ROWS // source.items[0][2])

@@ -84,12 +84,18 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int,
     return {"image": stacked, **others}
 
 
-def content_dataset(settings: DataSettings, paths: list[str], filesystem: pyarrow.fs.FileSystem, ledger) -> ray.data.Dataset:
-    """The decoded stream of (size, size, 3) uint8 'image' rows from the files `list_image_files` found."""
+def quiet_ray_data() -> ray.data.DataContext:
+    """This process's Ray Data settings, without each execution's banner and progress bars: a training
+    worker starts an execution per epoch, and they would drown the training log."""
     context = ray.data.DataContext.get_current()
-    # One execution per epoch per pack: its banner and progress bars would drown the training log.
     context.print_on_execution_start = False
     context.enable_progress_bars = False
+    return context
+
+
+def content_dataset(settings: DataSettings, paths: list[str], filesystem: pyarrow.fs.FileSystem, ledger) -> ray.data.Dataset:
+    """The decoded stream of (size, size, 3) uint8 'image' rows from the files `list_image_files` found."""
+    quiet_ray_data()
     dataset = ray.data.read_binary_files(paths, filesystem=filesystem, include_paths=True, shuffle="files")
     return dataset.map_batches(
         decode_batch,
