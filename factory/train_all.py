@@ -314,8 +314,8 @@ def train_one_pack(config: FactoryConfig, plan: PackPlan, content: ContentSource
 def content_source(config: FactoryConfig, ledger) -> tuple[ContentSource, int]:
     """(what the workers read, how many images or files it holds): prepared shards when data.source
     has a shard manifest, else the image files, decoded as they stream."""
-    manifest = data.shard_manifest(config.data)
     settings = config.data
+    manifest = data.shard_manifest(settings)
     if manifest:
         paths = data.list_shard_files(storage.absolute(settings.source))
         filesystem, _ = storage.pyarrow_filesystem(settings.source)

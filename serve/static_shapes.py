@@ -43,7 +43,7 @@ def resize(batch: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class StaticShapes:
     """Compiled static-shape stylising for one process and one network architecture.
 
-    `prepare(parameters)` turns a style's weights into the form the compiled code takes; `run(prepared,
+    `prepare(network)` turns a style's weights into the form the compiled code takes; `run(prepared,
     batch)` stylises a (B, 3, H, W) 0..255 batch whose sides are a bucket shape that `ready()` says is
     compiled. `request(shape)` asks for a compile in the background.
     """
@@ -63,11 +63,11 @@ class StaticShapes:
                                  limit: max(getattr(torch._dynamo.config, limit), 2 * capacity + 2)}
         self._ready: set[tuple[int, int]] = set()
         self._asked: set[tuple[int, int]] = set()
+        self.failed = False  # set by the compiling thread: after a failure every shape stays eager
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self._compile_forever, name="static-shape-compiler", daemon=True)
         self._worker.start()
-        self.failed = False
 
     def _stylise(self, parameters: dict, images: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(self.template, parameters, (images,))

@@ -3,9 +3,10 @@
 Models load on first use (sha256-checked, weights only) into a least-recently-used cache sized by
 `pool.model_cache_mb`. Serve's model multiplexing routes each request to a replica that already holds
 its style: the model id is "<style>:<version>" (PublishedStyle.model_id), so a retrained style is a
-new id and its old version ages out of the cache. Requests for one style that arrive together run as one batch; Serve splits a
-batch by model id, and stacking different styles' weights into one pass (torch.func.vmap) measured
-slower on CPU (bench/pool_batching.py), so there is nothing to gain from undoing that split.
+new id and its old version ages out of the cache. Requests for one style that arrive together run as
+one batch; Serve splits a batch by model id, and stacking different styles' weights into one pass
+(torch.func.vmap) measured slower on CPU (bench/pool_batching.py), so there is nothing to gain from
+undoing that split.
 """
 
 from __future__ import annotations
