@@ -71,11 +71,11 @@ def main() -> int:
 
     ledger = data.SkipLedger.remote()
     filesystem, paths, _ = data.list_image_files(settings)
-    shards = data.list_shard_files(str(work / "shards"))
+    shards, local = data.list_shard_files(str(work / "shards")), pyarrow.fs.LocalFileSystem()
     sources = {
         "JPEG files": ContentSource(tuple(paths), False, filesystem, args.image_size, settings.max_image_pixels, ledger),
-        "prepared shards": ContentSource(tuple(shard_chunks(shards, pyarrow.fs.LocalFileSystem())), True,
-                                         pyarrow.fs.LocalFileSystem(), args.image_size, settings.max_image_pixels, ledger),
+        "prepared shards": ContentSource(tuple(shard_chunks(shards, local)), True, local, args.image_size,
+                                         settings.max_image_pixels, ledger),
     }
     results = {name: epoch_seconds(source) for name, source in sources.items()}
     cpus = int(ray.cluster_resources().get("CPU", 0))
