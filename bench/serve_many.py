@@ -39,9 +39,21 @@ from serve.settings import load_serving_config
 SERVE_PROCESSES = ("ServeController", "ProxyActor", "ServeReplica")
 
 
-def serve_memory_mb(leave_out: tuple[str, ...] = ()) -> dict[str, float]:
-    """Summed RSS and PSS (MB) of this machine's Serve processes, found by the titles Ray gives them."""
+# Who spends the CPU and holds the memory, by the titles Ray gives its processes (first match wins).
+ROLES = (("StylePool", "pool replica"), ("Front", "front replica"), ("StyleEndpoint", "per-style replicas"),
+         ("ProxyActor", "HTTP proxy"), ("ServeController", "Serve controller"), ("raylet", "Ray system"),
+         ("gcs_server", "Ray system"), ("dashboard", "Ray system"), ("ray::", "Ray system"))
+
+
+def role_of(title: str) -> str:
+    return next((role for marker, role in ROLES if marker in title), "everything else")
+
+
+def serve_memory_mb(leave_out: tuple[str, ...] = ()) -> dict:
+    """Summed RSS and PSS (MB) of this machine's Serve processes, found by the titles Ray gives them,
+    and the RSS of each role (pool replica, front replica, proxy, ...)."""
     rss = pss = count = 0
+    rss_by_role: dict[str, float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -53,7 +65,30 @@ def serve_memory_mb(leave_out: tuple[str, ...] = ()) -> dict[str, float]:
         rss += int(rollup["Rss"].split()[0])
         pss += int(rollup["Pss"].split()[0])
         count += 1
-    return {"processes": count, "rss_mb": rss / 1024, "pss_mb": pss / 1024}
+        role = role_of(title)
+        rss_by_role[role] = rss_by_role.get(role, 0.0) + int(rollup["Rss"].split()[0]) / 1024
+    return {"processes": count, "rss_mb": rss / 1024, "pss_mb": pss / 1024,
+            "rss_mb_by_role": {role: round(mb) for role, mb in sorted(rss_by_role.items())}}
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) each role's processes have used so far; this process is the clients."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        role = "bench clients" if int(pid) == os.getpid() else role_of(title)
+        spent[role] = spent.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return spent
+
+
+def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], requests_done: int) -> dict[str, float]:
+    return {role: round(1e3 * (after[role] - before.get(role, 0.0)) / max(1, requests_done), 1)
+            for role in sorted(after) if after[role] - before.get(role, 0.0) > 0.005 * max(1, requests_done)}
 
 
 def used_memory_mb() -> float:
@@ -100,7 +135,11 @@ def measure(name: str, serving: dict, address: str, base: str, styles: list[str]
     for style in mixed:
         post_seconds(f"{base}/styles/{style}", body)
     figures["first_request_to_each_mixed_style_s"] = time.perf_counter() - start
+    cpu_before = cpu_seconds_by_role()
     latencies, errors = drive([f"{base}/styles/{style}" for style in mixed], body, clients, seconds)
+    cpu_after = cpu_seconds_by_role()
+    figures["cpu_ms_per_request"] = cpu_ms_per_request(cpu_before, cpu_after, len(latencies))
+    figures["cpu_busy_fraction"] = (sum(cpu_after.values()) - sum(cpu_before.values())) / (seconds * os.cpu_count())
     figures.update({
         "mixed_styles": len(mixed), "clients": clients, "seconds": seconds,
         "requests_per_second": len(latencies) / seconds, "errors": errors,
