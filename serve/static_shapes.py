@@ -27,7 +27,6 @@ import threading
 from typing import Callable
 
 import torch
-import torch._dynamo
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -50,6 +49,8 @@ class StaticShapes:
 
     def __init__(self, template: nn.Module, device: torch.device, *, dtype: torch.dtype = torch.float16,
                  channels_last: bool = True, capacity: int = 16, backend: str | Callable = "inductor"):
+        import torch._dynamo  # here, not at the top: 150 MB resident that CPU replicas, which never compile, need not hold
+
         self.template = template.to(device=device, dtype=dtype)
         if channels_last:
             self.template = self.template.to(memory_format=torch.channels_last)
