@@ -82,18 +82,19 @@ class Front:
     async def stylise(self, name: str, request: Request) -> Response:
         style = self._published(name)
         data, options = await http_input.read_stylise_request(request, self.settings)
-        status, answer = await self._run_in_pool(style, data, options)
+        status, answer, timings_ms = await self._run_in_pool(style, data, options)
         if status != 200:
             raise HTTPError(status, answer)
-        return http_input.stylised_response(answer, options, style.name, style.version)
+        return http_input.stylised_response(answer, options, style.name, style.version, timings_ms)
 
-    async def _run_in_pool(self, style: PublishedStyle, data: bytes, options: http_input.StyliseOptions) -> tuple[int, bytes | str]:
+    async def _run_in_pool(self, style: PublishedStyle, data: bytes,
+                           options: http_input.StyliseOptions) -> tuple[int, bytes | str, dict[str, float]]:
         try:
             return await self.pool.options(multiplexed_model_id=style.model_id).stylise.remote(data, options)
         except BackPressureError:
-            return 503, "the style pool is at capacity (its queue is full); retry in a few seconds"
+            return 503, "the style pool is at capacity (its queue is full); retry in a few seconds", {}
         except (DeploymentUnavailableError, ReplicaUnavailableError):
-            return 503, "the style pool is starting or restarting; retry in a few seconds"
+            return 503, "the style pool is starting or restarting; retry in a few seconds", {}
 
     def _published(self, name: str) -> PublishedStyle:
         try:

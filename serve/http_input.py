@@ -47,9 +47,12 @@ async def read_stylise_request(request, settings: EndpointSettings) -> tuple[byt
     return data, options
 
 
-def stylised_response(image: bytes, options: StyliseOptions, style: str, version: str) -> Response:
+def stylised_response(image: bytes, options: StyliseOptions, style: str, version: str, timings_ms: dict[str, float]) -> Response:
+    """The image, with its style and version, and where its time went (Server-Timing: browsers' developer
+    tools show it; "queue" growing while "model" holds steady means the endpoint needs more replicas)."""
+    timing = ", ".join(f"{step};dur={milliseconds}" for step, milliseconds in timings_ms.items())
     return Response(image, media_type=MEDIA_TYPES[options.output_format],
-                    headers={"X-Style": style, "X-Model-Version": version,
+                    headers={"X-Style": style, "X-Model-Version": version, "Server-Timing": timing,
                              "Vary": "Accept"})  # the format follows the Accept header: caches must key on it
 
 

@@ -59,13 +59,13 @@ class StyleEndpoint:
     @api.post("/")
     async def stylise(self, request: Request) -> Response:
         data, options = await http_input.read_stylise_request(request, self.settings)
-        output = await stylising.stylise_image(data, options, self.settings, self.run_batch)
-        return http_input.stylised_response(output, options, self.metadata["style"], self.metadata["version"])
+        image, timings_ms = await stylising.stylise_image(data, options, self.settings, self.run_batch)
+        return http_input.stylised_response(image, options, self.metadata["style"], self.metadata["version"], timings_ms)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def run_batch(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    async def run_batch(self, tensors: list[torch.Tensor]) -> list[stylising.ModelRun]:
         """Requests that arrived together; those of the same size run as one batch on the device."""
-        return await asyncio.to_thread(self.model.forward_by_size, tensors)
+        return await asyncio.to_thread(stylising.run_model, self.model, tensors)
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""

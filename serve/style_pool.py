@@ -6,7 +6,8 @@ its style: the model id is "<style>:<version>" (PublishedStyle.model_id), so a r
 new id and its old version ages out of the cache. Requests for one style that arrive together run as
 one batch; Serve splits a batch by model id, and stacking different styles' weights into one pass
 (torch.func.vmap) measured slower on CPU (bench/pool_batching.py), so there is nothing to gain from
-undoing that split.
+undoing that split. On the CPU a replica runs as many batches side by side as it reserved cores, each
+on one thread; on a GPU, one at a time.
 """
 
 from __future__ import annotations
@@ -46,16 +47,20 @@ class StylePool:
 
         # Wired here, not as a decorator: the cache's size comes from the serving config.
         self.model = serve.multiplexed(max_num_models_per_replica=self.capacity)(load)
-        # ONNX Runtime on the CPU (pool.cpu_runtime): batches of different styles side by side, one per
-        # reserved core, each on one thread (ORT releases the GIL; 4.3 requests/s against 4.2 for one
-        # two-thread run at a time, bench/serve_many.py). Torch (the default, CPU or GPU): one batch at a
-        # time with all the replica's threads; side by side, torch's thread pools fought over the cores
-        # (4.3 against 5.1 requests/s) and batches would only queue on a GPU.
-        side_by_side = runtime == "onnxruntime"
-        self.cpu_threads = 1 if side_by_side else None
-        self.device_slots = asyncio.Semaphore(max(1, int(self.settings.num_cpus)) if side_by_side else 1)
-        self.run_batch.set_max_batch_size(self.settings.max_batch_size)
-        self.run_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        # On the CPU, batches of different styles run side by side, one per reserved core, each on one
+        # thread (torch and ONNX Runtime release the GIL while they compute): one run at a time on all
+        # cores spent more CPU per image (OpenMP threads spin at every barrier, worse while the front,
+        # the proxy and decoding share the cores). On a GPU batches would only queue: one at a time.
+        on_cpu = self.device.type == "cpu"
+        if on_cpu:
+            torch.set_num_threads(1)  # process-wide: every run in this replica computes on its calling thread
+        self.cpu_threads = 1 if on_cpu else None
+        slots = max(1, int(self.settings.num_cpus)) if on_cpu else 1
+        self.device_slots = asyncio.Semaphore(slots)
+        # Serve splits a batch by style and, by default, starts the next batch only when every style of
+        # the last one is done: cores would idle behind a batch's last style. As many batches as slots.
+        self.run_batch = serve.batch(max_batch_size=self.settings.max_batch_size, max_concurrent_batches=slots,
+                                     batch_wait_timeout_s=self.settings.batch_wait_timeout_s)(self._run_batch)
 
     async def _load(self, model_id: str) -> StyleModel:
         style, version = parse_model_id(model_id)
@@ -64,14 +69,15 @@ class StylePool:
                                        max_batch_pixels=self.settings.max_batch_pixels, cpu_threads=self.cpu_threads,
                                        memory_arena=False, static_shapes=self.static_shapes)
 
-    async def stylise(self, data: bytes, options: StyliseOptions) -> tuple[int, bytes | str]:
-        """(200, image bytes) or (status, message): an HTTPError does not survive Ray's pickling intact."""
+    async def stylise(self, data: bytes, options: StyliseOptions) -> tuple[int, bytes | str, dict[str, float]]:
+        """(200, image bytes, each step's milliseconds) or (status, message, {}): an HTTPError does not
+        survive Ray's pickling intact."""
         try:
             model = await self._model_for_request()
-            image = await stylising.stylise_image(data, options, self.settings, lambda tensor: self.run_batch(model, tensor))
+            image, timings_ms = await stylising.stylise_image(data, options, self.settings, lambda tensor: self.run_batch(model, tensor))
         except HTTPError as error:
-            return error.status, error.message
-        return 200, image
+            return error.status, error.message, {}
+        return 200, image, timings_ms
 
     async def _model_for_request(self) -> StyleModel:
         requested = serve.get_multiplexed_model_id()
@@ -83,9 +89,8 @@ class StylePool:
             logger.exception("loading model %r failed", requested)
             raise HTTPError(500, f"model {requested!r} could not be loaded: {type(error).__name__}") from None
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def run_batch(self, models: list[StyleModel], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    async def _run_batch(self, models: list[StyleModel], tensors: list[torch.Tensor]) -> list[stylising.ModelRun]:
         """Requests that arrived together. Serve splits batches by model id, so they share one model;
         those of the same size run as one batch on the device."""
         async with self.device_slots:
-            return await asyncio.to_thread(models[0].forward_by_size, tensors)
+            return await asyncio.to_thread(stylising.run_model, models[0], tensors)

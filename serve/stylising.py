@@ -1,13 +1,17 @@
 """How a request's image bytes become stylised image bytes: decode, fit, run the model, finish, encode.
 
 Shared by a style's own application (serve/style_app.py) and the style pool (serve/style_pool.py);
-the model runs through `run_batch`, the caller's batching coroutine. No Ray, no HTTP parsing.
+the model runs through `run_batch`, the caller's batching coroutine, which runs `run_model` on a
+batch. Each step's time comes back with the image, for the response's Server-Timing header: decode,
+queue (waiting for a batch and a free core or GPU), model, encode. No Ray, no HTTP parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import torch
@@ -17,6 +21,21 @@ from factory import images
 from serve import postprocess
 from serve.http_input import ACCEPTED_INPUT_FORMATS, HTTPError, StyliseOptions
 from serve.settings import EndpointSettings
+from serve.style_model import StyleModel
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    output: torch.Tensor | Exception
+    seconds: float  # how long the run took, shared by the images batched together
+
+
+def run_model(model: StyleModel, tensors: list[torch.Tensor]) -> list[ModelRun]:
+    """A batch through the model (on the caller's thread), each image's result with the run's time."""
+    start = time.perf_counter()
+    outputs = model.forward_by_size(tensors)
+    seconds = time.perf_counter() - start
+    return [ModelRun(output, seconds) for output in outputs]
 
 
 def decode_image(data: bytes, settings: EndpointSettings) -> Image.Image:
@@ -37,17 +56,23 @@ def decode_image(data: bytes, settings: EndpointSettings) -> Image.Image:
 
 
 async def stylise_image(data: bytes, options: StyliseOptions, settings: EndpointSettings,
-                        run_batch: Callable[[torch.Tensor], Awaitable[torch.Tensor | Exception]]) -> bytes:
-    """The encoded stylised image, or HTTPError. Decoding and encoding run off the event loop, so
-    other requests and the health check keep flowing."""
+                        run_batch: Callable[[torch.Tensor], Awaitable[ModelRun]]) -> tuple[bytes, dict[str, float]]:
+    """The encoded stylised image and each step's milliseconds, or HTTPError. Decoding and encoding
+    run off the event loop, so other requests and the health check keep flowing."""
+    start = time.perf_counter()
     original = await asyncio.to_thread(lambda: images.fit_within(decode_image(data, settings), options.max_side))
-    stylised = await run_batch(images.to_tensor(original))
-    if isinstance(stylised, torch.OutOfMemoryError):
+    decoded = time.perf_counter()
+    run = await run_batch(images.to_tensor(original))
+    ran = time.perf_counter()
+    if isinstance(run.output, torch.OutOfMemoryError):
         raise HTTPError(503, f"not enough memory to stylise a {original.width}x{original.height} image now; "
                              "retry, or send a smaller one (max_side)")
-    if isinstance(stylised, Exception):
-        raise HTTPError(500, f"stylising failed: {type(stylised).__name__}")
-    return await asyncio.to_thread(
-        lambda: images.encode(postprocess.finish(images.to_image(stylised), original, options.strength, options.preserve_colors),
+    if isinstance(run.output, Exception):
+        raise HTTPError(500, f"stylising failed: {type(run.output).__name__}")
+    image = await asyncio.to_thread(
+        lambda: images.encode(postprocess.finish(images.to_image(run.output), original, options.strength, options.preserve_colors),
                               options.output_format)
     )
+    milliseconds = {"decode": decoded - start, "queue": max(0.0, ran - decoded - run.seconds), "model": run.seconds,
+                    "encode": time.perf_counter() - ran}
+    return image, {step: round(1e3 * seconds, 1) for step, seconds in milliseconds.items()}

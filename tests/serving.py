@@ -42,8 +42,8 @@ def deploy(serving_config: dict, path: Path, address: str, env: dict) -> subproc
 
 @pytest.fixture(scope="session")
 def served(ray_head, serve_http_port, tmp_path_factory):
-    """alpha and beta served by the pool (a cache of two models, so styles are evicted all the time, and
-    small queues), plus 'slow', a dedicated style with a one-request queue."""
+    """alpha and beta served by the pool (one replica of two cores, a cache of two models, so styles are
+    evicted all the time, and small queues), plus 'slow', a dedicated style with a one-request queue."""
     address, env = ray_head
     root = tmp_path_factory.mktemp("serving")
     for seed, name in enumerate(["alpha", "beta", "slow"]):
@@ -53,10 +53,11 @@ def served(ray_head, serve_http_port, tmp_path_factory):
         "registry": str(root / "registry"),
         "http": {"host": "127.0.0.1", "port": port},
         "pool": {"model_cache_mb": 16, "refresh_s": 1, "cpu_runtime": "onnxruntime"},  # torch runs versions without an export
-        "defaults": {"num_cpus": 0.25, "max_replicas": 2, "max_body_bytes": MAX_BODY, "body_timeout_s": BODY_TIMEOUT_S,
+        # One pool replica with two cores: it runs two styles side by side (test_pool.py).
+        "defaults": {"num_cpus": 2, "max_replicas": 1, "max_body_bytes": MAX_BODY, "body_timeout_s": BODY_TIMEOUT_S,
                      "max_ongoing_requests": 3, "max_queued_requests": 8},
-        "styles": {"slow": {"dedicated": True, "max_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1,
-                            "max_batch_size": 1}},
+        "styles": {"slow": {"dedicated": True, "num_cpus": 0.25, "max_replicas": 1, "max_ongoing_requests": 1,
+                            "max_queued_requests": 1, "max_batch_size": 1}},
     }
     done = deploy(config, root / "serving.yaml", address, env)
     assert done.returncode == 0, done.stderr[-3000:]

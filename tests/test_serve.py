@@ -42,6 +42,15 @@ def test_stylises_raw_jpeg_into_jpeg_of_the_same_size(served):
     assert Image.open(io.BytesIO(response.content)).size == (96, 64)
 
 
+@pytest.mark.parametrize("style", ["alpha", "slow"], ids=["pool", "dedicated"])
+def test_the_answer_says_where_its_time_went(served, style):
+    response = requests.post(f"{served['base']}/styles/{style}", data=photo_bytes((96, 64)), timeout=60)
+    assert response.status_code == 200, response.text
+    steps = dict(entry.strip().split(";dur=") for entry in response.headers["server-timing"].split(","))
+    assert list(steps) == ["decode", "queue", "model", "encode"]
+    assert all(float(milliseconds) >= 0 for milliseconds in steps.values()) and float(steps["model"]) > 0
+
+
 def test_output_is_the_models_output(served):
     data = photo_bytes((40, 32), "PNG", seed=3)
     response = requests.post(f"{served['base']}/styles/beta?format=png", data=data, timeout=60)
