@@ -42,7 +42,8 @@ class EndpointSettings:
     # Requests allowed to wait for a replica, counted by each caller (each node's HTTP proxy, so the
     # cluster-wide bound is this times the proxies); past it that proxy sheds load with 503.
     max_queued_requests: int = 32
-    # CPUs and GPU fraction per replica (e.g. 0.25 puts four styles on one GPU).
+    # CPUs and GPU fraction per replica (e.g. 0.25 puts four styles on one GPU); a CPU pool replica
+    # runs as many styles at once as whole CPUs it reserved, each on one thread.
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     # Extra Ray resources per replica, e.g. {serve_node: 0.001} to keep replicas on cluster.yaml's gpu_serve nodes.
