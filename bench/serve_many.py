@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -49,24 +50,33 @@ def role_of(title: str) -> str:
     return next((role for marker, role in ROLES if marker in title), "everything else")
 
 
+def process_titles() -> Iterator[tuple[str, str]]:
+    """(pid, command line) of every process on this machine: Ray titles its workers by what they run."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            yield pid, Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+
+
 def serve_memory_mb(leave_out: tuple[str, ...] = ()) -> dict:
     """Summed RSS and PSS (MB) of this machine's Serve processes, found by the titles Ray gives them,
     and the RSS of each role (pool replica, front replica, proxy, ...)."""
     rss = pss = count = 0
     rss_by_role: dict[str, float] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid, title in process_titles():
+        if not any(name in title for name in SERVE_PROCESSES) or any(name in title for name in leave_out):
+            continue
         try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if not any(name in title for name in SERVE_PROCESSES) or any(name in title for name in leave_out):
-                continue
             rollup = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
         except OSError:
             continue  # gone meanwhile
-        rss += int(rollup["Rss"].split()[0])
+        process_rss = int(rollup["Rss"].split()[0])
+        rss += process_rss
         pss += int(rollup["Pss"].split()[0])
         count += 1
         role = role_of(title)
-        rss_by_role[role] = rss_by_role.get(role, 0.0) + int(rollup["Rss"].split()[0]) / 1024
+        rss_by_role[role] = rss_by_role.get(role, 0.0) + process_rss / 1024
     return {"processes": count, "rss_mb": rss / 1024, "pss_mb": pss / 1024,
             "rss_mb_by_role": {role: round(mb) for role, mb in sorted(rss_by_role.items())}}
 
@@ -75,9 +85,8 @@ def cpu_seconds_by_role() -> dict[str, float]:
     """CPU seconds (user + system) each role's processes have used so far; this process is the clients."""
     ticks = os.sysconf("SC_CLK_TCK")
     spent: dict[str, float] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid, title in process_titles():
         try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
