@@ -16,7 +16,7 @@ from PIL import Image
 
 from factory import images, registry
 from serving import publish_random_style, served  # noqa: F401 (a fixture)
-from test_serve import photo_bytes
+from test_serve import photo_bytes, server_timing_ms
 
 pytestmark = pytest.mark.slow
 POOLED = [f"pooled-{index:02d}" for index in range(30)]
@@ -111,12 +111,6 @@ def test_a_version_without_its_pointer_is_never_served(served, tmp_path):
     assert "halfway" not in listed(base)
     response = requests.post(f"{base}/styles/halfway", data=photo_bytes(), timeout=60)
     assert response.status_code == 404 and "unknown style 'halfway'" in response.json()["error"]
-
-
-def server_timing_ms(response: requests.Response) -> dict[str, float]:
-    """{"decode": 3.1, "queue": 0.4, "model": 812.0, "encode": 2.2} from the Server-Timing header."""
-    steps = [entry.strip().split(";dur=") for entry in response.headers["server-timing"].split(",")]
-    return {name: float(milliseconds) for name, milliseconds in steps}
 
 
 def test_two_styles_requested_together_run_side_by_side_on_the_replicas_two_cores(served):

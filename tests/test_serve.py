@@ -30,6 +30,12 @@ def photo_bytes(size=(96, 64), fmt="JPEG", seed=0) -> bytes:
     return buffer.getvalue()
 
 
+def server_timing_ms(response: requests.Response) -> dict[str, float]:
+    """{"decode": 3.1, "queue": 0.4, "model": 812.0, "encode": 2.2} from the Server-Timing header."""
+    steps = [entry.strip().split(";dur=") for entry in response.headers["server-timing"].split(",")]
+    return {name: float(milliseconds) for name, milliseconds in steps}
+
+
 def good_request_works(base):
     response = requests.post(f"{base}/styles/alpha", data=photo_bytes(), timeout=60)
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
@@ -46,9 +52,9 @@ def test_stylises_raw_jpeg_into_jpeg_of_the_same_size(served):
 def test_the_answer_says_where_its_time_went(served, style):
     response = requests.post(f"{served['base']}/styles/{style}", data=photo_bytes((96, 64)), timeout=60)
     assert response.status_code == 200, response.text
-    steps = dict(entry.strip().split(";dur=") for entry in response.headers["server-timing"].split(","))
+    steps = server_timing_ms(response)
     assert list(steps) == ["decode", "queue", "model", "encode"]
-    assert all(float(milliseconds) >= 0 for milliseconds in steps.values()) and float(steps["model"]) > 0
+    assert all(milliseconds >= 0 for milliseconds in steps.values()) and steps["model"] > 0
 
 
 def test_output_is_the_models_output(served):
