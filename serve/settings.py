@@ -106,7 +106,7 @@ class PoolSettings:
     # 1024 MB keeps about 150, 55 or 300 styles warm per replica.
     model_cache_mb: int = 1024
     # How a CPU pool replica runs models published with their ONNX export: "torch" (6.7 MB a style) or
-    # "onnxruntime" (faster: 5.55 against 4.70 requests/s over 50 loaded styles on 2 cores,
+    # "onnxruntime" (faster: 8.80 against 7.15 requests/s over 50 loaded styles on 2 cores,
     # bench/serve_many.py; but 18.5 MB a style, which puts 200 styles over 2 GB). GPU: torch in fp16.
     cpu_runtime: str = "torch"
     # How often the front door re-reads the registry: a new or retrained style is served at most this

@@ -54,7 +54,6 @@ class StylePool:
         on_cpu = self.device.type == "cpu"
         if on_cpu:
             torch.set_num_threads(1)  # process-wide: every run in this replica computes on its calling thread
-        self.cpu_threads = 1 if on_cpu else None
         slots = max(1, int(self.settings.num_cpus)) if on_cpu else 1
         self.device_slots = asyncio.Semaphore(slots)
         # Serve splits a batch by style and, by default, starts the next batch only when every style of
@@ -65,8 +64,9 @@ class StylePool:
     async def _load(self, model_id: str) -> StyleModel:
         style, version = parse_model_id(model_id)
         # Without ONNX Runtime's memory arena: a few hundred styles' sessions must fit the cache budget.
+        # One thread: runs go side by side, one per core (cpu_threads only applies to ONNX Runtime, CPU only).
         return await asyncio.to_thread(StyleModel, self.registry_uri, style, version, device=self.device, fast=self.fast,
-                                       max_batch_pixels=self.settings.max_batch_pixels, cpu_threads=self.cpu_threads,
+                                       max_batch_pixels=self.settings.max_batch_pixels, cpu_threads=1,
                                        memory_arena=False, static_shapes=self.static_shapes)
 
     async def stylise(self, data: bytes, options: StyliseOptions) -> tuple[int, bytes | str, dict[str, float]]:
