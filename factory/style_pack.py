@@ -40,9 +40,13 @@ def style_targets(loss_network: LossNetwork, style_image: bytes, settings: LossS
 
 
 class PerceptualObjective:
-    """The weighted content + style + TV loss of every style in a pack, from one loss-network pass."""
+    """The weighted content + style + TV loss of every style in a pack, from one loss-network pass.
 
-    def __init__(self, loss_network: LossNetwork, settings: LossSettings, styles: list[ResolvedStyle], device):
+    The style targets are computed here, by the network as given: StepRunner.compile compiles it only
+    afterwards, so the compiler never sees a painting's own size and batch of one (which made it
+    compile every training graph dynamic in batch, height and width: more compiles, slower graphs)."""
+
+    def __init__(self, loss_network: nn.Module, settings: LossSettings, styles: list[ResolvedStyle], device):
         if settings.normalisation not in NORMALISATIONS:
             raise ValueError(f"loss.normalisation {settings.normalisation!r} is not resolved: call LossSettings.resolved(source) first")
         self.loss_network = loss_network
@@ -92,6 +96,19 @@ class StepRunner:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
 
+    def compile(self, backend="inductor") -> None:
+        """torch.compile the pack and the loss network for the training shapes only (static: the batch
+        never changes size). Expect three graphs: the pack, and the loss network twice (the photos,
+        without gradients, and the stylised images of every style)."""
+        self.pack = torch.compile(self.pack, backend=backend, dynamic=False)
+        self.objective.loss_network = torch.compile(self.objective.loss_network, backend=backend, dynamic=False)
+
+    def load_scaler_state(self, state: dict) -> None:
+        """A checkpoint's fp16 loss scale. A run that began in bf16 or fp32 (another GPU, or the CPU)
+        saved an empty one: an fp16 run resumed from it starts from the default scale."""
+        if self.scaler.is_enabled() and state:
+            self.scaler.load_state_dict(state)
+
     def autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
@@ -110,6 +127,38 @@ class StepRunner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {name: {key: value.detach() for key, value in values.items()} for name, values in parts.items()}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class FiniteLossWatch:
+    """The first step at which each style's loss was not finite (NaN or inf), noted on the device
+    without waiting for it; `check` (at log and checkpoint points) raises NonFiniteLoss naming the
+    style and step. bf16 has no loss scaler to skip such a step: the weights are then NaN for good, and
+    a checkpoint of them would only spread the damage to every resumed run."""
+
+    def __init__(self, style_names: list[str], device):
+        self.style_names = style_names
+        self.first_bad_step = torch.full((len(style_names),), -1, dtype=torch.long, device=device)
+
+    def add(self, step: int, losses: dict[str, dict[str, torch.Tensor]]) -> None:
+        totals = torch.stack([losses[name]["total"].float() for name in self.style_names])
+        newly_bad = ~torch.isfinite(totals) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(newly_bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
+
+    def check(self, world_size: int = 1) -> None:
+        """Every rank must call this at the same step when world_size > 1 (it all-reduces)."""
+        first = torch.where(self.first_bad_step < 0, torch.full_like(self.first_bad_step, 2**62), self.first_bad_step)
+        if world_size > 1:
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        bad = {name: int(step) for name, step in zip(self.style_names, first.tolist()) if step < 2**62}
+        if bad:
+            named = ", ".join(f"{name!r} at step {step}" for name, step in bad.items())
+            raise NonFiniteLoss(
+                f"the loss stopped being finite (NaN or inf) for style {named}; the pack stopped before checkpointing "
+                "it. Lower that style's learning_rate or style_weight, or train with training.precision: fp32")
 
 
 def make_optimizer(pack: StylePack, styles: list[ResolvedStyle]) -> torch.optim.Adam:

@@ -19,7 +19,8 @@ from factory import storage
 from factory.content_stream import StreamPosition, content_batches
 from factory.loss_network import LossNetwork
 from factory.packs import PackPlan
-from factory.style_pack import PerceptualObjective, StepRunner, StylePack, make_optimizer, resolve_precision
+from factory.style_pack import (FiniteLossWatch, NonFiniteLoss, PerceptualObjective, StepRunner, StylePack, make_optimizer,
+                                resolve_precision)
 
 CHECKPOINT_FILE = "pack.pt"
 # Progress goes through logging, not print: Ray Train patches print in workers to log *and* echo,
@@ -156,13 +157,18 @@ def _format_eta(seconds: float) -> str:
 
 
 def train_pack(config: dict) -> None:
-    """The Ray Train worker function. config: {'plan': PackPlan, 'vgg': ObjectRef of VGGWeights}."""
+    """The Ray Train worker function. config: {'plan': PackPlan, 'vgg': ObjectRef of VGGWeights,
+    'content': ContentSource, 'board': the driver's pack_watch.PackBoard, told when the workers run}."""
     plan: PackPlan = config["plan"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    if rank == 0 and config.get("board") is not None:
+        config["board"].mark_started.remote(plan.run_name)
     device = ray.train.torch.get_device()
     precision = resolve_precision(plan.training.precision, device)
     torch.manual_seed(plan.training.seed)
+    if device.type == "cuda":  # every step has the same shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cudnn.benchmark = True
 
     channels_last = plan.training.channels_last and device.type == "cuda"
     state = _checkpoint_state()
@@ -175,16 +181,15 @@ def train_pack(config: dict) -> None:
     loss_network = LossNetwork(weights, [plan.loss.content_layer, *plan.loss.style_layers]).to(device)
     if channels_last:
         loss_network = loss_network.to(memory_format=torch.channels_last)
-    if plan.training.compile and device.type == "cuda":  # compiling on CPU costs more than it gains
-        model = torch.compile(model)
-        loss_network = torch.compile(loss_network)
-    objective = PerceptualObjective(loss_network, plan.loss, list(plan.styles), device)
+    objective = PerceptualObjective(loss_network, plan.loss, list(plan.styles), device)  # style targets, eagerly
     runner = StepRunner(model, objective, optimizer, precision, device.type, channels_last)
+    if plan.training.compile and device.type == "cuda":  # compiling on CPU costs more than it gains
+        runner.compile()
     if state is not None and "random" in state:  # checkpoints from before they carried these resume too
-        if runner.scaler.is_enabled():
-            runner.scaler.load_state_dict(state["scaler"])
+        runner.load_scaler_state(state.get("scaler") or {})
         _restore_random_state(state["random"])
     tensorboard = TensorBoardLog(plan.tensorboard_uri) if rank == 0 else None
+    finite = FiniteLossWatch(plan.style_names, device)
 
     per_worker_batch = plan.training.batch_size // world_size
     stream = content_batches(config["content"], plan.training.seed, rank, world_size, per_worker_batch,
@@ -195,11 +200,22 @@ def train_pack(config: dict) -> None:
         images, position = next(stream)
         # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255 on the device; a copy, as Ray Data's arrays are read-only
         content = torch.tensor(images).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-        window.add(runner.step(content))
+        step_losses = runner.step(content)
         progress.step += 1
         step = progress.step
+        window.add(step_losses)
+        finite.add(step, step_losses)
         window_steps += 1
         at_end = step >= plan.steps
+        at_checkpoint = step % plan.training.checkpoint_every == 0 or at_end
+        if step % plan.training.log_every == 0 or at_checkpoint:
+            try:
+                finite.check(world_size)
+            except NonFiniteLoss as error:  # every rank stops here together: no retry would fare better
+                logger.error("[%s] %s", plan.run_name, error)
+                ray.train.report({"step": step, "stopped": str(error)}, checkpoint=None)
+                stream.close()
+                return
         if step % plan.training.log_every == 0 or at_end:
             elapsed = time.perf_counter() - window_start
             progress.train_seconds += elapsed
@@ -219,7 +235,7 @@ def train_pack(config: dict) -> None:
                     )
                     tensorboard.add(step, {f"{name}/{key}": float(value) for key, value in parts.items()})
                 tensorboard.add(step, {"pack/images_per_second_per_style": images_per_second})
-        if step % plan.training.checkpoint_every == 0 or at_end:
+        if at_checkpoint:
             progress.data_positions = _gather_positions(position, world_size)
             _report(pack, optimizer, progress, losses, rank, tensorboard, runner.scaler)
     stream.close()  # stops this worker's reading tasks now, not when the process ends

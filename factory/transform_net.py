@@ -98,8 +98,18 @@ class TransformNet(nn.Module):
     def core(self, images: torch.Tensor) -> torch.Tensor:
         """The network proper, for sides that are multiples of 4 and at least MIN_SIDE (what an ONNX
         export holds: factory/onnx_model.py)."""
-        x = images / 127.5 - 1.0  # inputs centred in [-1, 1] train faster than raw 0..255
-        return 127.5 * (torch.tanh(self.layers(x)) + 1.0)  # (B, 3, H, W) in [0, 255]
+        features = self.layers[:-1](images / 127.5 - 1.0)  # inputs centred in [-1, 1] train faster than raw 0..255
+        return self._output(features)  # (B, 3, H, W) in [0, 255]
+
+    def _output(self, features: torch.Tensor) -> torch.Tensor:
+        """The last conv and the scaled tanh, in fp32 under autocast: bf16's 8-bit mantissa would put the
+        0..255 image the losses see in steps of 1 above 128, and TV and content gradients would carry
+        that rounding. Outside autocast (fp32, or serving's fp16 weights) it runs as it is."""
+        device_type = features.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return 127.5 * (torch.tanh(self.layers[-1](features)) + 1.0)
+        with torch.autocast(device_type, enabled=False):
+            return 127.5 * (torch.tanh(self.layers[-1](features.float())) + 1.0)
 
 
 def stylise_any_size(core, images: torch.Tensor) -> torch.Tensor:
