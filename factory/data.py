@@ -2,14 +2,18 @@
 
 Training workers read them through factory/content_stream.py, each its own share of every epoch, so
 each image is used once per epoch across the cluster. Real folders are dirty (COCO has grayscale and
-CMYK JPEGs; users have truncated, empty, non-image and enormous files): each bad file is skipped,
-never fatal, and recorded in a SkipLedger so the run can report how many were skipped and why.
+CMYK JPEGs; users have truncated, empty, non-image and enormous files): each bad file is skipped and
+recorded in a SkipLedger, so the run can report how many were skipped and why. Skipping has limits:
+past data.max_skipped_fraction of the files the pack stops (so many bad files mean a wrong path, not
+dirty data), and a file that exists but cannot be read (access denied, a wrong region, throttling) is
+retried and then stops the pack, naming the error: skipping it would quietly train on less data.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 
 import numpy as np
@@ -22,22 +26,76 @@ from factory.settings import DataSettings
 logger = logging.getLogger(__name__)
 SHARD_MANIFEST = "manifest.json"
 SHARD_FORMAT = "style-factory-shards-v1"
+# Reads of one file: a transient error (throttling, a dropped connection) gets this many tries, with
+# waits of READ_RETRY_BASE_S, doubling, between them.
+READ_ATTEMPTS = 4
+READ_RETRY_BASE_S = 0.5
+
+
+class TooManySkipped(RuntimeError):
+    pass
+
+
+class ContentReadError(OSError):
+    pass
 
 
 @ray.remote(num_cpus=0)
 class SkipLedger:
-    """Which files were skipped, and why; shared by every decoding task of a factory run."""
+    """Which files were skipped, and why; shared by every reading and decoding task of a factory run.
 
-    def __init__(self):
+    listed: how many files the data holds, against which max_fraction is counted (0: no limit)."""
+
+    def __init__(self, listed: int = 0, max_fraction: float = 1.0):
         self.reasons: dict[str, str] = {}
+        self.listed, self.max_fraction = listed, max_fraction
 
-    def add(self, skipped: dict[str, str]) -> None:
+    def add(self, skipped: dict[str, str]) -> str | None:
+        """Records skipped files; returns why the run must stop when they are now too many, else None."""
         self.reasons.update(skipped)
+        return self.over_limit()
+
+    def over_limit(self) -> str | None:
+        if not self.listed or len(self.reasons) <= self.max_fraction * self.listed:
+            return None
+        summary = self.summary()
+        path, reason = summary["examples"][0]
+        return (f"{summary['count']} of {self.listed} content files were unusable ({summary['count'] / self.listed:.1%}), "
+                f"more than data.max_skipped_fraction ({self.max_fraction:.1%}): {summary['by_reason']}, e.g. {path}: {reason}. "
+                "So many bad files mean a wrong data.source or a broken copy: check it, or raise data.max_skipped_fraction")
 
     def summary(self) -> dict:
         """{'count': unique files skipped, 'by_reason': {reason: count}, 'examples': [(path, reason)]}."""
         kinds = Counter(reason.split(":")[0].split(" (")[0] for reason in self.reasons.values())
         return {"count": len(self.reasons), "by_reason": dict(kinds), "examples": sorted(self.reasons.items())[:10]}
+
+
+def record_skipped(ledger, skipped: dict[str, str]) -> None:
+    """Adds skipped files to the ledger, and stops the caller (a reading task, so the pack) when there
+    are now more than data.max_skipped_fraction of them. Waited for: calls from different tasks reach
+    the actor in no set order, and the count read at the end of a run must include every finished batch."""
+    over_limit = ray.get(ledger.add.remote(skipped))
+    if over_limit:
+        raise TooManySkipped(over_limit)
+
+
+def read_with_retries(read, path: str):
+    """read() of one content file: None when the file no longer exists (deleted since it was listed, so
+    skipped); any other error is retried, then raised as ContentReadError naming the file and the error."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            last_error = error
+            if attempt + 1 < READ_ATTEMPTS:
+                time.sleep(READ_RETRY_BASE_S * 2**attempt)
+    raise ContentReadError(
+        f"could not read {path} in {READ_ATTEMPTS} tries: {last_error}. Only missing files are skipped; this one is "
+        "listed but unreadable: check this node's credentials (its instance profile), the bucket's permissions and "
+        "the endpoint, then run again (the run resumes from its checkpoint)"
+    )
 
 
 def list_image_files(settings: DataSettings) -> tuple[pyarrow.fs.FileSystem, list[str], dict[str, str]]:
@@ -76,9 +134,7 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int,
             skipped[str(path)] = str(error)
     if skipped:
         logger.warning("skipped %d unusable image(s), e.g. %s: %s", len(skipped), *next(iter(skipped.items())))
-        # Waited for: calls from different tasks reach the actor in no set order, and the skipped
-        # count read at the end of a run must include every batch that had finished.
-        ray.get(ledger.add.remote(skipped))
+        record_skipped(ledger, skipped)
     stacked = np.stack(decoded) if decoded else np.zeros((0, image_size, image_size, 3), np.uint8)
     others = {name: np.asarray(values)[kept] for name, values in batch.items() if name not in ("bytes", "path")}
     return {"image": stacked, **others}

@@ -1,7 +1,9 @@
 """Read and write blobs at a local path or an s3://bucket/key URI through one small interface.
 
 S3 goes through boto3 (and pyarrow for Ray Data and Ray Train), configured the standard AWS way:
-credentials, AWS_DEFAULT_REGION and, for S3-compatible servers, AWS_ENDPOINT_URL.
+credentials, AWS_DEFAULT_REGION and, for S3-compatible servers, AWS_ENDPOINT_URL. boto3 follows a
+bucket to its region by itself; pyarrow does not (it signs for AWS_DEFAULT_REGION or the node's own
+region and gets 301 from a bucket elsewhere), so its filesystems are given the bucket's region.
 """
 
 from __future__ import annotations
@@ -126,6 +128,23 @@ def exists(uri: str) -> bool:
         raise
 
 
+def delete(uri: str) -> None:
+    """Remove one object or file; nothing happens when it is absent."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_client().delete_object(Bucket=bucket, Key=key)
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
+def has_content(uri: str) -> bool:
+    """Whether a file, or a folder or S3 prefix holding at least one object, is at `uri`."""
+    if not is_s3(uri):
+        return Path(uri).is_file() or (Path(uri).is_dir() and any(Path(uri).iterdir()))
+    bucket, key = split_s3(uri)
+    return bool(_s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0))
+
+
 def list_subfolders(uri: str) -> list[str]:
     """Names of the immediate 'folders' under `uri` (S3: common prefixes), sorted; [] when absent."""
     if is_s3(uri):
@@ -139,6 +158,22 @@ def list_subfolders(uri: str) -> list[str]:
     return sorted(child.name for child in path.iterdir() if child.is_dir()) if path.is_dir() else []
 
 
+@functools.lru_cache(maxsize=64)
+def bucket_region(bucket: str) -> str | None:
+    """The region a bucket lives in, as S3 reports it (HeadBucket's x-amz-bucket-region, which AWS sends
+    even with a 301 or 403); None when the server names none."""
+    client = _s3_client()
+    try:
+        response = client.head_bucket(Bucket=bucket)
+        headers = response["ResponseMetadata"].get("HTTPHeaders", {})
+    except client.exceptions.ClientError as error:
+        headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        code = error.response.get("Error", {}).get("Code")
+        if code in ("404", "NoSuchBucket") and not headers.get("x-amz-bucket-region"):
+            raise FileNotFoundError(f"no bucket named {bucket!r}: create it (aws s3 mb s3://{bucket}) or fix the s3:// path") from None
+    return headers.get("x-amz-bucket-region") or None
+
+
 def pyarrow_filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it, for Ray Data reads and Ray Train storage."""
     if is_s3(uri):
@@ -146,7 +181,8 @@ def pyarrow_filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
         options = {}
         if os.environ.get("AWS_ENDPOINT_URL"):  # an S3-compatible server rather than AWS
             options["endpoint_override"] = os.environ["AWS_ENDPOINT_URL"]
-        if os.environ.get("AWS_DEFAULT_REGION"):
-            options["region"] = os.environ["AWS_DEFAULT_REGION"]
+        region = bucket_region(bucket) or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            options["region"] = region
         return pyarrow.fs.S3FileSystem(**options), f"{bucket}/{key}".rstrip("/")
     return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
