@@ -7,14 +7,18 @@ Resumable: bytes go to <file>.part and a rerun continues it with an HTTP Range r
 the size the server announced, the sha256 where one is published, and the MD5 against each published
 release (COCO's zip, both MatConvNet releases of the .mat), naming the release found. Never leaves a partial file
 where a complete one is expected: the .part file is renamed only once it checks out. --mirror
-fetches the same file names from another base URL (an internal mirror, or a test server).
+fetches the same file names from another base URL (an internal mirror; STYLE_FACTORY_MIRROR sets it for
+every run). Files land where factory/layout.py says: <dest>/train2014/, <dest>/imagenet-vgg-verydeep-19.mat,
+<dest>/vgg19.pth, the paths configs/coco.yaml (dest data) and configs/coco_s3.yaml (dest s3://<bucket>) read.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import http.client
+import json
 import os
 import sys
 import time
@@ -27,9 +31,15 @@ from pathlib import Path, PurePosixPath
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from factory import storage
+from factory import layout, storage
 
 CHUNK = 1 << 20
+# A base URL to fetch every file from instead of its publisher (an internal mirror).
+MIRROR_ENV = "STYLE_FACTORY_MIRROR"
+# Tests only: a JSON file {file name: {md5: release}} whose MD5s are accepted besides the published
+# ones, so a rehearsal can serve small stand-ins. A user cannot trip it by accident: it must be set by
+# this name, it names the file and digest it accepts, and every use is announced on stderr.
+TEST_RELEASES_ENV = "STYLE_FACTORY_TEST_ONLY_RELEASES"
 
 
 @dataclass(frozen=True)
@@ -45,14 +55,14 @@ class Item:
 
 
 ITEMS = {
-    "coco": Item("https://images.cocodataset.org/zips/train2014.zip", "train2014.zip", None, unpack_to="train2014",
+    "coco": Item("https://images.cocodataset.org/zips/train2014.zip", "train2014.zip", None, unpack_to=layout.COCO_IMAGES,
                  md5_releases={"0da8c0bd3d6becc4dcb32757491aca88": "COCO train2014 (2014 release)"}),
-    "vgg19-mat": Item("https://www.vlfeat.org/matconvnet/models/imagenet-vgg-verydeep-19.mat", "imagenet-vgg-verydeep-19.mat", None,
+    "vgg19-mat": Item("https://www.vlfeat.org/matconvnet/models/imagenet-vgg-verydeep-19.mat", layout.VGG19_MAT, None,
                       md5_releases={
                           "106118b7cf60435e6d8e04f6a6dc3657": "the current MatConvNet release (layers + meta)",
                           "8ee3263992981a1d26e73b3ca028a123": "the older MatConvNet release (top-level normalization)",
                       }),
-    "vgg19-pth": Item("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "vgg19.pth", "dcbb9e9d"),
+    "vgg19-pth": Item("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", layout.VGG19_PTH, "dcbb9e9d"),
 }
 
 
@@ -238,8 +248,23 @@ def unpack(archive: Path, dest: str, folder: str) -> int:
     return count
 
 
+def test_only_releases(filename: str) -> dict:
+    """{md5: release} accepted for `filename` by STYLE_FACTORY_TEST_ONLY_RELEASES, announced; {} when unset."""
+    path = os.environ.get(TEST_RELEASES_ENV)
+    if not path:
+        return {}
+    releases = json.loads(Path(path).read_text()).get(filename, {})
+    if releases:
+        print(f"WARNING: {TEST_RELEASES_ENV}={path} accepts {filename} with MD5 {', '.join(releases)}: for tests only, "
+              "never for real data", file=sys.stderr)
+    return {md5: f"{release} (test only)" for md5, release in releases.items()}
+
+
 def download(name: str, dest: str, cache: Path, mirror: str | None = None) -> str:
     item = ITEMS[name]
+    extra = test_only_releases(item.filename)
+    if extra:
+        item = dataclasses.replace(item, md5_releases={**item.md5_releases, **extra})
     url = f"{mirror.rstrip('/')}/{item.filename}" if mirror else item.url
     local_dest = not storage.is_s3(dest)
     # Archives and S3-bound files are fetched to a local cache first: resuming needs a local .part.
@@ -268,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("items", nargs="+", choices=sorted(ITEMS), help="what to download")
     parser.add_argument("--dest", default="data", help="folder or s3://bucket/prefix (default: data)")
     parser.add_argument("--cache", type=Path, default=Path("data/.downloads"), help="where archives and S3-bound files are staged")
-    parser.add_argument("--mirror", help="base URL to fetch the same file names from instead")
+    parser.add_argument("--mirror", default=os.environ.get(MIRROR_ENV) or None,
+                        help=f"base URL to fetch the same file names from instead (default: ${MIRROR_ENV})")
     args = parser.parse_args(argv)
     for name in args.items:
         try:

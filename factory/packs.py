@@ -2,8 +2,10 @@
 
 A pack shares one content stream, so its styles must agree on what that stream is (steps); weights
 and learning rates may differ per style. Each style's recipe is hashed: a pack's run name comes from
-its styles' recipes, so rerunning the same command finds the same checkpoints and resumes them, and
-a style already published with the same recipe is not trained again.
+its styles' recipes and the versions they replace in the registry, so rerunning the same command finds
+the same checkpoints and resumes them, a style already published with the same recipe is not trained
+again, and a retrain (--retrain) of a published style is a new run that trains from step 0 rather than
+the finished run of the version it replaces.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
     """What determines a style's trained weights: equal recipes give interchangeable models."""
     training = dataclasses.asdict(config.training)
     for irrelevant in ("num_workers", "accelerator", "cpus_per_worker", "styles_per_pack", "max_concurrent_packs",
-                       "compile", "channels_last", "checkpoint_every", "log_every", "storage_path", "max_failures", "worker_resources"):
+                       "compile", "channels_last", "checkpoint_every", "log_every", "storage_path", "max_failures", "worker_resources",
+                       "waiting_log_s", "start_deadline_s"):
         training.pop(irrelevant)
     style_fields = {key: value for key, value in dataclasses.asdict(style).items() if key != "image_bytes"}
     return {
@@ -77,8 +80,16 @@ def recipe_hash(recipe_dict: dict) -> str:
     return hashlib.sha256(json.dumps(recipe_dict, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes: dict[str, str]) -> list[PackPlan]:
-    """Group styles with equal step counts, config order kept, at most styles_per_pack to a pack."""
+def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes: dict[str, str],
+               replaces: dict[str, str] | None = None) -> list[PackPlan]:
+    """Group styles with equal step counts, config order kept, at most styles_per_pack to a pack.
+
+    replaces: {style: the registry's current version} for styles already published. It is part of the
+    run name: the run that trained that version finished, and resuming it would publish its weights
+    again; a run interrupted before publishing is still found (the registry has not moved on). Such a
+    pack also trains with a seed of its own: the config's seed would draw the same model again.
+    """
+    replaces = replaces or {}
     by_steps: dict[int, list[ResolvedStyle]] = {}
     for style in styles:
         by_steps.setdefault(style.steps, []).append(style)
@@ -87,15 +98,21 @@ def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes
     for steps, group in by_steps.items():
         for start in range(0, len(group), size):
             members = tuple(group[start:start + size])
-            pack_id = hashlib.sha256("".join(recipe_hashes[style.name] for style in members).encode()).hexdigest()[:10]
+            identity = "".join(recipe_hashes[style.name] + replaces.get(style.name, "") for style in members)
+            pack_id = hashlib.sha256(identity.encode()).hexdigest()[:10]
             run_name = f"{config.name}-{'-'.join(style.name for style in members)[:60]}-{pack_id}"
+            training = config.training
+            if any(style.name in replaces for style in members):
+                # A new model of a published style is a new draw: its own initial weights and data order
+                # (the same seed would give the same weights bit for bit on a CPU), as stable as the run name.
+                training = dataclasses.replace(training, seed=int(hashlib.sha256(f"{training.seed}:{identity}".encode()).hexdigest()[:8], 16))
             plans.append(PackPlan(
                 run_name=run_name,
                 styles=members,
                 steps=steps,
                 data=config.data,
                 loss=config.loss,
-                training=config.training,
+                training=training,
                 tensorboard_uri=storage.join(storage.absolute(config.training.storage_path), run_name, "tensorboard"),
             ))
     return plans

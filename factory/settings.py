@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from factory import storage
 from factory.style_names import validate_style_name
 
 VGG19_LAYER_NAMES = tuple(
@@ -40,6 +41,11 @@ class DataSettings:
     max_file_bytes: int = 64 * 1024 * 1024
     # Images with more pixels than this are skipped (also guards against decompression bombs).
     max_image_pixels: int = 64_000_000
+    # Unusable files (corrupt, truncated, not images, too large, deleted since listed) are skipped and
+    # counted; past this fraction of the listed files the pack stops with the reasons counted, since
+    # so many bad files mean a wrong path or a broken copy, not dirty data. A file that cannot be read
+    # for another reason (access denied, wrong region, throttling) is retried and then stops the pack.
+    max_skipped_fraction: float = 0.01
 
     def __post_init__(self):
         require(bool(self.source), "data.source is empty: give a folder or an s3://bucket/prefix of images")
@@ -47,6 +53,7 @@ class DataSettings:
         require(self.image_size % 4 == 0, f"data.image_size must be a multiple of 4 (two stride-2 downsamplings), got {self.image_size}")
         require(self.max_file_bytes > 0, "data.max_file_bytes must be positive")
         require(self.max_image_pixels > 0, "data.max_image_pixels must be positive")
+        require(0 <= self.max_skipped_fraction <= 1, f"data.max_skipped_fraction must be 0..1, got {self.max_skipped_fraction}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,15 +125,20 @@ class LossSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingSettings:
-    # Content images per optimiser step, per style (the paper: 4). Split across workers.
+    # Content images per optimiser step, per style (the paper: 4). Split across the pack's workers: more
+    # workers at the same batch only add DDP's cost. To use more GPUs, train more packs (one per GPU,
+    # side by side); to train one pack faster, raise batch_size with num_workers and scale
+    # learning_rate with it (linear scaling: batch 16 on 4 workers, 4e-3), which changes the recipe.
     batch_size: int = 4
     # Optimiser steps per style (the paper: 40k, about two COCO epochs at batch 4).
     steps: int = 40_000
     # Adam learning rate (the paper: 1e-3).
     learning_rate: float = 1e-3
-    # Data-parallel workers per pack.
+    # Data-parallel workers per pack (one GPU each), sharing batch_size between them.
     num_workers: int = 1
-    # "gpu", "cpu", or "auto": GPUs when the cluster has any.
+    # "gpu", "cpu", or "auto": on one machine, its GPUs if it has any, else its CPUs; on a cluster
+    # (RAY_ADDRESS set, or several nodes), where GPU nodes may not have started yet, auto with no GPU in
+    # sight stops the run asking for gpu or cpu instead of training on CPUs a hundred times slower.
     accelerator: str = "auto"
     # CPUs reserved per training worker; leave the rest of the node to Ray Data's decoding.
     cpus_per_worker: int = 1
@@ -153,6 +165,12 @@ class TrainingSettings:
     storage_path: str = "data/checkpoints"
     # Worker failures tolerated per pack before it is given up (each restarts from the last checkpoint).
     max_failures: int = 3
+    # While packs wait for their workers (no GPU capacity yet), say every this many seconds what they
+    # ask for and what the cluster has.
+    waiting_log_s: float = 300.0
+    # Give up packs whose workers have not started after this many seconds (spot capacity that never
+    # comes, a quota); packs already training go on. 0 waits forever.
+    start_deadline_s: float = 0.0
     # Seed for weight initialisation.
     seed: int = 0
 
@@ -163,6 +181,8 @@ class TrainingSettings:
         require(self.learning_rate > 0, f"training.learning_rate must be > 0, got {self.learning_rate}")
         require(self.max_concurrent_packs >= 0, "training.max_concurrent_packs must be >= 0 (0 = automatic)")
         require(self.max_failures >= 0, "training.max_failures must be >= 0")
+        require(self.waiting_log_s > 0, "training.waiting_log_s must be > 0")
+        require(self.start_deadline_s >= 0, "training.start_deadline_s must be >= 0 (0 waits forever)")
         require(self.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {self.precision!r}")
         require(self.accelerator in ACCELERATORS, f"training.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
 
@@ -279,18 +299,21 @@ def _set_dotted(values: dict, dotted_key: str, value) -> None:
 
 
 def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> FactoryConfig:
-    """Read a YAML config and apply `section.key=value` overrides (values parsed as YAML)."""
+    """Read a YAML config (a local path or s3:// URI) and apply `section.key=value` overrides (values parsed as YAML)."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} not found; pass --config with a YAML file such as configs/tiny.yaml")
+        path = str(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            text = storage.read_bytes(path).decode()
+        except FileNotFoundError:
+            raise ValueError(f"config file {path!r} not found; pass --config with a YAML file such as configs/tiny.yaml "
+                             "(or an s3:// URI)") from None
+        try:
+            values = yaml.safe_load(text) or {}
         except yaml.YAMLError as error:
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+            raise ValueError(f"config file {path!r} is not valid YAML: {error}") from None
         if not isinstance(values, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping of settings at the top level")
+            raise ValueError(f"config file {path!r} must hold a mapping of settings at the top level")
     for override in overrides:
         key, separator, raw_value = override.partition("=")
         if not separator or not key:

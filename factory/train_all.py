@@ -5,7 +5,8 @@
 
 Styles are grouped into packs (one Ray Train run each, sharing one content stream); packs run
 concurrently as the cluster's resources allow. Rerunning the same command resumes unfinished packs
-from their checkpoints and skips styles already published with the same recipe.
+from their checkpoints and skips styles already published with the same recipe; --retrain trains
+them again from the start.
 """
 
 from __future__ import annotations
@@ -17,45 +18,28 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (`python factory/train_all.py`), as ray job submit does
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ray
-import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from factory import contact_sheet, data, images, onnx_model, quality, registry, storage
+from factory import cluster_fit, data, images, pack_watch, preflight, storage
 from factory.content_stream import ContentSource, shard_chunks
 from factory.loss_network import relu_index
 from factory.packs import PackPlan, plan_packs, recipe, recipe_hash, resolve_style
-from factory.settings import FactoryConfig, TrainingSettings, load_config
-from factory.train_loop import CHECKPOINT_FILE, train_pack
-from factory.transform_net import TransformNet
+from factory.publishing import PREVIEW_MAX_SIDE, Outcome, print_table, publish_pack, published_metadata, write_contact_sheet
+from factory.settings import FactoryConfig, ResolvedStyle, load_config
+from factory.train_loop import train_pack
 from factory.vgg_weights import VGGWeights, load_vgg19
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
-PREVIEW_MAX_SIDE, THUMBNAIL_MAX_SIDE = 512, 256
 SMALL_EPOCH_IMAGES = 64
 logger = logging.getLogger("factory")
-
-
-@dataclass
-class Outcome:
-    style: str
-    status: str  # "published", "already published", "failed"
-    steps: int = 0
-    loss: float | None = None
-    images_per_second: float | None = None
-    version: str = ""
-    detail: str = ""
-    # factory/quality.py's figures for the model's preview: colour_shift, structure_kept.
-    quality: dict = dataclasses.field(default_factory=dict)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,34 +92,6 @@ def refuse_outputs_inside_job_copy(config: FactoryConfig) -> None:
             )
 
 
-# CPUs kept free beside CPU training workers for Ray Data's reading and decoding: without one, the
-# data pipeline waits for a CPU forever while the workers wait for data.
-DATA_PIPELINE_CPUS = 1
-
-
-def cpus_to_train(training: TrainingSettings) -> int:
-    """CPUs a CPU training pack needs: its workers', and the data pipeline's."""
-    return training.num_workers * training.cpus_per_worker + DATA_PIPELINE_CPUS
-
-
-def init_ray(config: FactoryConfig) -> str | None:
-    """Start or join Ray; returns the dashboard URL when this call started the connection."""
-    if ray.is_initialized():
-        return None
-    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
-        return ray.init().dashboard_url
-    # A local Ray on this machine: with room for Ray Data's decoding beside the training workers, or a
-    # small laptop's pipeline stalls.
-    needed = cpus_to_train(config.training)
-    env_vars = {
-        "PYTHONPATH": str(REPO_ROOT),
-        # Ray Data logs a line per epoch ("Dataset ... execution finished"); a small data set has an
-        # epoch every few steps, which drowned the factory's own progress lines. Warnings still show.
-        "RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"),
-    }
-    return ray.init(num_cpus=max(os.cpu_count() or 1, needed), runtime_env={"env_vars": env_vars}).dashboard_url
-
-
 class Deployer:
     """--deploy: after each publish, deploy the registry. The first deploy starts the front door and style
     pool; later ones change nothing unless a dedicated style was retrained, since the pool picks up
@@ -160,145 +116,17 @@ class Deployer:
                 return f"deploy failed: {type(error).__name__}: {str(error)[:150]}"
 
 
-def use_gpu(config: FactoryConfig) -> bool:
-    if config.training.accelerator == "auto":
-        return ray.cluster_resources().get("GPU", 0) > 0
-    return config.training.accelerator == "gpu"
-
-
-def concurrent_packs(config: FactoryConfig, gpu: bool, pack_count: int) -> int:
-    """How many packs to start at once. On GPUs (or with custom worker resources, which name node
-    types) every pack starts and asks for its workers; Ray queues what does not fit yet, so an
-    autoscaling cluster sees the whole demand and starts nodes for it. Counting the GPUs present at
-    the start would see none on a cluster whose GPU nodes have not started, and train one pack at a time."""
-    training = config.training
-    if training.max_concurrent_packs:
-        return min(pack_count, training.max_concurrent_packs)
-    if gpu or training.worker_resources:
-        return pack_count
-    # CPU training on the machines at hand: as many packs as fit, keeping one CPU for Ray Data's
-    # decoding (packs queued behind a full machine would starve the running ones' data pipelines).
-    fits = int((ray.cluster_resources().get("CPU", 1) - DATA_PIPELINE_CPUS) // (training.num_workers * training.cpus_per_worker))
-    return max(1, min(pack_count, fits))
-
-
-def fit_cpu_workers_to_cluster(config: FactoryConfig, gpu: bool) -> FactoryConfig:
-    """CPU training on a cluster smaller than the config asks for (a 2-core laptop's `ray start --head`
-    has 2 CPUs; configs/tiny.yaml gives its worker 2): the workers would take every CPU, and Ray Data's
-    reads would wait for one forever. Give each worker fewer CPUs, keeping one for the data pipeline,
-    and say so. Left alone: GPU training and custom worker resources, whose nodes an autoscaler adds."""
-    training = config.training
-    if gpu or training.worker_resources:
-        return config
-    available = int(ray.cluster_resources().get("CPU", 0))
-    if available >= cpus_to_train(training):
-        return config
-    fitted = (available - DATA_PIPELINE_CPUS) // training.num_workers
-    if fitted < 1:
-        raise ValueError(
-            f"the Ray cluster has {available} CPU(s); training on CPU with {training.num_workers} worker(s) needs at least "
-            f"{training.num_workers + DATA_PIPELINE_CPUS} (one per worker, one for reading data): start Ray with more (ray start --num-cpus N) "
-            "or lower training.num_workers"
-        )
-    logger.warning("the Ray cluster has %d CPUs: each of the %d training worker(s) gets %d instead of %d, leaving one "
-                   "for reading data", available, training.num_workers, fitted, training.cpus_per_worker)
-    return dataclasses.replace(config, training=dataclasses.replace(training, cpus_per_worker=fitted))
-
-
-def loss_network_weights(config: FactoryConfig) -> VGGWeights:
-    """Loaded once on the driver and shared through the object store: the only copy any worker needs."""
-    weights = load_vgg19(config.loss_network.weights)
-    deepest = max(relu_index(layer) for layer in (config.loss.content_layer, *config.loss.style_layers))
-    return weights.first(deepest + 1)
-
-
-def trained_net(state_dict: dict) -> TransformNet:
-    net = TransformNet()
-    net.load_state_dict(state_dict)
-    return net.eval()
-
-
-def stylise_preview(net: TransformNet, photo: "images.Image.Image") -> "images.Image.Image":
-    with torch.inference_mode():
-        output = net(images.to_tensor(photo).unsqueeze(0))[0]
-    return images.to_image(output)
-
-
-def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeights, hashes: dict, photo) -> list[Outcome]:
-    with result.checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-    metrics = result.metrics or {}
-    progress = state["progress"]
-    train_seconds = max(float(progress["train_seconds"]), 1e-9)
-    images_per_second = progress["step"] * config.training.batch_size / train_seconds
-    outcomes = []
-    for style in plan.styles:
-        losses = metrics.get("losses", {}).get(style.name, {})
-        style_image = images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
-        net = trained_net(state["nets"][style.name])
-        preview = stylise_preview(net, photo)
-        figures = quality.figures(preview, photo, style_image)
-        metadata = {
-            "style_image_sha256": style.image_sha256,
-            "loss_network": {"source": weights.source, "random_weights": weights.is_random},
-            "recipe_hash": hashes[style.name],
-            "recipe": recipe(style, config, weights.source),
-            "steps": progress["step"],
-            "final_losses": losses,
-            "loss_history": progress["loss_history"].get(style.name, []),
-            "resumed_at_steps": progress["resumed_at_steps"],
-            "throughput": {"images_per_second_per_style": images_per_second, "styles_in_pack": len(plan.styles),
-                           "workers": config.training.num_workers, "train_seconds": train_seconds},
-            "run_name": plan.run_name,
-            "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest"},
-            # How the preview of config.preview_image looks, in numbers (factory/quality.py).
-            "quality": {**figures, "photo": Path(config.preview_image).name},
-        }
-        thumbnail = images.encode(images.fit_within(style_image, THUMBNAIL_MAX_SIDE))
-        version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail,
-                                   images.encode(preview, "jpeg"), onnx_model=onnx_model.export(net))
-        logger.info("published %s version %s to %s (colour shift %.2f, structure kept %.2f)", style.name, version,
-                    config.registry, figures["colour_shift"], figures["structure_kept"])
-        outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version, quality=figures))
-    return outcomes
-
-
-def write_contact_sheet(config: FactoryConfig, photo, outcomes: list[Outcome], weights: VGGWeights) -> str | None:
-    """<registry>/contact_sheet.jpg from the registry's current thumbnails and previews of this run's styles."""
-    entries = []
-    for outcome in outcomes:
-        if outcome.status == "failed":
-            continue
-        style_image = images.decode_rgb(registry.read_file(config.registry, outcome.style, registry.THUMBNAIL_FILE, outcome.version),
-                                        max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
-        output = images.decode_rgb(registry.read_file(config.registry, outcome.style, registry.PREVIEW_FILE, outcome.version),
-                                   max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
-        caption = "  ".join(f"{label} {outcome.quality[key]:.2f}" for label, key in (("colour", "colour_shift"), ("structure", "structure_kept"))
-                            if key in outcome.quality)
-        entries.append(contact_sheet.SheetEntry(outcome.style, style_image, output, caption))
-    if not entries:
-        return None
-    loss = config.loss
-    title = (f"{config.name}: {len(entries)} style(s), {config.data.image_size} px\nloss network: {weights.source}"
-             f"\nnormalisation {loss.normalisation}, weights {loss.content_weight:g} / {loss.style_weight:g} / {loss.tv_weight:g}")
-    sheet = contact_sheet.render(photo, entries, title)
-    uri = storage.join(config.registry, "contact_sheet.jpg")
-    storage.write_bytes(uri, images.encode(sheet, "jpeg"))
-    return uri
-
-
-def train_one_pack(config: FactoryConfig, plan: PackPlan, content: ContentSource, vgg_ref, gpu: bool) -> "ray.train.Result":
+def train_one_pack(config: FactoryConfig, plan: PackPlan, content: ContentSource, vgg_ref, board, gpu: bool) -> "ray.train.Result":
     storage_filesystem, storage_path = storage.pyarrow_filesystem(config.training.storage_path)
     trainer = TorchTrainer(
         train_pack,
         # Each worker reads its own share of the content (factory/content_stream.py), not a split of
         # one Ray dataset, so that a checkpoint can say where every worker's reading stands.
-        train_loop_config={"plan": plan, "vgg": vgg_ref, "content": content},
+        train_loop_config={"plan": plan, "vgg": vgg_ref, "content": content, "board": board},
         scaling_config=ScalingConfig(
             num_workers=config.training.num_workers,
             use_gpu=gpu,
-            resources_per_worker={"CPU": config.training.cpus_per_worker, **({"GPU": 1} if gpu else {}),
-                                  **config.training.worker_resources},
+            resources_per_worker=cluster_fit.worker_resources(config.training, gpu),
         ),
         run_config=RunConfig(
             name=plan.run_name,
@@ -311,7 +139,7 @@ def train_one_pack(config: FactoryConfig, plan: PackPlan, content: ContentSource
     return trainer.fit()
 
 
-def content_source(config: FactoryConfig, ledger) -> tuple[ContentSource, int]:
+def content_source(config: FactoryConfig) -> tuple[ContentSource, int]:
     """(what the workers read, how many images or files it holds): prepared shards when data.source
     has a shard manifest, else the image files, decoded as they stream."""
     settings = config.data
@@ -321,118 +149,106 @@ def content_source(config: FactoryConfig, ledger) -> tuple[ContentSource, int]:
         filesystem, _ = storage.pyarrow_filesystem(settings.source)
         logger.info("reading %d prepared images from %d shards at %s", manifest["count"], len(paths), settings.source)
         chunks = shard_chunks(paths, filesystem)
+        ledger = data.SkipLedger.remote()  # shards hold decoded images only: nothing to skip
         return ContentSource(tuple(chunks), True, filesystem, settings.image_size, settings.max_image_pixels, ledger), manifest["count"]
     filesystem, paths, oversized = data.list_image_files(settings)
+    ledger = data.SkipLedger.remote(len(paths) + len(oversized), settings.max_skipped_fraction)
     if oversized:
-        ledger.add.remote(oversized)
+        over_limit = ray.get(ledger.add.remote(oversized))
+        if over_limit:
+            raise ValueError(over_limit)
     # A handful of images (the bundled samples) would make every step or two a new epoch, and each
     # epoch costs Ray Data a new execution: list them several times, so an epoch is some 64 images.
     repeats = max(1, SMALL_EPOCH_IMAGES // len(paths))
     return ContentSource(tuple(paths * repeats), False, filesystem, settings.image_size, settings.max_image_pixels, ledger), len(paths)
 
 
-def print_table(outcomes: list[Outcome], skipped: dict) -> None:
-    print("\n" + "=" * 100)
-    print(f"{'style':<24} {'outcome':<18} {'steps':>7} {'loss':>11} {'img/s/style':>12} {'colour':>7} {'struct':>7}  version / detail")
-    for outcome in outcomes:
-        loss = f"{outcome.loss:.4g}" if outcome.loss is not None else "-"
-        rate = f"{outcome.images_per_second:.1f}" if outcome.images_per_second is not None else "-"
-        colour, structure = (f"{outcome.quality[key]:.2f}" if key in outcome.quality else "-" for key in ("colour_shift", "structure_kept"))
-        print(f"{outcome.style:<24} {outcome.status:<18} {outcome.steps:>7} {loss:>11} {rate:>12} {colour:>7} {structure:>7}  "
-              f"{' '.join(part for part in (outcome.version, outcome.detail) if part)}")
-    print("colour: how far each preview's colours moved from the photo's toward the painting's (1 = all the way); "
-          "struct: how much of the photo's edges it keeps (1 = all)")
-    print(f"skipped content files: {skipped.get('count', 0)} {skipped.get('by_reason', {})}")
-    print("=" * 100, flush=True)
+def loss_network_weights(config: FactoryConfig) -> VGGWeights:
+    """Loaded once on the driver and shared through the object store: the only copy any worker needs."""
+    weights = load_vgg19(config.loss_network.weights)
+    deepest = max(relu_index(layer) for layer in (config.loss.content_layer, *config.loss.style_layers))
+    return weights.first(deepest + 1)
+
+
+def read_styles(config: FactoryConfig) -> list[ResolvedStyle]:
+    """Every style with its image read and checked: a bad one stops the run before any GPU time is spent."""
+    styles = [resolve_style(spec, config) for spec in config.styles]
+    for style in styles:
+        try:
+            images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
+        except images.ImageRejected as error:
+            raise ValueError(f"style {style.name!r}: its image is unusable ({error}); fix styles[].image in the config") from None
+    return styles
+
+
+def to_train(styles: list[ResolvedStyle], hashes: dict, published: dict, retrain: bool) -> tuple[list[Outcome], list[ResolvedStyle]]:
+    """(outcomes of styles already published with the same recipe, the styles to train)."""
+    done, wanted = [], []
+    for style in styles:
+        metadata = published.get(style.name)
+        if metadata and metadata.get("recipe_hash") == hashes[style.name] and not retrain:
+            done.append(Outcome(style.name, "already published", metadata["steps"], None, None, metadata["version"],
+                                quality=metadata.get("quality", {})))
+        else:
+            wanted.append(style)
+    return done, wanted
+
+
+def refuse_deploy_without_cluster(args: argparse.Namespace) -> None:
+    if args.deploy and not (os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        raise ValueError("--deploy needs a Ray cluster that outlives this command (a local Ray started here would take "
+                         "the endpoints down with it): run `ray start --head` and then RAY_ADDRESS=auto python "
+                         "factory/train_all.py --deploy ..., or use ray job submit")
+
+
+def make_deployer(args: argparse.Namespace, config: FactoryConfig, dashboard_url: str | None) -> Deployer | None:
+    if not args.deploy:
+        return None
+    address = args.dashboard_address or dashboard_url
+    if not address:
+        raise ValueError("--deploy needs --dashboard-address (or RAY_DASHBOARD_ADDRESS)")
+    try:
+        return Deployer(config.registry, args.serve_config, address)
+    except ValueError as error:
+        raise ValueError(f"--serve-config: {error}") from None
+
+
+def failure_detail(error: Exception, content: ContentSource) -> str:
+    """Why a pack failed, in a line: the skipped files' limit when that was it, else the error."""
+    over_limit = ray.get(content.ledger.over_limit.remote())
+    return over_limit or f"{type(error).__name__}: {str(error)[:300]}"
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
+    try:  # everything a run needs, checked before any pack asks for a worker
         config = build_config(args)
         refuse_outputs_inside_job_copy(config)
         weights = loss_network_weights(config)
         config = dataclasses.replace(config, loss=config.loss.resolved(weights.source))
-        styles = [resolve_style(spec, config) for spec in config.styles]
-        for style in styles:  # a bad style image must stop the run before any GPU time is spent
-            try:
-                images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
-            except images.ImageRejected as error:
-                raise ValueError(f"style {style.name!r}: its image is unusable ({error})") from None
-        photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS), PREVIEW_MAX_SIDE)
+        styles = read_styles(config)
+        photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS),
+                                  PREVIEW_MAX_SIDE)
+        hashes = {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles}
+        published = published_metadata(config, styles)
+        outcomes, wanted = to_train(styles, hashes, published, args.retrain)
+        plans = plan_packs(config, wanted, hashes, replaces={name: metadata["version"] for name, metadata in published.items()})
+        refuse_deploy_without_cluster(args)
+        deployer = make_deployer(args, config, cluster_fit.init_ray(config))
+        if plans:
+            content, content_count = content_source(config)
+            gpu = cluster_fit.use_gpu(config)
+            config = cluster_fit.fit_cpu_workers_to_cluster(config, gpu)
+            preflight.check(config)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    hashes = {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles}
-    outcomes, to_train = [], []
-    in_registry = set() if args.retrain else set(registry.list_styles(config.registry))
-    for style in styles:
-        published = None
-        if style.name in in_registry:
-            published = registry.read_metadata(config.registry, style.name)
-        if published and published.get("recipe_hash") == hashes[style.name]:
-            outcomes.append(Outcome(style.name, "already published", published["steps"], None, None, published["version"],
-                                    quality=published.get("quality", {})))
-        else:
-            to_train.append(style)
-    plans = plan_packs(config, to_train, hashes)
-
-    if args.deploy and not (os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
-        print("error: --deploy needs a Ray cluster that outlives this command (a local Ray started here would take "
-              "the endpoints down with it): run `ray start --head` and then RAY_ADDRESS=auto python factory/train_all.py "
-              "--deploy ..., or use ray job submit", file=sys.stderr)
-        return 2
-    dashboard_url = init_ray(config)
-    deployer = None
-    if args.deploy:
-        address = args.dashboard_address or dashboard_url
-        if not address:
-            print("error: --deploy needs --dashboard-address (or RAY_DASHBOARD_ADDRESS)", file=sys.stderr)
-            return 2
-        try:
-            deployer = Deployer(config.registry, args.serve_config, address)
-        except ValueError as error:
-            print(f"error: --serve-config: {error}", file=sys.stderr)
-            return 2
-    ledger = data.SkipLedger.remote()
-    skipped = {}
+    given_up, skipped = [], {}
     if plans:
-        try:
-            content, content_count = content_source(config, ledger)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        gpu = use_gpu(config)
-        try:
-            config = fit_cpu_workers_to_cluster(config, gpu)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        vgg_ref = ray.put(weights)
-        workers = concurrent_packs(config, gpu, len(plans))
-        logger.info("%d style(s) to train in %d pack(s), %d at a time, %d content files, on %s; loss network: %s",
-                    len(to_train), len(plans), workers, content_count, "GPU" if gpu else "CPU", weights.source)
-
-        def run(plan: PackPlan) -> list[Outcome]:
-            started = time.time()
-            try:
-                result = train_one_pack(config, plan, content, vgg_ref, gpu)
-                published = publish_pack(config, plan, result, weights, hashes, photo)
-                if deployer:
-                    deployed = deployer.deploy()
-                    for outcome in published:
-                        outcome.detail = deployed
-                return published
-            except Exception as error:  # one failed pack must not stop the others
-                logger.exception("pack %s failed after %.0f s", plan.run_name, time.time() - started)
-                return [Outcome(style.name, "failed", detail=f"{type(error).__name__}: {str(error)[:200]}") for style in plan.styles]
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for pack_outcomes in pool.map(run, plans):
-                outcomes += pack_outcomes
-        skipped = ray.get(ledger.summary.remote())
+        outcomes += train_and_publish(config, plans, content, content_count, weights, hashes, photo, deployer, gpu, given_up)
+        skipped = ray.get(content.ledger.summary.remote())
     if deployer:  # also styles that were already published, so the run ends with every style live
         deployed = deployer.deploy()
         for outcome in outcomes:
@@ -448,7 +264,43 @@ def main(argv: list[str] | None = None) -> int:
         print("WARNING: these models were trained with a RANDOM loss network (loss_network.weights: random); they carry "
               "their paintings' colours and texture, not the brushwork a pretrained VGG-19 teaches, and are marked so in "
               "the registry. See the README's 'VGG-19 weights' for the real ones.", flush=True)
-    return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
+    code = 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
+    if given_up:  # their threads still wait inside Ray Train for workers that never came: end them with the process
+        sys.stdout.flush(), sys.stderr.flush()
+        ray.shutdown()
+        os._exit(code)
+    return code
+
+
+def train_and_publish(config: FactoryConfig, plans: list[PackPlan], content: ContentSource, content_count: int, weights: VGGWeights,
+                      hashes: dict, photo, deployer: Deployer | None, gpu: bool, given_up: list) -> list[Outcome]:
+    """Every pack trained and published, side by side as the cluster allows; packs given up past
+    training.start_deadline_s are appended to `given_up`."""
+    vgg_ref, board = ray.put(weights), pack_watch.PackBoard.remote()
+    concurrent = cluster_fit.concurrent_packs(config, gpu, len(plans))
+    logger.info("%d style(s) to train in %d pack(s), %d at a time, %d content files, on %s; loss network: %s",
+                sum(len(plan.styles) for plan in plans), len(plans), concurrent, content_count, "GPU" if gpu else "CPU", weights.source)
+
+    def run(plan: PackPlan) -> list[Outcome]:
+        started = time.time()
+        try:
+            result = train_one_pack(config, plan, content, vgg_ref, board, gpu)
+            published = publish_pack(config, plan, result, weights, hashes, photo)
+            if deployer:
+                deployed = deployer.deploy()
+                for outcome in published:
+                    outcome.detail = deployed
+            return published
+        except Exception as error:  # one failed pack must not stop the others
+            logger.exception("pack %s failed after %.0f s", plan.run_name, time.time() - started)
+            return [Outcome(style.name, "failed", detail=failure_detail(error, content)) for style in plan.styles]
+
+    asked = cluster_fit.worker_resources(config.training, gpu)
+    outcomes, abandoned = pack_watch.run_packs(plans, run, concurrent, config.training, board, asked)
+    given_up += abandoned
+    outcomes += [Outcome(style.name, "failed", detail=f"no workers started within training.start_deadline_s "
+                         f"({config.training.start_deadline_s:g} s)") for plan in abandoned for style in plan.styles]
+    return outcomes
 
 
 if __name__ == "__main__":

@@ -4,15 +4,14 @@ import pytest
 import ray
 
 from factory.settings import load_config
-from factory.train_all import concurrent_packs, fit_cpu_workers_to_cluster
+from factory.cluster_fit import concurrent_packs, fit_cpu_workers_to_cluster
 
 STYLE = "styles=[{name: a, image: a.jpg}]"
 
 
 def test_gpu_packs_all_start_so_the_autoscaler_sees_the_whole_demand():
-    # Not connected to Ray: the decision must not depend on the GPUs present right now (none, on a
-    # cluster whose GPU nodes have not started yet).
-    assert not ray.is_initialized()
+    # The decision must not depend on the GPUs present right now (none here, as on a cluster whose GPU
+    # nodes have not started yet; whether or not this session's Ray is up).
     config = load_config(None, [STYLE, "training.accelerator=gpu"])
     assert concurrent_packs(config, gpu=True, pack_count=7) == 7
 

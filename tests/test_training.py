@@ -24,6 +24,7 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
 
     output = capsys.readouterr().out
     assert registry.list_styles(str(tmp_path / "registry")) == ["starry_night", "the_scream"]
+    published = {style: registry.current_version(str(tmp_path / "registry"), style) for style in ("starry_night", "the_scream")}
     for style in ("starry_night", "the_scream"):
         net, metadata = registry.load_model(str(tmp_path / "registry"), style)
         assert metadata["steps"] == 30 and metadata["loss_network"] == {"source": "random", "random_weights": True}
@@ -52,6 +53,16 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
     # The same command again trains nothing: both styles are in the registry with the same recipe.
     assert train_all.main(["--config", str(config)]) == 0
     assert capsys.readouterr().out.count("already published") == 2
+
+    # --retrain trains one style again from step 0 into new weights (it used to resume the finished
+    # run, skip the loop and publish the old weights as a new version).
+    _, before = registry.load_model(str(tmp_path / "registry"), "the_scream")
+    assert train_all.main(["--config", str(config), "--styles", "the_scream", "--retrain"]) == 0
+    _, after = registry.load_model(str(tmp_path / "registry"), "the_scream")
+    assert after["version"] != before["version"] and after["run_name"] != before["run_name"]
+    assert after["steps"] == 30 and after["resumed_at_steps"] == []
+    assert after["model_sha256"] != before["model_sha256"]
+    assert registry.current_version(str(tmp_path / "registry"), "starry_night") == published["starry_night"]
 
 
 def train_worker_pids() -> list[int]:
@@ -91,3 +102,23 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(ray
     _, metadata = registry.load_model(str(tmp_path / "registry"), "udnie")
     assert metadata["steps"] == 60
     assert metadata["resumed_at_steps"] and 0 < metadata["resumed_at_steps"][0] < 60
+
+
+def test_packs_that_find_no_workers_are_reported_while_they_wait_and_given_up_at_the_deadline(dirty_images, tmp_path):
+    """No GPU capacity (spot nodes that never come): the driver says what the pack waits for, and gives
+    it up at training.start_deadline_s instead of waiting forever. Its own local Ray, in a subprocess:
+    a given-up pack's thread is still inside Ray Train, so the run ends its process."""
+    import subprocess
+    import sys
+
+    folder, _ = dirty_images
+    config = write_config(tmp_path / "config.yaml", source=str(folder), registry=str(tmp_path / "registry"),
+                          storage_path=str(tmp_path / "checkpoints"), steps=5, num_workers=1, styles=("udnie",),
+                          worker_resources={"no_such_node": 1}, waiting_log_s=3, start_deadline_s=12)
+    run = subprocess.run([sys.executable, "factory/train_all.py", "--config", str(config)], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output[-3000:]
+    assert "1 pack(s) waiting for their workers" in output and "no_such_node: 1" in output
+    assert "udnie" in output and "no workers started within training.start_deadline_s (12 s)" in output
+    assert registry.list_styles(str(tmp_path / "registry")) == []

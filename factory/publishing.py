@@ -1,0 +1,135 @@
+"""What a finished pack becomes: each style's model, preview, quality figures and metadata published to
+the registry, the run's contact sheet, and the final table. No Ray here but the result it is handed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from factory import contact_sheet, images, onnx_model, quality, registry, storage
+from factory.packs import PackPlan, recipe
+from factory.settings import FactoryConfig, ResolvedStyle
+from factory.train_loop import CHECKPOINT_FILE
+from factory.transform_net import TransformNet
+from factory.vgg_weights import VGGWeights
+
+PREVIEW_MAX_SIDE, THUMBNAIL_MAX_SIDE = 512, 256
+logger = logging.getLogger("factory")
+
+
+@dataclass
+class Outcome:
+    style: str
+    status: str  # "published", "already published", "failed"
+    steps: int = 0
+    loss: float | None = None
+    images_per_second: float | None = None
+    version: str = ""
+    detail: str = ""
+    # factory/quality.py's figures for the model's preview: colour_shift, structure_kept.
+    quality: dict = dataclasses.field(default_factory=dict)
+
+
+def published_metadata(config: FactoryConfig, styles: list[ResolvedStyle]) -> dict[str, dict]:
+    """{style: metadata of its current version} for the config's styles already in the registry."""
+    found = set(registry.list_styles(config.registry))
+    return {style.name: registry.read_metadata(config.registry, style.name) for style in styles if style.name in found}
+
+
+def trained_net(state_dict: dict) -> TransformNet:
+    net = TransformNet()
+    net.load_state_dict(state_dict)
+    return net.eval()
+
+
+def stylise_preview(net: TransformNet, photo: "images.Image.Image") -> "images.Image.Image":
+    with torch.inference_mode():
+        output = net(images.to_tensor(photo).unsqueeze(0))[0]
+    return images.to_image(output)
+
+
+def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeights, hashes: dict, photo) -> list[Outcome]:
+    """Every style of a finished pack, published from the run's last checkpoint."""
+    metrics = result.metrics or {}
+    if metrics.get("stopped"):  # the workers stopped the run (a loss that went NaN): nothing to publish
+        raise RuntimeError(metrics["stopped"])
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    progress = state["progress"]
+    train_seconds = max(float(progress["train_seconds"]), 1e-9)
+    images_per_second = progress["step"] * config.training.batch_size / train_seconds
+    outcomes = []
+    for style in plan.styles:
+        losses = metrics.get("losses", {}).get(style.name, {})
+        style_image = images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
+        net = trained_net(state["nets"][style.name])
+        preview = stylise_preview(net, photo)
+        figures = quality.figures(preview, photo, style_image)
+        metadata = {
+            "style_image_sha256": style.image_sha256,
+            "loss_network": {"source": weights.source, "random_weights": weights.is_random},
+            "recipe_hash": hashes[style.name],
+            "recipe": recipe(style, config, weights.source),
+            "steps": progress["step"],
+            "final_losses": losses,
+            "loss_history": progress["loss_history"].get(style.name, []),
+            "resumed_at_steps": progress["resumed_at_steps"],
+            "throughput": {"images_per_second_per_style": images_per_second, "styles_in_pack": len(plan.styles),
+                           "workers": config.training.num_workers, "train_seconds": train_seconds},
+            "run_name": plan.run_name,
+            "seed": plan.training.seed,  # the config's, or a retrain's own (factory/packs.py)
+            "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest"},
+            # How the preview of config.preview_image looks, in numbers (factory/quality.py).
+            "quality": {**figures, "photo": Path(config.preview_image).name},
+        }
+        thumbnail = images.encode(images.fit_within(style_image, THUMBNAIL_MAX_SIDE))
+        version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail,
+                                   images.encode(preview, "jpeg"), onnx_model=onnx_model.export(net))
+        logger.info("published %s version %s to %s (colour shift %.2f, structure kept %.2f)", style.name, version,
+                    config.registry, figures["colour_shift"], figures["structure_kept"])
+        outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version, quality=figures))
+    return outcomes
+
+
+def write_contact_sheet(config: FactoryConfig, photo, outcomes: list[Outcome], weights: VGGWeights) -> str | None:
+    """<registry>/contact_sheet.jpg from the registry's current thumbnails and previews of this run's styles."""
+    entries = []
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            continue
+        style_image = images.decode_rgb(registry.read_file(config.registry, outcome.style, registry.THUMBNAIL_FILE, outcome.version),
+                                        max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
+        output = images.decode_rgb(registry.read_file(config.registry, outcome.style, registry.PREVIEW_FILE, outcome.version),
+                                   max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
+        caption = "  ".join(f"{label} {outcome.quality[key]:.2f}" for label, key in (("colour", "colour_shift"), ("structure", "structure_kept"))
+                            if key in outcome.quality)
+        entries.append(contact_sheet.SheetEntry(outcome.style, style_image, output, caption))
+    if not entries:
+        return None
+    loss = config.loss
+    title = (f"{config.name}: {len(entries)} style(s), {config.data.image_size} px\nloss network: {weights.source}"
+             f"\nnormalisation {loss.normalisation}, weights {loss.content_weight:g} / {loss.style_weight:g} / {loss.tv_weight:g}")
+    sheet = contact_sheet.render(photo, entries, title)
+    uri = storage.join(config.registry, "contact_sheet.jpg")
+    storage.write_bytes(uri, images.encode(sheet, "jpeg"))
+    return uri
+
+
+def print_table(outcomes: list[Outcome], skipped: dict) -> None:
+    print("\n" + "=" * 100)
+    print(f"{'style':<24} {'outcome':<18} {'steps':>7} {'loss':>11} {'img/s/style':>12} {'colour':>7} {'struct':>7}  version / detail")
+    for outcome in outcomes:
+        loss = f"{outcome.loss:.4g}" if outcome.loss is not None else "-"
+        rate = f"{outcome.images_per_second:.1f}" if outcome.images_per_second is not None else "-"
+        colour, structure = (f"{outcome.quality[key]:.2f}" if key in outcome.quality else "-" for key in ("colour_shift", "structure_kept"))
+        print(f"{outcome.style:<24} {outcome.status:<18} {outcome.steps:>7} {loss:>11} {rate:>12} {colour:>7} {structure:>7}  "
+              f"{' '.join(part for part in (outcome.version, outcome.detail) if part)}")
+    print("colour: how far each preview's colours moved from the photo's toward the painting's (1 = all the way); "
+          "struct: how much of the photo's edges it keeps (1 = all)")
+    print(f"skipped content files: {skipped.get('count', 0)} {skipped.get('by_reason', {})}")
+    print("=" * 100, flush=True)
