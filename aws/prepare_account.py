@@ -3,7 +3,8 @@
     python aws/prepare_account.py --region us-west-2 --ssh-cidr 203.0.113.0/24 --bucket my-style-factory
 
 - Security group `style-factory` (default VPC, or --vpc-id): SSH only from --ssh-cidr, Serve's port
-  8000 from --serve-cidr (default: the same range), and all traffic between the cluster's own nodes.
+  8000 from --serve-cidr (default: the same range), port 80 (the README's nginx front door) from
+  --public-cidr (default: closed), and all traffic between the cluster's own nodes.
   cluster.yaml names it in every node type's SecurityGroupIds, so Ray's launcher creates no group of
   its own: the one it would create opens SSH to 0.0.0.0/0 whatever cluster.yaml asks for.
 - Role and instance profile `style-factory-worker`: read and write the bucket (COCO, checkpoints,
@@ -84,7 +85,7 @@ def default_vpc(ec2) -> str:
     return vpcs[0]["VpcId"]
 
 
-def ensure_security_group(ec2, vpc_id: str, ssh_cidr: str, serve_cidr: str) -> str:
+def ensure_security_group(ec2, vpc_id: str, ssh_cidr: str, serve_cidr: str, public_cidr: str | None = None) -> str:
     found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [NAME]}, {"Name": "vpc-id", "Values": [vpc_id]}])
     if found["SecurityGroups"]:
         group_id = found["SecurityGroups"][0]["GroupId"]
@@ -96,6 +97,9 @@ def ensure_security_group(ec2, vpc_id: str, ssh_cidr: str, serve_cidr: str) -> s
         {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": ssh_cidr, "Description": "SSH for ray up"}]},
         {"IpProtocol": "tcp", "FromPort": 8000, "ToPort": 8000, "IpRanges": [{"CidrIp": serve_cidr, "Description": "Ray Serve"}]},
     ]
+    if public_cidr:
+        rules.append({"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80,
+                      "IpRanges": [{"CidrIp": public_cidr, "Description": "nginx in front of Ray Serve"}]})
     for rule in rules:
         try:
             ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[rule])
@@ -112,14 +116,15 @@ def private_range(cidr: str, what: str) -> str:
     return str(network)
 
 
-def prepare(region: str, ssh_cidr: str, bucket: str, serve_cidr: str | None = None, vpc_id: str | None = None) -> dict:
+def prepare(region: str, ssh_cidr: str, bucket: str, serve_cidr: str | None = None, vpc_id: str | None = None,
+            public_cidr: str | None = None) -> dict:
     ssh_cidr = private_range(ssh_cidr, "--ssh-cidr")
     iam, ec2 = boto3.client("iam", region_name=region), boto3.client("ec2", region_name=region)
     worker_role = ensure_role(iam, f"{NAME}-worker", {"bucket": bucket_policy(bucket)})
     ensure_role(iam, f"{NAME}-head", {"bucket": bucket_policy(bucket), "ec2-autoscaler": AUTOSCALER_EC2,
                                       "pass-worker-role": pass_role_policy(worker_role)})
     return {
-        "security_group_id": ensure_security_group(ec2, vpc_id or default_vpc(ec2), ssh_cidr, serve_cidr or ssh_cidr),
+        "security_group_id": ensure_security_group(ec2, vpc_id or default_vpc(ec2), ssh_cidr, serve_cidr or ssh_cidr, public_cidr),
         "head_instance_profile_arn": ensure_instance_profile(iam, f"{NAME}-head", f"{NAME}-head"),
         "worker_instance_profile_arn": ensure_instance_profile(iam, f"{NAME}-worker", f"{NAME}-worker"),
     }
@@ -131,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssh-cidr", required=True, help="the range SSH may come from (your office or VPN)")
     parser.add_argument("--serve-cidr", help="the range Serve's port 8000 may be reached from (default: --ssh-cidr; "
                                              "0.0.0.0/0 only for a public service behind your own proxy)")
+    parser.add_argument("--public-cidr", help="the range port 80 (nginx in front of Serve, see the README) may be "
+                                              "reached from: 0.0.0.0/0 for a public service (default: port 80 closed)")
     parser.add_argument("--bucket", required=True, help="the S3 bucket of data, checkpoints and registry")
     parser.add_argument("--vpc-id", help="a VPC other than the region's default")
     args = parser.parse_args(argv)
     try:
-        made = prepare(args.region, args.ssh_cidr, args.bucket, args.serve_cidr, args.vpc_id)
+        made = prepare(args.region, args.ssh_cidr, args.bucket, args.serve_cidr, args.vpc_id, args.public_cidr)
     except (ValueError, ClientError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -94,9 +94,10 @@ def build_serve_config(config: ServingConfig, published: list[str] | None = None
             applications.append(dedicated_application(config, registry_uri, style, registry.current_version(registry_uri, style)))
     if config.runtime_env:
         applications = [{**application, "runtime_env": config.runtime_env} for application in applications]
+    http_options = dataclasses.asdict(config.http)
     return {
-        "proxy_location": "EveryNode",
-        "http_options": dataclasses.asdict(config.http),
+        "proxy_location": http_options.pop("proxy_location"),
+        "http_options": http_options,
         "applications": applications,
     }
 

@@ -133,8 +133,12 @@ class HttpSettings:
     request_timeout_s: float = 120.0
     # Seconds an idle keep-alive connection stays open (Serve's default is 5).
     keep_alive_timeout_s: int = 5
+    # Where Serve runs an HTTP proxy: "EveryNode" (any node's port answers), or "HeadOnly" (one proxy;
+    # also where several nodes share one machine and so one port).
+    proxy_location: str = "EveryNode"
 
     def __post_init__(self):
+        require(self.proxy_location in ("EveryNode", "HeadOnly"), f"http.proxy_location must be EveryNode or HeadOnly, got {self.proxy_location!r}")
         require(self.request_timeout_s > 0, "http.request_timeout_s must be > 0")
         require(self.keep_alive_timeout_s >= 1, "http.keep_alive_timeout_s must be >= 1")
 

@@ -17,7 +17,7 @@ def test_ray_prepares_and_validates_the_cluster_config():
     prepared = prepare_config(copy.deepcopy(load()))
     validate_config(prepared)
     assert prepared["head_node_type"] == "head"
-    assert set(prepared["available_node_types"]) == {"head", "gpu_train", "gpu_serve"}
+    assert set(prepared["available_node_types"]) == {"head", "gpu_train", "gpu_serve", "cpu_data"}
 
 
 def test_image_matches_the_pinned_ray_version():
