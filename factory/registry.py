@@ -9,9 +9,17 @@ Layout under the registry root (a folder or s3://bucket/prefix):
     <style>/versions/<version>/thumbnail.jpg   the style image, at most 256 px
     <style>/versions/<version>/preview.jpg     a sample photo stylised by this model
 
+    index.json                                 every style's current.json in one object, for serving's refresh
+
 A version's files are written first, `current.json` last: it is one small atomic write (a rename on
 disk, a PUT on S3), so a reader that follows it never sees a half-written model, and a retrained
 style replaces the old one in one step while the old version stays readable.
+
+`index.json` lets a server learn every style's current version in one (conditional) GET rather than
+one per style. Each publish updates it after `current.json`; the per-style pointers stay the truth.
+Two publishers in different processes can overwrite each other's update (S3 has no lock here), so
+readers also scan the pointers from time to time (serve/registry_view.py), which repairs the lag; a
+registry from before the index is scanned until its first publish writes one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import hashlib
 import io
 import json
 import secrets
+import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -32,6 +41,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MODEL_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE = "model.pt", "metadata.json", "thumbnail.jpg", "preview.jpg"
 ONNX_FILE = "model.onnx"
+INDEX_FILE, POINTER_FILE = "index.json", "current.json"
 MAX_MODEL_BYTES = 64 * 1024 * 1024  # a TransformNet is about 7 MB; anything far bigger is not ours
 
 
@@ -73,22 +83,75 @@ def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbna
     storage.write_bytes(version_uri(registry, style, version, PREVIEW_FILE), preview_jpeg)
     storage.write_bytes(version_uri(registry, style, version, METADATA_FILE), json.dumps(metadata, indent=2, sort_keys=True).encode())
     pointer = {"version": version, "published_at": metadata["published_at"]}
-    storage.write_bytes(storage.join(registry, style, "current.json"), json.dumps(pointer).encode())
+    storage.write_bytes(storage.join(registry, style, POINTER_FILE), json.dumps(pointer).encode())
+    _add_to_index(registry, style, pointer)
     return version
 
 
-def current_version(registry: str, style: str) -> str:
+_INDEX_LOCK = threading.Lock()  # packs publish from several threads of one driver
+
+
+def read_index_styles(registry: str) -> dict[str, dict] | None:
+    """{style: pointer} from index.json; None for a registry without one."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(registry, INDEX_FILE)))["styles"]
+    except FileNotFoundError:
+        return None
+
+
+def _add_to_index(registry: str, style: str, pointer: dict) -> None:
+    """index.json with this style's new pointer; built from the pointers when the registry has none yet."""
+    with _INDEX_LOCK:
+        styles = read_index_styles(registry)
+        if styles is None:
+            styles = scan_pointers(registry)
+        styles[style] = pointer
+        write_index(registry, styles)
+
+
+def withdraw(registry: str, style: str) -> None:
+    """Stop publishing `style`: out of index.json, then its current.json gone, so servers drop it at their
+    next refresh. Its version files stay (requests in flight may still read them); delete them later."""
+    validate_style_name(style)
+    with _INDEX_LOCK:
+        styles = read_index_styles(registry)
+        if styles is not None and styles.pop(style, None) is not None:
+            write_index(registry, styles)
+    storage.delete(storage.join(registry, style, POINTER_FILE))
+
+
+def write_index(registry: str, styles: dict[str, dict]) -> None:
+    index = {"format": FORMAT_VERSION, "written_at": datetime.now(timezone.utc).isoformat(), "styles": dict(sorted(styles.items()))}
+    storage.write_bytes(storage.join(registry, INDEX_FILE), json.dumps(index).encode())
+
+
+def scan_pointers(registry: str) -> dict[str, dict]:
+    """{style: its current.json} read style by style (a listing and a GET each on S3): what index.json caches."""
+    pointers = {}
+    for name in style_folders(registry):
+        try:
+            pointers[name] = json.loads(storage.read_bytes(storage.join(registry, name, POINTER_FILE)))
+        except FileNotFoundError:
+            continue  # its first version is still being written
+    return pointers
+
+
+def read_pointer(registry: str, style: str) -> dict:
+    """The style's current.json: {"version": ..., "published_at": ...}."""
     validate_style_name(style)
     try:
-        pointer = json.loads(storage.read_bytes(storage.join(registry, style, "current.json")))
+        return json.loads(storage.read_bytes(storage.join(registry, style, POINTER_FILE)))
     except FileNotFoundError:
         raise ModelNotFound(f"no published model named {style!r} in registry {registry!r}") from None
-    return pointer["version"]
+
+
+def current_version(registry: str, style: str) -> str:
+    return read_pointer(registry, style)["version"]
 
 
 def list_styles(registry: str) -> list[str]:
     """Names of the styles with a complete published version, sorted."""
-    return [name for name in style_folders(registry) if storage.exists(storage.join(registry, name, "current.json"))]
+    return [name for name in style_folders(registry) if storage.exists(storage.join(registry, name, POINTER_FILE))]
 
 
 def style_folders(registry: str) -> list[str]:

@@ -47,8 +47,13 @@ def absolute(uri: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _s3_client():
     import boto3  # S3 users only
+    from botocore.config import Config
 
-    return boto3.client("s3")  # honours AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the credential chain
+    # Bounded: boto3's defaults wait 60 s per read and retry, and a serving replica's model load or a
+    # registry refresh would hang that long behind one slow request. Connections for the registry's
+    # 16 parallel readers (serve/registry_view.py) and a task's 16 parallel file reads.
+    config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
+    return boto3.client("s3", config=config)  # honours AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the credential chain
 
 
 def read_bytes(uri: str) -> bytes:
@@ -66,6 +71,33 @@ def read_bytes(uri: str) -> bytes:
     if not path.is_file():
         raise FileNotFoundError(f"no file at {uri}")
     return path.read_bytes()
+
+
+def read_if_changed(uri: str, tag: str | None) -> tuple[bytes | None, str]:
+    """(the content, its tag), or (None, tag) when it is unchanged since `tag` was read: on S3 a
+    conditional GET (If-None-Match on the ETag, 304 with no body); on disk, the size and mtime.
+    FileNotFoundError when absent."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = _s3_client()
+        try:
+            response = client.get_object(Bucket=bucket, Key=key, **({"IfNoneMatch": tag} if tag else {}))
+        except client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"no object at {uri}") from None
+        except client.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("304", "NotModified"):
+                return None, tag
+            raise
+        return response["Body"].read(), response["ETag"]
+    path = Path(uri)
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no file at {uri}") from None
+    current = f"{status.st_mtime_ns}-{status.st_size}-{status.st_ino}"
+    if current == tag:
+        return None, tag
+    return path.read_bytes(), current
 
 
 def write_bytes(uri: str, data: bytes) -> None:

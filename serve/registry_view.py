@@ -1,20 +1,23 @@
 """What the registry publishes, as clients see it: each style's current version, public metadata and
-pictures, re-read every few seconds so that new and retrained styles appear without a redeploy.
+pictures, re-read every few seconds so that new and retrained styles appear without a redeploy, in
+one conditional GET of the registry's index per refresh.
 
 No Ray and no torch: the front door holds one of these and stays a small process.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from factory import registry
+from factory import registry, storage
+from factory.style_names import validate_style_name
+from serve import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 PICTURES = (registry.THUMBNAIL_FILE, registry.PREVIEW_FILE)
 READERS = 16  # registry reads in flight during a refresh
 
@@ -49,42 +52,84 @@ def parse_model_id(model_id: str) -> tuple[str, str]:
 
 
 class RegistryView:
-    def __init__(self, registry_uri: str, refresh_s: float):
+    """The registry's styles, re-read every refresh_s: from index.json with one conditional GET (nothing
+    more when it is unchanged; one metadata read per new version), and from every style's current.json
+    every full_refresh_s, or always for a registry without an index (factory/registry.py says why both)."""
+
+    def __init__(self, registry_uri: str, refresh_s: float, full_refresh_s: float = 300.0, clock=time.monotonic):
         self.registry_uri = registry_uri
-        self.refresh_s = refresh_s
+        self.refresh_s, self.full_refresh_s, self.clock = refresh_s, full_refresh_s, clock
         self.styles: dict[str, PublishedStyle] = {}
+        self._index_tag: str | None = None
+        self._index_pointers: dict[str, dict] = {}
+        self.last_full_scan = -float("inf")
+        self.refreshed_at = self.clock()  # of the last refresh that read the registry without an error
         self.refresh()
 
+    def age_s(self) -> float:
+        """Seconds since the registry was last read successfully: a stale listing shows here."""
+        return self.clock() - self.refreshed_at
+
     def refresh(self) -> None:
-        """Re-read every style's current.json; read metadata only for versions not seen before.
+        """Re-read which version of each style is current; read metadata only for versions not seen before.
 
         current.json is written after every other file of a version, so a version seen here is complete.
-        Styles are read side by side (on S3 each is a request or two). The dict is replaced in one
-        assignment: a reader sees the old listing or the new one, never a mix.
+        The dict is replaced in one assignment: a reader sees the old listing or the new one, never a mix.
         """
-        names = registry.style_folders(self.registry_uri)
+        pointers = None if self.clock() - self.last_full_scan >= self.full_refresh_s else self._pointers_from_index()
+        if pointers is None:
+            pointers = registry.scan_pointers(self.registry_uri)
+            self.last_full_scan = self.clock()
+        else:
+            pointers = self._not_behind(pointers)
+        names = sorted(pointers)
         with ThreadPoolExecutor(max_workers=READERS) as readers:
-            found = dict(zip(names, readers.map(self._read, names)))
+            found = dict(zip(names, readers.map(lambda name: self._read(name, pointers[name]["version"]), names)))
         styles = {name: style for name, style in found.items() if style is not None}
         added = sorted(set(styles) - set(self.styles))
         changed = sorted(name for name in set(styles) & set(self.styles) if styles[name].version != self.styles[name].version)
         if added or changed:
             logger.info("registry %s: %d style(s); new: %s; new versions: %s", self.registry_uri, len(styles), added or "none", changed or "none")
         self.styles = styles
+        self.refreshed_at = self.clock()
 
-    def _read(self, name: str) -> PublishedStyle | None:
-        """The style as published now; None before its first current.json; the last one seen if unreadable."""
+    def _not_behind(self, pointers: dict[str, dict]) -> dict[str, dict]:
+        """The index's pointers, never behind what is served already: a publisher that wrote the index
+        from an older read can drop a style or an update from it. A served style the index lacks is
+        checked at its current.json (gone only if withdrawn); an older version does not replace a newer
+        one (by publishing time: ISO 8601 in UTC, microseconds included, sorts as text)."""
+        pointers = dict(pointers)
+        for name in set(self.styles) - set(pointers):
+            try:
+                pointers[name] = registry.read_pointer(self.registry_uri, name)
+            except registry.ModelNotFound:
+                pass  # withdrawn
+        for name, served in self.styles.items():
+            if name in pointers and pointers[name].get("published_at", "") < served.metadata.get("published_at", ""):
+                pointers[name] = {"version": served.version, "published_at": served.metadata["published_at"]}
+        return pointers
+
+    def _pointers_from_index(self) -> dict[str, dict] | None:
+        """Every style's pointer from index.json (one conditional GET); None when the registry has no index."""
         try:
-            version = registry.current_version(self.registry_uri, name)
-            known = self.styles.get(name)
-            if known is not None and known.version == version:
-                return known
+            data, self._index_tag = storage.read_if_changed(storage.join(self.registry_uri, registry.INDEX_FILE), self._index_tag)
+        except FileNotFoundError:
+            return None
+        if data is not None:
+            self._index_pointers = json.loads(data)["styles"]
+        return self._index_pointers
+
+    def _read(self, name: str, version: str) -> PublishedStyle | None:
+        """The style at `version`, its metadata read once per version; the last one seen if unreadable."""
+        known = self.styles.get(name)
+        if known is not None and known.version == version:
+            return known
+        try:
+            validate_style_name(name)  # index.json's names become URLs
             return PublishedStyle(name, version, public_metadata(registry.read_metadata(self.registry_uri, name, version)))
-        except registry.ModelNotFound:
-            return None  # a folder whose first version is still being written
         except Exception as error:  # one broken style must not hide the others
             logger.warning("style %r: %s; serving what was last seen of it", name, error)
-            return self.styles.get(name)
+            return known
 
     def start_refreshing(self) -> None:
         threading.Thread(target=self._refresh_forever, name="registry-refresh", daemon=True).start()
@@ -95,7 +140,7 @@ class RegistryView:
             try:
                 self.refresh()
             except Exception as error:  # the storage was unreachable: keep serving what was last seen
-                logger.warning("registry %s not refreshed: %s", self.registry_uri, error)
+                logger.warning("registry %s not refreshed (last read %.0f s ago): %s", self.registry_uri, self.age_s(), error)
 
     def picture(self, name: str, filename: str) -> bytes | None:
         style = self.styles.get(name)

@@ -34,3 +34,85 @@ def test_a_refresh_sees_new_and_retrained_styles_on_s3_but_never_a_half_written_
     model = StyleModel(uri, style, version)
     assert model.metadata["version"] == retrained
     assert model.forward_by_size([torch.rand(3, 16, 16) * 255])[0].shape == (3, 16, 16)
+
+
+class S3Calls:
+    """Counts the S3 operations this process's boto3 client makes (factory/storage.py's one client)."""
+
+    def __init__(self):
+        from factory import storage
+
+        self.calls = []
+        storage._s3_client().meta.events.register("before-call.s3.*", self.count)
+
+    def count(self, model, **kwargs):
+        self.calls.append(model.name)
+
+    def during(self, action) -> list[str]:
+        start = len(self.calls)
+        action()
+        return self.calls[start:]
+
+
+def test_with_an_index_a_refresh_is_one_conditional_get_whatever_the_number_of_styles(s3_server):
+    boto3.client("s3").create_bucket(Bucket="indexed")
+    uri = "s3://indexed/registry"
+    for index in range(12):
+        publish_random_style(uri, f"style-{index:02d}", seed=index)
+    view = RegistryView(uri, refresh_s=1, full_refresh_s=3600)
+    assert len(view.styles) == 12
+    calls = S3Calls()
+    assert calls.during(view.refresh) == ["GetObject"]  # index.json, answered 304: it has not changed
+    retrained = publish_random_style(uri, "style-03", seed=99)
+    # index.json, then the new version's metadata: a read per new version, none per style.
+    assert calls.during(view.refresh) == ["GetObject", "GetObject"]
+    assert view.styles["style-03"].version == retrained and len(view.styles) == 12
+    assert view.age_s() < 5
+
+
+def test_a_registry_from_before_the_index_is_scanned_and_gets_one_at_its_next_publish(tmp_path):
+    root = tmp_path / "registry"
+    for index, name in enumerate(["old-a", "old-b"]):
+        publish_random_style(root, name, seed=index)
+    (root / registry.INDEX_FILE).unlink()  # as every registry was before the index existed
+    view = RegistryView(str(root), refresh_s=1)
+    assert sorted(view.styles) == ["old-a", "old-b"]
+    publish_random_style(root, "new-c", seed=3)
+    assert sorted(registry.read_index_styles(str(root))) == ["new-c", "old-a", "old-b"]  # built from every pointer
+    view.refresh()
+    assert sorted(view.styles) == ["new-c", "old-a", "old-b"]
+
+
+def test_an_update_lost_between_two_publishers_is_repaired_by_the_full_scan_and_never_takes_a_style_back(tmp_path):
+    root = str(tmp_path / "registry")
+    publish_random_style(root, "alpha", seed=0)
+    clock = [0.0]
+    view = RegistryView(root, refresh_s=1, full_refresh_s=60, clock=lambda: clock[0])  # a full scan: alpha
+    stale_index = registry.read_index_styles(root)
+    publish_random_style(root, "beta", seed=1)
+    newer_alpha = publish_random_style(root, "alpha", seed=2)
+    clock[0] = 10.0
+    view.refresh()
+    assert view.styles["alpha"].version == newer_alpha and "beta" in view.styles
+    registry.write_index(root, stale_index)  # another process's publish, from an index read before both
+    clock[0] = 20.0
+    view.refresh()
+    assert view.styles["alpha"].version == newer_alpha and "beta" in view.styles  # a stale index takes nothing back
+    gamma = publish_random_style(root, "gamma", seed=3)
+    registry.write_index(root, stale_index)  # gamma's own index update lost too
+    clock[0] = 30.0
+    view.refresh()
+    assert "gamma" not in view.styles  # the index alone does not know it...
+    clock[0] = 80.0
+    view.refresh()
+    assert view.styles["gamma"].version == gamma  # ...until the next full scan
+
+
+def test_a_withdrawn_style_leaves_the_listing_at_the_next_refresh(tmp_path):
+    root = str(tmp_path / "registry")
+    for index, name in enumerate(["keep", "drop"]):
+        publish_random_style(root, name, seed=index)
+    view = RegistryView(root, refresh_s=1, full_refresh_s=3600)
+    registry.withdraw(root, "drop")
+    view.refresh()
+    assert sorted(view.styles) == ["keep"] and registry.list_styles(root) == ["keep"]
