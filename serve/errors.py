@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,12 +9,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.http_input import HTTPError
+from serve import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
+
+
+# A 503 says "not now": when to try again, for clients and load balancers that honour it.
+RETRY_AFTER_S = 5
 
 
 def json_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 class BarePrefixIsRoot:

@@ -16,11 +16,14 @@ at /styles/<style>, which Serve routes to before this one (the longer route pref
 
 
 import asyncio
+import time
 from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.config import RequestRouterConfig
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -30,22 +33,39 @@ from serve import http_input
 from serve.errors import json_errors_api
 from serve.http_input import HTTPError
 from serve.registry_view import PICTURES, PublishedStyle, RegistryView
-from serve.settings import EndpointSettings
+from serve.routing import ForgetfulRouter
+from serve.settings import EndpointSettings, PoolSettings
 
 PAGE = Path(__file__).with_name("page.html")
 CACHED = {"Cache-Control": "max-age=300"}
 api = json_errors_api()
 
 
-@serve.deployment(name="Front", health_check_period_s=10, health_check_timeout_s=30)
+# Serve's proxies call the front door with a model id taken from a client's serve_multiplexed_model_id
+# header: the forgetful router keeps them from remembering one request per value ever sent.
+@serve.deployment(name="Front", health_check_period_s=10, health_check_timeout_s=30,
+                  request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
 @serve.ingress(api)
 class Front:
-    def __init__(self, pool: DeploymentHandle, registry_uri: str, settings: dict, refresh_s: float):
+    def __init__(self, pool: DeploymentHandle, registry_uri: str, settings: dict, pool_settings: dict):
+        from serve.metrics import FrontMetrics
+
         self.pool = pool
         self.settings = EndpointSettings(**settings)
+        self.pool_settings = PoolSettings(**pool_settings)
         self.page = PAGE.read_text()
-        self.view = RegistryView(registry_uri, refresh_s)
+        self.metrics = FrontMetrics()
+        self.view = RegistryView(registry_uri, self.pool_settings.refresh_s, self.pool_settings.full_refresh_s)
         self.view.start_refreshing()
+
+    def check_health(self) -> None:
+        """Serve calls this every 10 s: a front door whose listing went stale (storage unreachable, a stuck
+        refresh) is replaced. The age is also a metric, so it shows before it comes to that."""
+        age = self.view.age_s()
+        self.metrics.refresh_age.set(age)
+        self.metrics.styles.set(len(self.view.styles))
+        if age > self.pool_settings.stale_after_s:
+            raise RuntimeError(f"the registry was last read {age:.0f} s ago (pool.stale_after_s: {self.pool_settings.stale_after_s:g})")
 
     @api.get("/", response_class=HTMLResponse)
     def page(self) -> HTMLResponse:
@@ -80,12 +100,21 @@ class Front:
     @api.post("/styles/{name}")
     @api.post("/styles/{name}/")
     async def stylise(self, name: str, request: Request) -> Response:
-        style = self._published(name)
-        data, options = await http_input.read_stylise_request(request, self.settings)
-        status, answer, timings_ms = await self._run_in_pool(style, data, options)
-        if status != 200:
-            raise HTTPError(status, answer)
-        return http_input.stylised_response(answer, options, style.name, style.version, timings_ms)
+        started, status = time.perf_counter(), 500
+        try:
+            http_input.refuse_routing_headers(request.headers)
+            style = self._published(name)
+            data, options = await http_input.read_stylise_request(request, self.settings)
+            status, answer, timings_ms = await self._run_in_pool(style, data, options)
+            if status != 200:
+                raise HTTPError(status, answer)
+            return http_input.stylised_response(answer, options, style.name, style.version, timings_ms)
+        except HTTPError as error:
+            status = error.status
+            raise
+        finally:
+            # A style tag only for published styles: a client's made-up names must not grow the metric.
+            self.metrics.answered(name if name in self.view.styles else "-", status, time.perf_counter() - started)
 
     async def _run_in_pool(self, style: PublishedStyle, data: bytes,
                            options: http_input.StyliseOptions) -> tuple[int, bytes | str, dict[str, float]]:
@@ -95,6 +124,8 @@ class Front:
             return 503, "the style pool is at capacity (its queue is full); retry in a few seconds", {}
         except (DeploymentUnavailableError, ReplicaUnavailableError):
             return 503, "the style pool is starting or restarting; retry in a few seconds", {}
+        except RayActorError:  # the replica died mid-request (ActorDiedError), or is unreachable for now
+            return 503, "the style pool replica running this request stopped; retry in a few seconds", {}
 
     def _published(self, name: str) -> PublishedStyle:
         try:
@@ -122,4 +153,4 @@ def build_app(args: dict):
     from serve.style_pool import StylePool  # only the builder needs it: the front's replicas stay free of torch
 
     pool = StylePool.bind(args["registry"], args.get("settings", {}), args["pool"])
-    return Front.bind(pool, args["registry"], args.get("settings", {}), args["pool"]["refresh_s"])
+    return Front.bind(pool, args["registry"], args.get("settings", {}), args["pool"])

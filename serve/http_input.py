@@ -37,6 +37,19 @@ class StyliseOptions:
     output_format: str  # "jpeg", "png" or "webp"
 
 
+# Headers with which a client could steer Serve's own routing: Ray 2.60's proxy reads the model id
+# header in any case and with - or _ (ray/serve/_private/proxy.py), and each value it routes is kept in
+# its router until the same value comes again. Compared as the proxy does: lower case, - as _.
+ROUTING_HEADERS = {"serve_multiplexed_model_id"}
+
+
+def refuse_routing_headers(headers) -> None:
+    """400 for a request that carries a header of Serve's internal routing (the README's nginx strips them)."""
+    for header in headers:
+        if header.lower().replace("-", "_") in ROUTING_HEADERS:
+            raise HTTPError(400, f"the {header} header is Ray Serve's internal routing and may not be sent; drop it")
+
+
 async def read_stylise_request(request, settings: EndpointSettings) -> tuple[bytes, StyliseOptions]:
     """A stylise request's image bytes and options: options first (a bad one is 400 before any body is
     read), then the bounded body, then the form parsed off the event loop, so that a large form holds

@@ -54,9 +54,14 @@ class EndpointSettings:
     # GPU replicas: request sizes compiled as static shapes, at most this many per replica (each a
     # compile of tens of seconds, in the background); 0 runs every size eagerly.
     compiled_shapes: int = 16
+    # A size is compiled once it has been asked for this many times (the warm shapes at once): a client
+    # cycling through odd sizes cannot take the slots of the sizes that come often.
+    compile_after_requests: int = 3
+    # No size over this many pixels is compiled (a compile's memory grows with it): larger ones run eagerly.
+    max_compiled_pixels: int = 2048 * 2048
     # Shapes (WIDTHxHEIGHT) compiled when a GPU replica starts: phone photos fitted to default_max_side
-    # (4:3 both ways) and squares. Each costs two compiles, in the background, holding the GIL for
-    # part of it, so the list is short; other sizes compile on their first request. Inductor's cache
+    # (4:3 both ways) and squares. Each costs two compiles, done before the replica takes traffic, so
+    # the list is short; other sizes compile once asked for often enough. Inductor's cache
     # (/tmp/torchinductor_<user>) lets later replicas on a node reuse the work.
     warm_shapes: list = field(default_factory=lambda: ["1024x768", "768x1024", "1024x1024"])
     # Same-sized requests arriving within batch_wait_timeout_s are run as one batch of up to this many.
@@ -86,6 +91,8 @@ class EndpointSettings:
         require(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0")
         require(self.max_batch_size >= 1, "max_batch_size must be >= 1")
         require(self.compiled_shapes >= 0, "compiled_shapes must be >= 0 (0: no compiling)")
+        require(self.compile_after_requests >= 1, "compile_after_requests must be >= 1")
+        require(self.max_compiled_pixels >= 32 * 32, "max_compiled_pixels must be >= 1024")
         for shape in self.warm_shapes:
             parse_shape(shape)  # a ValueError that says how to write one
         require(self.max_batch_pixels >= 1, "max_batch_pixels must be >= 1")
@@ -110,16 +117,33 @@ class PoolSettings:
     # bench/serve_many.py; but 18.5 MB a style, which puts 200 styles over 2 GB). GPU: torch in fp16.
     cpu_runtime: str = "torch"
     # How often the front door re-reads the registry: a new or retrained style is served at most this
-    # long after its current.json changes (one listing and one read per style each time).
+    # long after it is published. Each time is one conditional GET of the registry's index.json.
     refresh_s: float = 5.0
+    # How often the front door also reads every style's current.json (a request or two per style on
+    # S3): it repairs an index that two publishers overwrote at once, and serves registries without one.
+    full_refresh_s: float = 300.0
+    # The front door's health check fails when its last good read of the registry is older than this
+    # (storage unreachable, a stuck refresh): Serve replaces the replica, and the age is a metric.
+    stale_after_s: float = 600.0
     # CPUs per front-door replica; it only parses requests and routes them, the pool does the pixels.
     front_num_cpus: float = 0.1
+    # Styles each pool replica loads when it starts, before it takes traffic (the most requested ones:
+    # the style_factory_requests metric says which); the rest load on first use.
+    prewarm: list = field(default_factory=list)
+    # A model whose load failed (a corrupt file, a deleted version) is refused this long without another
+    # try, so that a request stream for it neither hammers the store nor evicts healthy models.
+    failure_ttl_s: float = 30.0
 
     def __post_init__(self):
         require(self.model_cache_mb >= 16, "pool.model_cache_mb must be >= 16 (room for two models)")
         require(self.cpu_runtime in CPU_RUNTIMES, f"pool.cpu_runtime must be one of {', '.join(CPU_RUNTIMES)}, got {self.cpu_runtime!r}")
-        require(0.5 <= self.refresh_s <= 10, "pool.refresh_s must be between 0.5 and 10 seconds")
+        require(0.5 <= self.refresh_s <= 600, "pool.refresh_s must be between 0.5 and 600 seconds")
+        require(self.full_refresh_s >= self.refresh_s, "pool.full_refresh_s must be >= pool.refresh_s")
+        require(self.stale_after_s >= 2 * self.refresh_s, "pool.stale_after_s must be at least twice pool.refresh_s")
         require(self.front_num_cpus >= 0, "pool.front_num_cpus must be >= 0")
+        for name in self.prewarm:
+            validate_style_name(name)
+        require(self.failure_ttl_s >= 0, "pool.failure_ttl_s must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

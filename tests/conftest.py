@@ -114,17 +114,18 @@ def ray_head():
     """A one-node Ray cluster started the way a user starts one, with token authentication on."""
     # A short temp dir: Ray's unix socket paths must fit in 107 bytes, pytest's tmp_path may not.
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
-    dashboard_port = free_port()
+    dashboard_port, metrics_port = free_port(), free_port()
     # Ray 2.60 clusters require token auth; this process's dashboard clients (serve.deploy) too.
     os.environ["RAY_AUTH_MODE"] = "token"
-    # `python` in a submitted job is whatever the cluster's PATH finds: this test's interpreter.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # `python` in a submitted job is whatever the cluster's PATH finds: this test's interpreter. The
+    # metrics port is where Prometheus would scrape the node (tests/test_serving_for_weeks.py does).
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TEST_METRICS_EXPORT_PORT": str(metrics_port)}
     head = subprocess.Popen(
         ray_cli("start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4", f"--temp-dir={temp_dir}",
                 # Ports of their own: the defaults (52365, 10001, ...) are taken by the session's other Ray.
                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}",
+                f"--metrics-export-port={metrics_port}", f"--ray-client-server-port={free_port()}",
                 f"--runtime-env-agent-port={free_port()}"),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )

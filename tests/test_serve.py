@@ -232,7 +232,7 @@ def shed(url: str, clients: int, max_side: int) -> list[tuple[int, str]]:
 
     def one(_):
         response = requests.post(f"{url}?max_side={max_side}", data=big, timeout=300)
-        return response.status_code, response.text[:200]
+        return response.status_code, response.text[:200] + f" retry-after={response.headers.get('retry-after')}"
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
         return list(pool.map(one, range(clients)))
@@ -246,6 +246,7 @@ def test_requests_past_a_full_queue_are_shed_with_503(served, style, clients, ma
     assert set(statuses) <= {200, 503}, results
     if style == "alpha":  # the pool's queue overflows before Serve's proxy sheds: a JSON answer that says why
         assert any("at capacity" in text for status, text in results if status == 503), results
+        assert all("retry-after=5" in text for status, text in results if status == 503), results  # when to come back
     good_request_works(served["base"])
 
 
@@ -276,4 +277,12 @@ def test_retraining_a_dedicated_style_redeploys_it_alone(served):
     # The front and pool kept their replicas (autoscaling may still have added or removed one; a
     # redeploy would have replaced them all).
     assert replica_ids(served["address"], "front") & front_before
+    good_request_works(served["base"])
+
+
+@pytest.mark.parametrize("header", ["serve_multiplexed_model_id", "Serve-Multiplexed-Model-Id"])
+def test_a_client_may_not_choose_serves_routing_model_id(served, header):
+    """Serve's proxy routes by this header, in either spelling, and keeps one request per value it saw."""
+    response = requests.post(f"{served['base']}/styles/alpha", data=photo_bytes(), headers={header: "alpha:forged"}, timeout=60)
+    assert response.status_code == 400 and "internal routing" in response.json()["error"]
     good_request_works(served["base"])
