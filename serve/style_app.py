@@ -37,6 +37,8 @@ class StyleEndpoint:
         self.model = StyleModel(registry_uri, style, version, device=device, compile_on_cpu=self.settings.compile_on_cpu,
                                 max_batch_pixels=self.settings.max_batch_pixels,
                                 static_shapes=static_shapes_for(device, self.settings))
+        if self.model.static_shapes is not None:  # the warm shapes compiled before the replica takes traffic
+            self.model.static_shapes.wait_until_idle()
         self.metadata = self.model.metadata
         self.thumbnail = registry.read_file(registry_uri, style, registry.THUMBNAIL_FILE, version)
         self.preview = registry.read_file(registry_uri, style, registry.PREVIEW_FILE, version)

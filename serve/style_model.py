@@ -17,6 +17,7 @@ starts, so it is opt-in (compile_on_cpu) for dedicated styles.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,20 @@ from factory.transform_net import TransformNet
 from serve.settings import EndpointSettings
 from serve.size_buckets import bucket_shape, parse_shape
 from serve.static_shapes import StaticShapes, resize
+
+@dataclass(frozen=True)
+class RunFailure:
+    """Why an image got no picture: what the caller needs for its answer (503 for memory, else 500), and
+    nothing more. Exceptions are not kept: their tracebacks hold the failed run's tensors."""
+
+    out_of_memory: bool
+    reason: str
+
+    @staticmethod
+    def of(error: Exception) -> "RunFailure":
+        out_of_memory = isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+        return RunFailure(out_of_memory, f"{type(error).__name__}: {str(error)[:200]}")
+
 
 def reserved_device(gpu_ids: list) -> torch.device:
     """The device a replica reserved: a GPU only when Ray gave it one (`ray.get_gpu_ids()`). Ray 2.60
@@ -44,12 +59,14 @@ def reserved_device(gpu_ids: list) -> torch.device:
 
 def static_shapes_for(device: torch.device, settings: EndpointSettings) -> StaticShapes | None:
     """A GPU replica's compiled static shapes, shared by every style it holds, with the warm shapes
-    queued for compiling; None on CPU or when settings.compiled_shapes is 0."""
+    queued for compiling (the replica waits for them before it takes traffic: wait_until_idle); None
+    on CPU or when settings.compiled_shapes is 0."""
     if device.type != "cuda" or settings.compiled_shapes == 0:
         return None
-    static_shapes = StaticShapes(TransformNet(), device, capacity=settings.compiled_shapes)
+    static_shapes = StaticShapes(TransformNet(), device, capacity=settings.compiled_shapes, admit_after=settings.compile_after_requests,
+                                 max_pixels=settings.max_compiled_pixels)
     for shape in settings.warm_shapes:
-        static_shapes.request(parse_shape(shape))
+        static_shapes.warm(parse_shape(shape))
     return static_shapes
 
 
@@ -102,12 +119,12 @@ class StyleModel:
             return self.net(batch)
         return self.net(fast_input(batch)).float()
 
-    def forward_by_size(self, tensors: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+    def forward_by_size(self, tensors: list[torch.Tensor]) -> list[torch.Tensor | RunFailure]:
         """(3, H, W) tensors in 0..255 -> stylised, in order; those that run at one shape run as one batch.
 
         A batch that fails is run again one image at a time (eagerly), so only the image that fails
-        gets its exception (in its place in the list) and the requests batched with it still get their
-        pictures.
+        gets a RunFailure (in its place in the list) and the requests batched with it still get their
+        pictures. An output that is not finite (a broken model) is a failure, never a black picture.
         """
         groups = defaultdict(list)
         for index, tensor in enumerate(tensors):
@@ -115,17 +132,30 @@ class StyleModel:
         outputs: list = [None] * len(tensors)
         with torch.inference_mode():
             for run_shape, indices in self._within_pixel_budget(groups.items()):
-                try:
-                    results = self._run_group(run_shape, [tensors[i] for i in indices])
-                except Exception as error:
-                    if len(indices) == 1 and not run_shape[1]:
-                        outputs[indices[0]] = error
-                        continue
+                results = self._attempt(lambda: self._run_group(run_shape, [tensors[i] for i in indices]))
+                if isinstance(results, RunFailure) and (len(indices) > 1 or run_shape[1]):
+                    # Retried one by one, after the except block that caught the failure: its traceback
+                    # would keep the failed batch's activations alive (on a GPU, the memory just exhausted).
                     self._release_memory()
                     results = [self._run_alone(tensors[i]) for i in indices]
+                elif isinstance(results, RunFailure):
+                    results = [results]
                 for index, result in zip(indices, results):
                     outputs[index] = result
         return outputs
+
+    @staticmethod
+    def _attempt(run):
+        """run(), or a RunFailure describing why it raised (no exception object outlives this call)."""
+        try:
+            return run()
+        except Exception as error:
+            return RunFailure.of(error)
+
+    def _finite(self, output: torch.Tensor) -> torch.Tensor | RunFailure:
+        if torch.isfinite(output).all():
+            return output
+        return RunFailure(out_of_memory=False, reason=f"model {self.metadata['style']} produced non-finite pixels")
 
     def _run_shape(self, size: tuple[int, int]) -> tuple[tuple[int, int], bool]:
         """(shape, bucketed): the compiled bucket shape when it is ready, else the image's own size
@@ -138,13 +168,15 @@ class StyleModel:
         self.static_shapes.request(bucket)
         return size, False
 
-    def _run_group(self, run_shape: tuple[tuple[int, int], bool], group: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _run_group(self, run_shape: tuple[tuple[int, int], bool], group: list[torch.Tensor]) -> list:
         (height, width), bucketed = run_shape
-        if not bucketed:
-            return list(self._run(torch.stack(group).to(self.device)).cpu())
-        batch = torch.cat([resize(tensor[None].to(self.device), height, width) for tensor in group])
-        stylised = self.static_shapes.run(self.prepared, batch)
-        return [resize(stylised[i:i + 1], *tensor.shape[-2:])[0].clamp(0, 255).cpu() for i, tensor in enumerate(group)]
+        stylised = None
+        if bucketed:
+            batch = torch.cat([resize(tensor[None].to(self.device), height, width) for tensor in group])
+            stylised = self.static_shapes.run(self.prepared, batch)  # None while a compile holds dynamo
+        if stylised is None:
+            return [self._finite(output) for output in self._run(torch.stack(group).to(self.device)).cpu()]
+        return [self._finite(resize(stylised[i:i + 1], *tensor.shape[-2:])[0].clamp(0, 255).cpu()) for i, tensor in enumerate(group)]
 
     def _within_pixel_budget(self, groups) -> list[tuple[tuple, list[int]]]:
         """Groups cut into runs of at most max_batch_pixels (at least one image each)."""
@@ -155,12 +187,12 @@ class StyleModel:
             runs += [(run_shape, indices[start:start + per_run]) for start in range(0, len(indices), per_run)]
         return runs
 
-    def _run_alone(self, tensor: torch.Tensor) -> torch.Tensor | Exception:
-        try:
-            return self._run(tensor.unsqueeze(0).to(self.device)).cpu()[0]
-        except Exception as error:
+    def _run_alone(self, tensor: torch.Tensor) -> torch.Tensor | RunFailure:
+        result = self._attempt(lambda: self._run(tensor.unsqueeze(0).to(self.device)).cpu()[0])
+        if isinstance(result, RunFailure):
             self._release_memory()
-            return error
+            return result
+        return self._finite(result)
 
     def _release_memory(self) -> None:
         if self.device.type == "cuda":  # after an out-of-memory error, before trying smaller batches

@@ -21,12 +21,12 @@ from factory import images
 from serve import postprocess
 from serve.http_input import ACCEPTED_INPUT_FORMATS, HTTPError, StyliseOptions
 from serve.settings import EndpointSettings
-from serve.style_model import StyleModel
+from serve.style_model import RunFailure, StyleModel
 
 
 @dataclass(frozen=True)
 class ModelRun:
-    output: torch.Tensor | Exception
+    output: torch.Tensor | RunFailure
     seconds: float  # how long the run took, shared by the images batched together
 
 
@@ -38,7 +38,7 @@ def run_model(model: StyleModel, tensors: list[torch.Tensor]) -> list[ModelRun]:
     return [ModelRun(output, seconds) for output in outputs]
 
 
-def decode_image(data: bytes, settings: EndpointSettings) -> Image.Image:
+def decode_image(data: bytes, settings: EndpointSettings, max_side: int | None = None) -> Image.Image:
     """Decode a JPEG, PNG or WebP; anything else is 415, a broken one 400, a too-big one 413."""
     try:
         header = Image.open(io.BytesIO(data))
@@ -49,7 +49,8 @@ def decode_image(data: bytes, settings: EndpointSettings) -> Image.Image:
     if header.format not in ACCEPTED_INPUT_FORMATS:
         raise HTTPError(415, f"unsupported image format {header.format}: send a JPEG, PNG or WebP file")
     try:
-        return images.decode_rgb(data, max_pixels=settings.max_input_pixels)
+        # At the size the request needs (JPEG's reduced-scale decoding), not at the upload's full size.
+        return images.decode_rgb(data, max_pixels=settings.max_input_pixels, max_side=max_side)
     except images.ImageRejected as error:
         status = 413 if "over the limit" in str(error) else 400
         raise HTTPError(status, f"unusable image: {error}") from None
@@ -60,15 +61,15 @@ async def stylise_image(data: bytes, options: StyliseOptions, settings: Endpoint
     """The encoded stylised image and each step's milliseconds, or HTTPError. Decoding and encoding
     run off the event loop, so other requests and the health check keep flowing."""
     start = time.perf_counter()
-    original = await asyncio.to_thread(lambda: images.fit_within(decode_image(data, settings), options.max_side))
+    original = await asyncio.to_thread(lambda: images.fit_within(decode_image(data, settings, options.max_side), options.max_side))
     decoded = time.perf_counter()
     run = await run_batch(images.to_tensor(original))
     ran = time.perf_counter()
-    if isinstance(run.output, torch.OutOfMemoryError):
+    if isinstance(run.output, RunFailure) and run.output.out_of_memory:
         raise HTTPError(503, f"not enough memory to stylise a {original.width}x{original.height} image now; "
                              "retry, or send a smaller one (max_side)")
-    if isinstance(run.output, Exception):
-        raise HTTPError(500, f"stylising failed: {type(run.output).__name__}")
+    if isinstance(run.output, RunFailure):
+        raise HTTPError(500, f"stylising failed: {run.output.reason.split(':')[0]}")
     image = await asyncio.to_thread(
         lambda: images.encode(postprocess.finish(images.to_image(run.output), original, options.strength, options.preserve_colors),
                               options.output_format)

@@ -102,3 +102,47 @@ def test_a_multi_picture_jpeg_decodes_its_first_frame():
 def test_16_bit_grayscale_is_scaled_not_clipped_to_white():
     array = np.asarray(images.decode_rgb(png_16_bit_gradient(), max_pixels=10_000))
     assert array[0, 0, 0] < 5 and array[-1, -1, 0] > 250 and 100 < array.mean() < 155
+
+
+def phone_photo(width=4032, height=3024) -> bytes:
+    """A 12-megapixel JPEG, as phones take them (about 1-3 MB with detail)."""
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([(x // 7) % 256, (y // 5) % 256, ((x + y) // 11) % 256], axis=-1).astype(np.uint8)
+    return encoded(Image.fromarray(pixels), "JPEG", quality=85)
+
+
+def test_a_phone_photo_decodes_at_the_size_the_request_needs_not_in_full():
+    data = phone_photo()
+    decoded = images.decode_rgb(data, max_pixels=40_000_000, max_side=1024)
+    # libjpeg's 1/2 scale, the smallest that keeps 1024 px: a quarter of the 12.2 megapixels decoded.
+    assert (decoded.width, decoded.height) == (2016, 1512)
+    assert images.decode_rgb(data, max_pixels=40_000_000, max_side=500).size == (504, 378)  # 1/8
+    assert images.decode_rgb(data, max_pixels=40_000_000, max_side=3000).size == (4032, 3024)  # no smaller scale fits
+
+
+def test_a_16_bit_scan_is_shrunk_before_it_becomes_8_bit_and_never_held_as_float64():
+    import tracemalloc
+
+    values = (np.linspace(0, 65535, 2000 * 1500) % 65536).astype(np.uint16).reshape(1500, 2000)
+    data = encoded(Image.fromarray(values), "PNG")
+    tracemalloc.start()
+    decoded = images.decode_rgb(data, max_pixels=40_000_000, max_side=256)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert decoded.size == (256, 192)
+    assert peak < 2000 * 1500 * 8 / 8, peak  # a float64 copy of the full scan is 24 MB
+    assert abs(np.asarray(decoded)[..., 0].mean() - 127.5) < 3  # scaled, not clipped
+
+
+@pytest.mark.parametrize("data", [png_declaring(20_000, 20_000), encoded(Image.new("L", (10_000, 10_000)), "PNG")],
+                         ids=["header-only", "real-bomb"])
+def test_an_over_limit_canvas_is_refused_before_a_pixel_is_decoded(data):
+    """The limit bounds the cost: refused from the header, never held in memory (400 and 100 MB decoded)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(images.ImageRejected, match="over the limit"):
+        images.decode_rgb(data, max_pixels=40_000_000)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2_000_000, peak

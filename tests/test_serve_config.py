@@ -1,12 +1,14 @@
 """The generated Serve config, the serving settings and the model runner, without a cluster."""
 
+import weakref
+
 import pytest
 import torch
 import yaml
 
 from serve import deploy
 from serve.settings import load_serving_config
-from serve.style_model import StyleModel
+from serve.style_model import RunFailure, StyleModel
 from serving import publish_random_style
 
 
@@ -93,9 +95,42 @@ def test_one_failing_image_fails_alone_and_its_batch_neighbours_get_their_pictur
     inputs = [torch.rand(3, 16, 16) * 255 for _ in range(3)]
     inputs[1][0, 0, 0] = 13.0
     outputs = model.forward_by_size(inputs)
-    assert isinstance(outputs[1], RuntimeError)
+    assert isinstance(outputs[1], RunFailure) and not outputs[1].out_of_memory and "RuntimeError" in outputs[1].reason
     for index in (0, 2):
         assert isinstance(outputs[index], torch.Tensor) and outputs[index].shape == (3, 16, 16)
+
+
+class RunsOutOfMemoryOnBatches(StyleModel):
+    """A batch of several images holds a large activation and runs out of memory, as on a full GPU."""
+
+    def _run(self, batch):
+        if batch.shape[0] > 1:
+            activations = torch.empty(4_000_000)
+            self.failed_batch_activations = weakref.ref(activations)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        self.alive_at_retry.append(self.failed_batch_activations() is not None)
+        return super()._run(batch)
+
+
+def test_after_running_out_of_memory_the_failed_batch_is_freed_before_the_images_are_retried_alone(tmp_path):
+    """The retry ran inside the except block: the exception's traceback kept the failed batch's
+    activations alive (on a GPU, the very memory that ran out) while the images ran again."""
+    version = publish_random_style(tmp_path, "alpha", 0)
+    model = RunsOutOfMemoryOnBatches(str(tmp_path), "alpha", version)
+    model.alive_at_retry = []
+    outputs = model.forward_by_size([torch.rand(3, 16, 16) * 255 for _ in range(3)])
+    assert model.alive_at_retry == [False, False, False]
+    assert all(isinstance(output, torch.Tensor) for output in outputs)
+    assert not any(isinstance(output, BaseException) for output in outputs)  # no exception (nor its traceback) kept
+
+
+def test_a_model_whose_output_is_not_finite_fails_its_request_instead_of_answering_black(tmp_path):
+    version = publish_random_style(tmp_path, "alpha", 0)
+    model = StyleModel(str(tmp_path), "alpha", version)
+    with torch.no_grad():
+        next(model.net.parameters()).fill_(float("nan"))
+    output = model.forward_by_size([torch.rand(3, 16, 16) * 255])[0]
+    assert isinstance(output, RunFailure) and "non-finite" in output.reason
 
 
 class CountsBatches(StyleModel):
@@ -111,3 +146,17 @@ def test_a_batch_of_large_images_runs_within_the_pixel_budget(tmp_path):
     outputs = model.forward_by_size([torch.rand(3, 32, 32) * 255 for _ in range(5)] + [torch.rand(3, 8, 8) * 255])
     assert len(outputs) == 6 and all(isinstance(output, torch.Tensor) for output in outputs)
     assert sorted(model.batch_sizes) == [1, 1, 2, 2]  # 5 large ones in runs of 2 (+ 1), the small one alone
+
+
+def test_the_grafana_dashboard_charts_every_exported_metric_and_nothing_else():
+    """tests/test_serving_for_weeks.py scrapes these names from Ray's metrics endpoint after a request."""
+    import json
+    import re
+
+    from conftest import REPO_ROOT
+    from serve.metrics import EXPORTED
+
+    dashboard = json.loads((REPO_ROOT / "serve" / "grafana_dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    queried = {re.sub(r"_bucket$", "", name) for expr in expressions for name in re.findall(r"ray_style_factory_\w+", expr)}
+    assert queried == set(EXPORTED.values())

@@ -29,6 +29,16 @@ CPU = torch.device("cpu")
 BUCKETED_MEAN_TOLERANCE = 8.0
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Dynamo keeps compiled code per function across StaticShapes instances (one per replica in
+    production), and stops compiling a function past its recompile limit: each test starts afresh."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield
+
+
 class CountingBackend:
     """A dynamo backend that runs the traced graph as it is and counts graphs and their calls."""
 
@@ -46,8 +56,9 @@ class CountingBackend:
         return run
 
 
-def static_shapes(backend, capacity=4) -> StaticShapes:
-    return StaticShapes(TransformNet(), CPU, dtype=torch.float32, channels_last=False, capacity=capacity, backend=backend)
+def static_shapes(backend, capacity=4, admit_after=1, max_pixels=2048 * 2048) -> StaticShapes:
+    return StaticShapes(TransformNet(), CPU, dtype=torch.float32, channels_last=False, capacity=capacity, admit_after=admit_after,
+                        max_pixels=max_pixels, backend=backend)
 
 
 def random_net(seed: int) -> TransformNet:
@@ -75,8 +86,8 @@ def test_a_shape_compiles_once_for_batch_one_and_once_for_larger_batches_and_eve
     backend = CountingBackend()
     shapes = static_shapes(backend)
     assert not shapes.ready((64, 96))
-    shapes.request((64, 96))
-    shapes.request((64, 96))  # asked twice, compiled once
+    shapes.warm((64, 96))
+    shapes.warm((64, 96))  # asked twice, compiled once
     shapes.wait_until_idle()
     assert shapes.ready((64, 96)) and backend.graphs == 2
     calls_while_compiling = backend.calls
@@ -94,8 +105,8 @@ def test_a_shape_compiles_once_for_batch_one_and_once_for_larger_batches_and_eve
 def test_compiles_stop_at_capacity_and_a_failing_compiler_leaves_every_size_eager(tmp_path):
     backend = CountingBackend()
     shapes = static_shapes(backend, capacity=1)
-    shapes.request((32, 32))
-    shapes.request((64, 64))  # over capacity: stays eager
+    shapes.warm((32, 32))
+    shapes.warm((64, 64))  # over capacity: stays eager
     shapes.wait_until_idle()
     assert shapes.ready((32, 32)) and not shapes.ready((64, 64)) and backend.graphs == 2
 
@@ -186,3 +197,84 @@ def test_a_style_whose_weights_do_not_fit_the_compiled_code_runs_eagerly(tmp_pat
     with torch.inference_mode():
         assert model.static_shapes is None
         assert (model.forward_by_size([picture])[0] - net(picture[None])[0]).abs().max() < 1e-3
+
+
+def test_a_size_is_compiled_only_once_asked_for_often_enough_and_never_over_the_pixel_cap():
+    """A client cycling through odd sizes must not take the compile slots of the sizes that come often."""
+    backend = CountingBackend()
+    shapes = static_shapes(backend, capacity=2, admit_after=3, max_pixels=64 * 64)
+    for shape in [(32, 32), (32, 64), (64, 32), (32, 96)]:  # one request each: a scan of odd sizes
+        shapes.request(shape)
+    shapes.wait_until_idle()
+    assert backend.graphs == 0
+    for _ in range(2):
+        shapes.request((32, 32))
+    shapes.wait_until_idle()
+    assert shapes.ready((32, 32)) and backend.graphs == 2  # its third request admitted it
+    for _ in range(5):
+        shapes.request((96, 96))  # 9,216 pixels: over the cap however often it comes
+    shapes.wait_until_idle()
+    assert not shapes.ready((96, 96)) and backend.graphs == 2
+
+
+class RunsOutOfMemoryOnce(CountingBackend):
+    def __call__(self, graph_module, example_inputs):
+        if not getattr(self, "failed_once", False):
+            self.failed_once = True
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().__call__(graph_module, example_inputs)
+
+
+def test_a_compile_that_runs_out_of_memory_is_retried_later_not_given_up_for_the_process():
+    backend = RunsOutOfMemoryOnce()
+    shapes = static_shapes(backend, admit_after=2)
+    for _ in range(2):
+        shapes.request((32, 32))
+    shapes.wait_until_idle()
+    assert not shapes.ready((32, 32)) and not shapes.failed  # out of memory: a transient, not a broken compiler
+    for _ in range(2):
+        shapes.request((32, 32))  # asked for again, as often as the first time
+    shapes.wait_until_idle()
+    assert shapes.ready((32, 32)) and not shapes.failed
+
+
+def test_while_a_compile_holds_dynamo_a_ready_shape_runs_eagerly_instead_of_waiting(tmp_path):
+    """Before torch 2.12 dynamo's settings are process-wide: every entry into dynamo holds one lock,
+    and a request that finds it taken does not wait for a compile of tens of seconds."""
+    from serve import static_shapes as module
+
+    net = random_net(5)
+    version = publish(tmp_path, net)
+    backend = CountingBackend()
+    shapes = static_shapes(backend)
+    shapes.warm((64, 96))
+    shapes.wait_until_idle()
+    model = StyleModel(str(tmp_path), "alpha", version, device=CPU, fast=False, static_shapes=shapes)
+    picture = torch.rand(3, 64, 96) * 255
+    with torch.inference_mode():
+        calls = backend.calls
+        with module._DYNAMO_LOCK:  # what the compiling thread holds during a compile
+            assert shapes.run(shapes.prepare(net), picture[None]) is None
+            busy = model.forward_by_size([picture])[0]
+        assert backend.calls == calls  # it did not go through the compiled code
+        assert (busy - net(picture[None])[0]).abs().max() < 1e-3
+        model.forward_by_size([picture])
+        assert backend.calls == calls + 1  # once free, the compiled shape is used
+
+
+def test_a_bucketed_request_comes_back_at_its_own_size(tmp_path):
+    """90x150 runs compiled at its bucket, 96x160, and is resized back: never a bucket-sized answer.
+    (A shape no other test compiles: dynamo keeps compiled code per function across instances.)"""
+    net = random_net(7)
+    version = publish(tmp_path, net)
+    backend = CountingBackend()
+    shapes = static_shapes(backend)
+    shapes.warm((96, 160))
+    shapes.wait_until_idle()
+    model = StyleModel(str(tmp_path), "alpha", version, device=CPU, fast=False, static_shapes=shapes)
+    pictures = [torch.rand(3, 90, 150) * 255, torch.rand(3, 93, 155) * 255]
+    with torch.inference_mode():
+        calls = backend.calls
+        outputs = model.forward_by_size(pictures)
+    assert backend.calls == calls + 1  # both in one compiled batch
+    assert [tuple(output.shape) for output in outputs] == [(3, 90, 150), (3, 93, 155)]
