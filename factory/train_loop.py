@@ -85,6 +85,14 @@ def _restore_random_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore_run_state(runner: StepRunner, state: dict) -> None:
+    """What a checkpoint keeps besides the weights and Adam (build_pack restores those): the fp16 loss
+    scale and the random stream. Checkpoints from before they carried these resume too."""
+    if "random" in state:
+        runner.load_scaler_state(state.get("scaler") or {})
+        _restore_random_state(state["random"])
+
+
 def _checkpoint_bytes(pack: StylePack, optimizer, progress: Progress, scaler) -> bytes:
     buffer = io.BytesIO()
     state = {
@@ -185,9 +193,8 @@ def train_pack(config: dict) -> None:
     runner = StepRunner(model, objective, optimizer, precision, device.type, channels_last)
     if plan.training.compile and device.type == "cuda":  # compiling on CPU costs more than it gains
         runner.compile()
-    if state is not None and "random" in state:  # checkpoints from before they carried these resume too
-        runner.load_scaler_state(state.get("scaler") or {})
-        _restore_random_state(state["random"])
+    if state is not None:
+        restore_run_state(runner, state)
     tensorboard = TensorBoardLog(plan.tensorboard_uri) if rank == 0 else None
     finite = FiniteLossWatch(plan.style_names, device)
 

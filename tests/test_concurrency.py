@@ -1,7 +1,6 @@
 """How many packs a run starts at once: all of them where Ray should queue them for the autoscaler."""
 
 import pytest
-import ray
 
 from factory.settings import load_config
 from factory.cluster_fit import concurrent_packs, fit_cpu_workers_to_cluster

@@ -17,7 +17,7 @@ from factory import download
 class Server:
     """Serves `files` with an ETag per file, HTTP ranges and If-Range, as CDNs do; the first request
     for a name in `cut_once` is cut after half its bytes. Misbehaving servers too: `ranges=False`
-    answers every request with the whole file (200), `range_off_by` shifts the start a 206 claims,
+    answers every request with the whole file (200), `range_off_by` answers a 206 for another range than asked (truthfully labelled),
     `length=False` sends no Content-Length."""
 
     def __init__(self, files: dict[str, bytes], cut_once=(), ranges=True, range_off_by=0, length=True):
@@ -48,8 +48,9 @@ class Server:
                     return
                 self.send_response(206 if start else 200)
                 self.send_header("ETag", etag)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start + server.range_off_by}-{len(data) - 1}/{len(data)}")
+                if start:  # range_off_by: another range than asked for, in the bytes and the header alike
+                    start += server.range_off_by
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 if server.length:
                     self.send_header("Content-Length", str(len(data) - start))
                 else:
@@ -112,17 +113,20 @@ def test_a_file_changed_between_attempts_is_downloaded_afresh_not_spliced(tmp_pa
         server.close()
 
 
-@pytest.mark.parametrize("misbehaving", [{"ranges": False}, {"range_off_by": 100}, {"length": False}],
-                         ids=["200-on-resume", "wrong-content-range", "no-content-length"])
-def test_a_resume_against_a_misbehaving_server_never_splices(tmp_path, weights_bytes, monkeypatch, capsys, misbehaving):
+@pytest.mark.parametrize("misbehaving, first_exit", [({"ranges": False}, 0), ({"range_off_by": 100}, 1), ({"length": False}, 0)],
+                         ids=["200-on-resume", "another-range", "no-content-length"])
+def test_a_resume_against_a_misbehaving_server_never_splices(tmp_path, weights_bytes, monkeypatch, capsys, misbehaving, first_exit):
+    """No published checksum here (as for a mirror's file without one): only the range checks stand
+    between a resume and a spliced file."""
     monkeypatch.setitem(download.ITEMS, "vgg19-pth", download.Item("unused", "vgg19.pth", None))
     (tmp_path / "vgg19.pth.part").write_bytes(weights_bytes[:1000])  # an earlier, interrupted attempt
     server = Server({"vgg19.pth": weights_bytes}, **misbehaving)
     try:
         arguments = ["vgg19-pth", "--dest", str(tmp_path), "--mirror", server.url]
-        if download.main(arguments) == 1:  # a resume it cannot trust: the partial file goes, a rerun starts over
-            assert "start over" in capsys.readouterr().err
-            assert download.main(arguments) == 0
+        assert download.main(arguments) == first_exit
+        if first_exit:  # bytes 1100- offered for a resume at 1000: refused, the partial file removed
+            assert "asked to resume at byte 1000" in capsys.readouterr().err and not (tmp_path / "vgg19.pth.part").exists()
+            assert download.main(arguments) == 0  # and the rerun starts over
     finally:
         server.close()
     assert (tmp_path / "vgg19.pth").read_bytes() == weights_bytes
@@ -180,11 +184,6 @@ def with_published_md5(monkeypatch, name: str, data: bytes, release: str = "the 
     """Our stand-in files are not COCO's or MatConvNet's: publish their MD5 for the test."""
     item = download.ITEMS[name]
     monkeypatch.setitem(download.ITEMS, name, dataclasses.replace(item, md5_releases={hashlib.md5(data).hexdigest(): release}))
-
-
-def test_the_published_checksums_are_checked():
-    assert set(download.ITEMS["vgg19-mat"].md5_releases) == {"106118b7cf60435e6d8e04f6a6dc3657", "8ee3263992981a1d26e73b3ca028a123"}
-    assert set(download.ITEMS["coco"].md5_releases) == {"0da8c0bd3d6becc4dcb32757491aca88"}
 
 
 def test_a_file_matching_no_published_release_is_not_given_its_name(tmp_path, weights_bytes, capsys):
@@ -266,3 +265,33 @@ def test_download_to_an_s3_prefix(s3_server, tmp_path, weights_bytes, monkeypatc
     assert client.get_object(Bucket="downloads", Key="factory/vgg19.pth")["Body"].read() == weights_bytes
     keys = [item["Key"] for item in client.list_objects_v2(Bucket="downloads", Prefix="factory/train2014/")["Contents"]]
     assert len(keys) == 2
+
+
+def test_a_file_one_byte_off_its_release_is_not_given_its_name(tmp_path, weights_bytes, monkeypatch, capsys):
+    with_published_md5(monkeypatch, "vgg19-mat", weights_bytes, "the current MatConvNet release")
+    damaged = weights_bytes[:5000] + bytes([weights_bytes[5000] ^ 1]) + weights_bytes[5001:]
+    server = Server({"imagenet-vgg-verydeep-19.mat": damaged})
+    try:
+        assert download.main(["vgg19-mat", "--dest", str(tmp_path), "--mirror", server.url]) == 1
+    finally:
+        server.close()
+    assert "matches no published release" in capsys.readouterr().err and not (tmp_path / "imagenet-vgg-verydeep-19.mat").exists()
+
+
+def test_test_only_releases_must_be_named_explicitly_and_are_announced(tmp_path, weights_bytes, monkeypatch, capsys):
+    """What lets the README rehearsal download stand-ins: refused without the setting, announced with it."""
+    import json
+
+    server = Server({"imagenet-vgg-verydeep-19.mat": weights_bytes})
+    try:
+        arguments = ["vgg19-mat", "--dest", str(tmp_path), "--mirror", server.url]
+        assert download.main(arguments) == 1  # the stand-in is no MatConvNet release
+        releases = tmp_path / "releases.json"
+        releases.write_text(json.dumps({"imagenet-vgg-verydeep-19.mat": {hashlib.md5(weights_bytes).hexdigest(): "a stand-in"}}))
+        monkeypatch.setenv(download.TEST_RELEASES_ENV, str(releases))
+        (tmp_path / "imagenet-vgg-verydeep-19.mat.unverified").unlink()
+        assert download.main(arguments) == 0
+    finally:
+        server.close()
+    assert "for tests only" in capsys.readouterr().err
+    assert (tmp_path / "imagenet-vgg-verydeep-19.mat").read_bytes() == weights_bytes

@@ -38,9 +38,20 @@ def test_a_trickling_body_is_cut_off_with_408_at_the_deadline():
 
 
 def test_a_streamed_body_over_the_limit_is_413_without_reading_the_rest():
+    request = trickling_request([b"x" * 600] * 100, 0.0)
+    received = []
+    receive = request._receive
+
+    async def counted():
+        message = await receive()
+        received.append(len(message["body"]))
+        return message
+
+    request._receive = counted
     with pytest.raises(HTTPError) as error:
-        asyncio.run(read_body(trickling_request([b"x" * 600] * 100, 0.0), max_bytes=1024, timeout_s=5))
+        asyncio.run(read_body(request, max_bytes=1024, timeout_s=5))
     assert error.value.status == 413
+    assert len(received) == 2  # the cost bounded: two chunks taken (1,200 bytes > 1,024), 98 never read
 
 
 def call(api, path: str) -> tuple[int, dict]:

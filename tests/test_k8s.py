@@ -121,3 +121,23 @@ def test_the_job_trains_from_s3_on_the_gpu_workers_and_installs_exactly_the_proj
     for runtime_env in (yaml.safe_load(job["spec"]["runtimeEnvYAML"]), load_serving_config(REPO_ROOT / "configs" / "serve_k8s.yaml").runtime_env):
         assert runtime_env["pip"] == dependencies
         assert runtime_env["working_dir"].endswith(".zip")
+
+
+def test_the_heads_run_no_training_and_the_pods_service_account_carries_the_s3_role():
+    """What the manifests must keep for the code to work: the training job's head with no CPUs for
+    workers (num-cpus 0, so packs land on the GPU workers), the serving head with room for the front
+    door (pool replicas ask for a GPU the head lacks), and IRSA's role annotation on the one service
+    account every pod runs as (no keys anywhere: S3 comes from that role)."""
+    accounts = [document for path in MANIFESTS for document in yaml.safe_load_all(path.read_text())
+                if document and document.get("kind") == "ServiceAccount"]
+    assert [account["metadata"]["name"] for account in accounts] == ["style-factory"]
+    assert accounts[0]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    serving = load_serving_config(REPO_ROOT / "configs" / "serve_k8s.yaml")
+    for kind, head_cpus in (("RayJob", 0), ("RayService", 1)):
+        document = by_kind(kind)
+        cluster = document["spec"].get("rayClusterSpec") or document["spec"]["rayClusterConfig"]
+        assert float(cluster["headGroupSpec"]["rayStartParams"]["num-cpus"]) == head_cpus, kind
+        if kind == "RayService":
+            assert serving.pool.front_num_cpus <= head_cpus and serving.defaults.num_gpus > 0  # pool replicas: on GPU workers
+        for template in pod_templates(document):
+            assert template["spec"]["serviceAccountName"] == accounts[0]["metadata"]["name"]

@@ -98,4 +98,8 @@ def test_relative_total_variation_compares_with_the_photo_and_survives_a_flat_ph
     assert torch.allclose(relative_total_variation(photo, photo), torch.tensor(1.0))
     assert torch.allclose(relative_total_variation(photo * 0.5, photo), torch.tensor(0.25))
     flat = torch.full((1, 3, 16, 16), 128.0)
-    assert torch.isfinite(relative_total_variation(photo, flat))
+    # A flat photo has no TV to compare with: the stylised image's own TV over FLAT_PHOTO_TV (1.0, in
+    # squared 0..255 steps), not a division by zero or by a speck of noise.
+    from factory.losses import FLAT_PHOTO_TV, total_variation_loss
+    assert torch.allclose(relative_total_variation(photo, flat), total_variation_loss(photo) / FLAT_PHOTO_TV)
+    assert torch.allclose(relative_total_variation(photo, flat + 0.01 * torch.rand_like(flat)), total_variation_loss(photo) / FLAT_PHOTO_TV)

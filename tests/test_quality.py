@@ -1,6 +1,7 @@
 """The quality figures, and training that can be seen to teach each style its own painting."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -82,3 +83,21 @@ def test_contact_sheet_shows_the_photo_and_each_painting_above_its_output():
     column = np.asarray(sheet)[:, 8 + 256 + 8 + 128]
     blue_rows = np.flatnonzero((column[:, 2] > 150) & (column[:, 0] < 150))
     assert len(blue_rows) > 400  # two 256 px cells of blue, one above the other
+
+
+def test_colour_distance_is_the_frechet_distance_of_mean_and_covariance():
+    """Checked against scipy's matrix square root on two images with the same mean colour and different
+    spreads: the covariance term is all that separates them (FID's formula, in 0..1 pixel units)."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(0)
+    flat = Image.fromarray(np.full((64, 64, 3), 128, np.uint8))
+    spread = np.clip(128 + rng.normal(0, 40, (64, 64, 3)), 0, 255).astype(np.uint8)
+    spread -= (spread.mean(axis=(0, 1)).round() - 128).astype(np.uint8)  # the same mean colour as `flat`
+    noisy = Image.fromarray(spread)
+    a, b = (np.asarray(image, np.float64).reshape(-1, 3) / 255 for image in (flat, noisy))
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = np.sqrt(np.sum((a.mean(0) - b.mean(0)) ** 2)
+                       + np.trace(cov_a + cov_b - 2 * scipy.linalg.sqrtm(cov_a @ cov_b).real))
+    assert quality.colour_distance(flat, noisy) == pytest.approx(expected, rel=1e-6)
+    assert expected > 10 * np.sqrt(np.sum((a.mean(0) - b.mean(0)) ** 2))  # the spread, not the mean, makes it

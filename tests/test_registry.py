@@ -88,3 +88,59 @@ def test_written_files_follow_the_umask_and_leave_no_temporary_files(tmp_path):
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "a" / "current.json").stat().st_mode) == 0o644  # readable by other users
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["current.json"]
+
+
+def test_a_version_is_written_file_by_file_and_only_then_pointed_at(tmp_path, monkeypatch):
+    """A reader follows current.json (and index.json) to a version: every file of that version must be
+    complete before either is written. The registry's writes are observed, and made for real."""
+    written = []
+    real_write = storage.write_bytes
+
+    def observed(uri, data):
+        written.append(uri.rsplit("/", 1)[-1])
+        real_write(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", observed)
+    torch.manual_seed(0)
+    registry.publish(str(tmp_path), "alpha", TransformNet().state_dict(), {"steps": 1}, b"thumb", b"preview", onnx_model=b"onnx")
+    pointers = [written.index(registry.METADATA_FILE), written.index(registry.POINTER_FILE), written.index(registry.INDEX_FILE)]
+    files = [written.index(name) for name in (registry.MODEL_FILE, registry.ONNX_FILE, registry.THUMBNAIL_FILE, registry.PREVIEW_FILE)]
+    assert max(files) < min(pointers), written  # the metadata names the model's sha256: after the files too
+    assert pointers == sorted(pointers), written  # metadata, then current.json, then the index
+
+
+class SlowSource:
+    """A file-like source that pauses after its first chunk until told to go on."""
+
+    def __init__(self, data: bytes, paused, resume):
+        self.data, self.paused, self.resume, self.offset = data, paused, resume, 0
+
+    def read(self, size=-1):
+        if self.offset and not self.resume.is_set():
+            self.paused.set()
+            self.resume.wait(10)
+        chunk = self.data[self.offset:self.offset + (size if size > 0 else len(self.data))]
+        self.offset += len(chunk)
+        return chunk
+
+
+def test_a_file_being_written_is_never_seen_half_written_under_its_name(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    target = tmp_path / "versions" / "v1" / "model.pt"
+    storage.write_bytes(str(target), b"the old complete file")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda descriptor: (synced.append(descriptor), real_fsync(descriptor)))
+    paused, resume = threading.Event(), threading.Event()
+    new = b"x" * (3 * storage.CHUNK_BYTES)
+    writer = threading.Thread(target=storage.write_stream, args=(str(target), SlowSource(new, paused, resume)))
+    writer.start()
+    assert paused.wait(10)
+    assert target.read_bytes() == b"the old complete file"  # mid-write: the old file whole, never a part of the new
+    assert not synced  # nothing synced yet
+    resume.set()
+    writer.join(10)
+    assert target.read_bytes() == new and synced  # on disk before the name pointed at it
+    assert [path.name for path in target.parent.iterdir()] == ["model.pt"]  # the temporary file renamed, not left

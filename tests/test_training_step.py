@@ -92,11 +92,17 @@ def test_an_fp16_run_resumes_a_checkpoint_written_without_loss_scaling(written_i
     assert resumed.scaler.is_enabled() and resumed.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
 
 
-def test_an_fp16_run_resumes_its_own_loss_scale():
-    state = checkpoint_from("fp16")
-    state["scaler"]["scale"] = 1024.0
+def test_an_fp16_run_checkpoints_its_loss_scale_and_resumes_it():
+    from factory.train_loop import restore_run_state
+
+    step = runner("fp16", names=("udnie",))
+    step.step(torch.rand(2, 3, 32, 32) * 255)
+    step.scaler.update(1024.0)  # where a run's scale stands after some skipped steps
+    data = _checkpoint_bytes(step.pack, step.optimizer, Progress(step=1), step.scaler)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    assert state["scaler"]["scale"] == 1024.0
     resumed = runner("fp16", names=("udnie",))
-    resumed.load_scaler_state(state["scaler"])
+    restore_run_state(resumed, state)  # what train_pack does with a checkpoint
     assert resumed.scaler.get_scale() == 1024.0
 
 
@@ -116,3 +122,43 @@ def test_style_targets_come_from_the_style_image_at_style_size():
     image = images.fit_within(images.decode_rgb((STYLES / "udnie.jpg").read_bytes(), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS), 48)
     channels = step.objective.targets[0][0].shape[-1]
     assert max(image.size) == 48 and channels == 64  # relu1_1's Gram: 64 x 64
+
+
+def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one():
+    """Weights, Adam's moments, the step, the random stream: four steps in one go, or two, a checkpoint,
+    a new worker (from the configured seed, as train_pack starts) and two more, give the same bits."""
+    from factory.train_loop import build_pack, restore_run_state
+    from test_resume import plan
+
+    batches = [torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(step)) * 255 for step in range(4)]
+    pack_plan = plan(("udnie",))
+
+    def new_runner(state=None):
+        torch.manual_seed(0)  # what every worker does first
+        pack, optimizer, progress = build_pack(pack_plan, CPU, False, state)
+        step = runner(names=("udnie",))
+        step.pack, step.optimizer = pack, optimizer
+        if state is not None:
+            restore_run_state(step, state)
+        return step, progress
+
+    def train(step, batches):
+        for batch in batches:
+            step.step(batch)
+            torch.rand(3)  # a run's own draws (an augmentation, say) move the random stream on
+
+    whole, _ = new_runner()
+    train(whole, batches)
+    whole_draw = torch.rand(4)
+
+    first, progress = new_runner()
+    train(first, batches[:2])
+    progress.step = 2
+    state = torch.load(io.BytesIO(_checkpoint_bytes(first.pack, first.optimizer, progress, first.scaler)), weights_only=True)
+    torch.manual_seed(12345)  # whatever the process did meanwhile
+    resumed, resumed_progress = new_runner(state)
+    assert resumed_progress.step == 2 and resumed_progress.resumed_at_steps == [2]
+    train(resumed, batches[2:])
+    for (name, expected), (_, got) in zip(whole.pack.state_dict().items(), resumed.pack.state_dict().items()):
+        assert torch.equal(expected, got), name
+    assert torch.equal(torch.rand(4), whole_draw)  # and the random stream goes on where it would have

@@ -1,0 +1,195 @@
+"""Breaks the core guarantees on purpose, one at a time, in a copy of the project, and checks that the
+fast tests notice each one. A guarantee whose break passes every test is a guarantee nobody holds.
+
+    .venv/bin/python .ci/mutation_check.py            # CI runs it after the tests; a few minutes
+    .venv/bin/python .ci/mutation_check.py --list     # the breaks, and the tests each must fail
+
+Each break is a text replacement that must match exactly once (a stale entry fails the check too).
+The list is the reviewed core; mutmut (`pip install mutmut`, then `mutmut run --paths-to-mutate
+factory/`) finds more candidates from time to time, and the ones that survive the fast tests and
+matter belong here with the test that now kills them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Break:
+    guarantee: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files that must fail
+
+
+BREAKS = [
+    Break("resume restores the networks' weights", "factory/train_loop.py",
+          "        net.load_state_dict(state[\"nets\"][name])\n", "        pass\n",
+          ("tests/test_training_step.py::test_a_resumed_run_continues_exactly_as_the_uninterrupted_one",)),
+    Break("resume restores Adam's state", "factory/train_loop.py",
+          "    optimizer.load_state_dict(state[\"optimizer\"])\n", "",
+          ("tests/test_training_step.py::test_a_resumed_run_continues_exactly_as_the_uninterrupted_one",)),
+    Break("resume restores the random stream", "factory/train_loop.py",
+          "        _restore_random_state(state[\"random\"])\n", "        pass\n",
+          ("tests/test_training_step.py::test_a_resumed_run_continues_exactly_as_the_uninterrupted_one",)),
+    Break("resume restores the fp16 loss scale", "factory/train_loop.py",
+          "        runner.load_scaler_state(state.get(\"scaler\") or {})\n", "",
+          ("tests/test_training_step.py::test_an_fp16_run_checkpoints_its_loss_scale_and_resumes_it",)),
+    Break("a checkpoint keeps the fp16 loss scale", "factory/train_loop.py",
+          "        \"scaler\": scaler.state_dict(),\n", "        \"scaler\": {},\n",
+          ("tests/test_training_step.py::test_an_fp16_run_checkpoints_its_loss_scale_and_resumes_it",)),
+    Break("the training graphs are compiled for the training shape only (static)", "factory/style_pack.py",
+          "self.pack = torch.compile(self.pack, backend=backend, dynamic=False)", "self.pack = torch.compile(self.pack, backend=backend, dynamic=True)",
+          ("tests/test_training_step.py::test_the_compiled_step_sees_only_the_training_shape_three_static_graphs",)),
+    Break("the output layer runs in fp32 under autocast", "factory/transform_net.py",
+          "        if not torch.is_autocast_enabled(device_type):\n", "        if True:\n",
+          ("tests/test_training_step.py::test_under_bf16_autocast_the_output_and_the_losses_it_feeds_stay_fp32_precise",)),
+    Break("a non-finite loss stops the pack", "factory/style_pack.py",
+          "        newly_bad = ~torch.isfinite(totals) & (self.first_bad_step < 0)", "        newly_bad = torch.zeros_like(totals, dtype=torch.bool)",
+          ("tests/test_training_step.py::test_a_loss_that_stops_being_finite_is_named_with_its_style_and_step",)),
+    Break("a retrain is a new run, not the finished one", "factory/packs.py",
+          "recipe_hashes[style.name] + replaces.get(style.name, \"\")", "recipe_hashes[style.name]",
+          ("tests/test_cloud_path.py::test_a_retrain_is_a_new_run_while_an_interrupted_one_keeps_its_name",)),
+    Break("a model's files are written before its metadata and pointers", "factory/registry.py",
+          "    storage.write_bytes(version_uri(registry, style, version, MODEL_FILE), model_bytes)\n", "",
+          ("tests/test_registry.py::test_a_version_is_written_file_by_file_and_only_then_pointed_at",)),
+    Break("a file is written under a temporary name and renamed", "factory/storage.py",
+          "    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f\".{path.name}.\", delete=False) as handle:",
+          "    with open(path, \"wb\") as handle:",
+          ("tests/test_registry.py::test_a_file_being_written_is_never_seen_half_written_under_its_name",)),
+    Break("a resumed download checks the range it was given", "factory/download.py",
+          "                _check_resumes_at(url, partial, have, response.headers.get(\"Content-Range\", \"\"))\n",
+          "                pass\n", ("tests/test_download.py",)),
+    Break("a download matching no published release is set aside", "factory/download.py",
+          "        if md5 not in md5_releases:", "        if False:", ("tests/test_download.py",)),
+    Break("content read errors other than a missing file stop the pack", "factory/data.py",
+          "        except FileNotFoundError:\n            return None\n        except OSError as error:",
+          "        except OSError as error:\n            return None\n        except FileNotFoundError as error:",
+          ("tests/test_cloud_path.py::test_a_file_that_exists_but_cannot_be_read_stops_the_stream_naming_it",)),
+    Break("skipped files past the limit stop the pack", "factory/data.py",
+          "        if not self.listed or len(self.reasons) <= self.max_fraction * self.listed:", "        if True:",
+          ("tests/test_cloud_path.py::test_past_max_skipped_fraction_the_stream_stops_with_the_reasons_counted",)),
+    Break("pyarrow is given the bucket's own region", "factory/storage.py",
+          "        region = bucket_region(bucket) or os.environ.get(\"AWS_DEFAULT_REGION\")",
+          "        region = os.environ.get(\"AWS_DEFAULT_REGION\")",
+          ("tests/test_cloud_path.py::test_a_bucket_in_another_region_gets_a_filesystem_in_the_buckets_region",)),
+    Break("an over-limit canvas is refused before decoding", "factory/images.py",
+          "    if width * height > max_pixels:\n        raise", "    if False:\n        raise",
+          ("tests/test_images.py", "tests/test_http_input.py")),
+    Break("a streamed body over the limit is refused as it arrives", "serve/http_input.py",
+          "        if size > max_bytes:\n            raise HTTPError(413", "        if False:\n            raise HTTPError(413",
+          ("tests/test_http_input.py",)),
+    Break("a JPEG decodes at the size a request needs", "factory/images.py",
+          "        if scale >= 2:  # draft picks", "        if False:  # draft picks",
+          ("tests/test_images.py::test_a_phone_photo_decodes_at_the_size_the_request_needs_not_in_full",)),
+    Break("the colour shift counts the colours' covariance", "factory/quality.py",
+          "    squared = float(np.sum((mean_a - mean_b) ** 2) + max(trace, 0.0))", "    squared = float(np.sum((mean_a - mean_b) ** 2))",
+          ("tests/test_quality.py::test_colour_distance_is_the_frechet_distance_of_mean_and_covariance",)),
+    Break("a flat photo's TV is guarded", "factory/losses.py",
+          "_per_image_total_variation(photos).clamp_min(FLAT_PHOTO_TV)", "_per_image_total_variation(photos).clamp_min(1e-12)",
+          ("tests/test_losses.py",)),
+    Break("a bucketed answer is resized back to its request's size", "serve/style_model.py",
+          "        return [self._finite(resize(stylised[i:i + 1], *tensor.shape[-2:])[0].clamp(0, 255).cpu()) for i, tensor in enumerate(group)]",
+          "        return [self._finite(stylised[i].clamp(0, 255).cpu()) for i, tensor in enumerate(group)]",
+          ("tests/test_static_shapes.py::test_a_bucketed_request_comes_back_at_its_own_size",)),
+    Break("a failed model load evicts nothing", "serve/model_cache.py",
+          "        if model_id not in self.loading:\n", "        if self.models:\n            self.models.popitem(last=False)\n        if model_id not in self.loading:\n",
+          ("tests/test_model_cache.py",)),
+    Break("a failed batch is retried after its memory is freed", "serve/style_model.py",
+          "                results = self._attempt(lambda: self._run_group(run_shape, [tensors[i] for i in indices]))\n",
+          "                try:\n                    results = self._run_group(run_shape, [tensors[i] for i in indices])\n"
+          "                except Exception:\n                    results = [self._run_alone(tensors[i]) for i in indices]\n",
+          ("tests/test_serve_config.py::test_after_running_out_of_memory_the_failed_batch_is_freed_before_the_images_are_retried_alone",)),
+    Break("a non-finite picture is a failure, not an answer", "serve/style_model.py",
+          "        if torch.isfinite(output).all():", "        if True:",
+          ("tests/test_serve_config.py::test_a_model_whose_output_is_not_finite_fails_its_request_instead_of_answering_black",)),
+    Break("a refresh with an index is one GET", "serve/registry_view.py",
+          "        pointers = None if self.clock() - self.last_full_scan >= self.full_refresh_s else self._pointers_from_index()",
+          "        pointers = None",
+          ("tests/test_registry_view.py::test_with_an_index_a_refresh_is_one_conditional_get_whatever_the_number_of_styles",)),
+    Break("the head may resolve the GPU nodes' AMI", "aws/prepare_account.py",
+          "    {\"Effect\": \"Allow\", \"Action\": \"ssm:GetParameters\",", "    {\"Effect\": \"Allow\", \"Action\": \"ssm:GetParameter\",",
+          ("tests/test_aws_policies.py",)),
+    Break("the autoscaler may launch instances", "aws/prepare_account.py",
+          "\"ec2:Describe*\", \"ec2:RunInstances\",", "\"ec2:Describe*\",", ("tests/test_aws_policies.py",)),
+    Break("workers may read the bucket's objects", "aws/prepare_account.py",
+          "        {\"Effect\": \"Allow\", \"Action\": [\"s3:GetObject\", \"s3:PutObject\", \"s3:DeleteObject\"],",
+          "        {\"Effect\": \"Allow\", \"Action\": [\"s3:PutObject\", \"s3:DeleteObject\"],", ("tests/test_aws_policies.py",)),
+    Break("the training job's head runs no training", "k8s/rayjob-train.yaml",
+          "        num-cpus: \"0\"", "        num-cpus: \"4\"", ("tests/test_k8s.py",)),
+    Break("the pods' service account carries the S3 role", "k8s/service-account.yaml",
+          "    eks.amazonaws.com/role-arn:", "    example.com/role-arn:", ("tests/test_k8s.py",)),
+]
+
+
+def project_copy(destination: Path) -> None:
+    """The tracked files of the project (what a clone has), plus the untracked ones git would not ignore."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(copy)}  # the copy's code, not the editable install's
+    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests],
+                          cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+    return done.returncode, done.stdout[-1500:] + done.stderr[-500:]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list", action="store_true", help="print the breaks and their tests, run nothing")
+    args = parser.parse_args()
+    if args.list:
+        for item in BREAKS:
+            print(f"- {item.guarantee} ({item.path}): {', '.join(item.tests)}")
+        return 0
+    survivors, started = [], time.time()
+    with tempfile.TemporaryDirectory(prefix="mutation-") as temp:
+        copy = Path(temp) / "project"
+        copy.mkdir()
+        project_copy(copy)
+        for item in BREAKS:
+            path = copy / item.path
+            original = path.read_text()
+            if original.count(item.old) != 1:
+                survivors.append(f"{item.guarantee}: the break no longer applies to {item.path} (found {original.count(item.old)} times); "
+                                 "update .ci/mutation_check.py")
+                continue
+            path.write_text(original.replace(item.old, item.new))
+            try:
+                code, output = run_tests(copy, item.tests)
+            finally:
+                path.write_text(original)
+            verdict = "killed" if code == 1 else "SURVIVED" if code == 0 else f"error (pytest exit {code})"
+            print(f"{verdict:>10}  {item.guarantee}", flush=True)
+            if code != 1:
+                survivors.append(f"{item.guarantee}: {verdict}\n{output}")
+        code, output = run_tests(copy, tuple(sorted({test.split("::")[0] for item in BREAKS for test in item.tests})))
+        if code != 0:  # the unbroken copy must pass the same tests, or a "kill" proves nothing
+            survivors.append(f"the unbroken copy fails these tests:\n{output}")
+    print(f"{len(BREAKS)} breaks, {len(BREAKS) - len(survivors)} killed, in {time.time() - started:.0f} s")
+    if survivors:
+        print("\n".join(survivors), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
