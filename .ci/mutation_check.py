@@ -19,10 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Queue
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 2  # copies of the project tried side by side
 
 
 @dataclass(frozen=True)
@@ -35,19 +38,19 @@ class Break:
 
 
 BREAKS = [
-    Break("resume restores the networks' weights", "factory/train_loop.py",
+    Break("resume restores the networks' weights", "factory/checkpoint_state.py",
           "        net.load_state_dict(state[\"nets\"][name])\n", "        pass\n",
           ("tests/test_training_step.py::test_a_resumed_run_continues_exactly_as_the_uninterrupted_one",)),
-    Break("resume restores Adam's state", "factory/train_loop.py",
+    Break("resume restores Adam's state", "factory/checkpoint_state.py",
           "    optimizer.load_state_dict(state[\"optimizer\"])\n", "",
           ("tests/test_training_step.py::test_a_resumed_run_continues_exactly_as_the_uninterrupted_one",)),
-    Break("resume restores the random stream", "factory/train_loop.py",
+    Break("resume restores the random stream", "factory/checkpoint_state.py",
           "        _restore_random_state(state[\"random\"])\n", "        pass\n",
           ("tests/test_training_step.py::test_a_resumed_run_continues_exactly_as_the_uninterrupted_one",)),
-    Break("resume restores the fp16 loss scale", "factory/train_loop.py",
+    Break("resume restores the fp16 loss scale", "factory/checkpoint_state.py",
           "        runner.load_scaler_state(state.get(\"scaler\") or {})\n", "",
           ("tests/test_training_step.py::test_an_fp16_run_checkpoints_its_loss_scale_and_resumes_it",)),
-    Break("a checkpoint keeps the fp16 loss scale", "factory/train_loop.py",
+    Break("a checkpoint keeps the fp16 loss scale", "factory/checkpoint_state.py",
           "        \"scaler\": scaler.state_dict(),\n", "        \"scaler\": {},\n",
           ("tests/test_training_step.py::test_an_fp16_run_checkpoints_its_loss_scale_and_resumes_it",)),
     Break("the training graphs are compiled for the training shape only (static)", "factory/style_pack.py",
@@ -152,6 +155,23 @@ def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     return done.returncode, done.stdout[-1500:] + done.stderr[-500:]
 
 
+def try_break(copy: Path, item: Break) -> str | None:
+    """None when the break's tests fail (killed); else what went wrong."""
+    path = copy / item.path
+    original = path.read_text()
+    if original.count(item.old) != 1:
+        return (f"{item.guarantee}: the break no longer applies to {item.path} (found {original.count(item.old)} times); "
+                "update .ci/mutation_check.py")
+    path.write_text(original.replace(item.old, item.new))
+    try:
+        code, output = run_tests(copy, item.tests)
+    finally:
+        path.write_text(original)
+    verdict = "killed" if code == 1 else "SURVIVED" if code == 0 else f"error (pytest exit {code})"
+    print(f"{verdict:>10}  {item.guarantee}", flush=True)
+    return None if code == 1 else f"{item.guarantee}: {verdict}\n{output}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="print the breaks and their tests, run nothing")
@@ -162,26 +182,25 @@ def main() -> int:
         return 0
     survivors, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="mutation-") as temp:
-        copy = Path(temp) / "project"
-        copy.mkdir()
-        project_copy(copy)
-        for item in BREAKS:
-            path = copy / item.path
-            original = path.read_text()
-            if original.count(item.old) != 1:
-                survivors.append(f"{item.guarantee}: the break no longer applies to {item.path} (found {original.count(item.old)} times); "
-                                 "update .ci/mutation_check.py")
-                continue
-            path.write_text(original.replace(item.old, item.new))
+        # One copy per core, each taking breaks in turn: a break's tests take seconds to a minute.
+        copies = [Path(temp) / f"project-{index}" for index in range(max(1, min(WORKERS, os.cpu_count() or 1)))]
+        for copy in copies:
+            copy.mkdir()
+            project_copy(copy)
+        free: Queue = Queue()
+        for copy in copies:
+            free.put(copy)
+
+        def attempt(item: Break) -> str | None:
+            copy = free.get()
             try:
-                code, output = run_tests(copy, item.tests)
+                return try_break(copy, item)
             finally:
-                path.write_text(original)
-            verdict = "killed" if code == 1 else "SURVIVED" if code == 0 else f"error (pytest exit {code})"
-            print(f"{verdict:>10}  {item.guarantee}", flush=True)
-            if code != 1:
-                survivors.append(f"{item.guarantee}: {verdict}\n{output}")
-        code, output = run_tests(copy, tuple(sorted({test.split("::")[0] for item in BREAKS for test in item.tests})))
+                free.put(copy)
+
+        with ThreadPoolExecutor(max_workers=len(copies)) as workers:
+            survivors += [problem for problem in workers.map(attempt, BREAKS) if problem]
+        code, output = run_tests(copies[0], tuple(sorted({test.split("::")[0] for item in BREAKS for test in item.tests})))
         if code != 0:  # the unbroken copy must pass the same tests, or a "kill" proves nothing
             survivors.append(f"the unbroken copy fails these tests:\n{output}")
     print(f"{len(BREAKS)} breaks, {len(BREAKS) - len(survivors)} killed, in {time.time() - started:.0f} s")

@@ -113,9 +113,11 @@ def make_runner(style_count, device, precision, channels_last, compile_models, s
     if channels_last:
         pack, loss_network = pack.to(memory_format=torch.channels_last), loss_network.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(pack, styles)
-    model = torch.compile(pack) if compile_models else pack
-    objective = PerceptualObjective(torch.compile(loss_network) if compile_models else loss_network, settings, styles, device)
-    return StepRunner(model, objective, optimizer, precision, device.type, channels_last)
+    objective = PerceptualObjective(loss_network, settings, styles, device)  # style targets eagerly, as training does
+    runner = StepRunner(pack, objective, optimizer, precision, device.type, channels_last)
+    if compile_models:
+        runner.compile()
+    return runner
 
 
 def synchronize(device):
@@ -186,8 +188,8 @@ def main() -> int:
     static = StaticShapes(TransformNet(), device, backend="inductor") if gpu else \
         StaticShapes(TransformNet(), device, dtype=torch.float32, channels_last=False, backend="eager")
     compile_start = time.perf_counter()
-    static.request((stylise_large, stylise_large))
-    static.request((side, side))
+    static.warm((stylise_large, stylise_large))
+    static.warm((side, side))
     static.wait_until_idle()
     compile_seconds = time.perf_counter() - compile_start
     prepared = static.prepare(copy.deepcopy(net))

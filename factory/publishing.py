@@ -14,7 +14,7 @@ import torch
 from factory import contact_sheet, images, onnx_model, quality, registry, storage
 from factory.packs import PackPlan, recipe
 from factory.settings import FactoryConfig, ResolvedStyle
-from factory.train_loop import CHECKPOINT_FILE
+from factory.checkpoint_state import CHECKPOINT_FILE
 from factory.transform_net import TransformNet
 from factory.vgg_weights import VGGWeights
 

@@ -12,8 +12,6 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-from fastapi.responses import Response
-
 from serve.settings import EndpointSettings
 
 # MPO is a JPEG with more pictures after the first (gain-map HDR photos from recent phones): Pillow
@@ -60,9 +58,11 @@ async def read_stylise_request(request, settings: EndpointSettings) -> tuple[byt
     return data, options
 
 
-def stylised_response(image: bytes, options: StyliseOptions, style: str, version: str, timings_ms: dict[str, float]) -> Response:
+def stylised_response(image: bytes, options: StyliseOptions, style: str, version: str, timings_ms: dict[str, float]):
     """The image, with its style and version, and where its time went (Server-Timing: browsers' developer
     tools show it; "queue" growing while "model" holds steady means the endpoint needs more replicas)."""
+    from fastapi.responses import Response  # here: model code reads HTTPError and the options without FastAPI (the GPU kit)
+
     timing = ", ".join(f"{step};dur={milliseconds}" for step, milliseconds in timings_ms.items())
     return Response(image, media_type=MEDIA_TYPES[options.output_format],
                     headers={"X-Style": style, "X-Model-Version": version, "Server-Timing": timing,

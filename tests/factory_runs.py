@@ -6,6 +6,9 @@ from pathlib import Path
 
 import yaml
 
+from factory.packs import PackPlan
+from factory.settings import DataSettings, LossSettings, ResolvedStyle, TrainingSettings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STYLES = REPO_ROOT / "data" / "samples" / "styles"
 
@@ -29,3 +32,11 @@ def write_config(path: Path, *, source: str, registry: str, storage_path: str, s
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def pack_plan(names=("a", "b")) -> PackPlan:
+    """A pack of styles with no images: what building, checkpointing and resuming a pack need."""
+    styles = tuple(ResolvedStyle(name=name, image_bytes=b"", image_sha256="-", content_weight=1.0, style_weight=10.0,
+                                 tv_weight=0.1, steps=10, learning_rate=1e-3) for name in names)
+    return PackPlan(run_name="r", styles=styles, steps=10, data=DataSettings(), loss=LossSettings(),
+                    training=TrainingSettings(), tensorboard_uri="unused")

@@ -5,18 +5,11 @@ import io
 import pytest
 import torch
 
-from factory.packs import PackPlan
-from factory.settings import DataSettings, LossSettings, ResolvedStyle, TrainingSettings
+from factory_runs import pack_plan as plan
 from factory.style_pack import resolve_precision
 from factory.content_stream import StreamPosition
-from factory.train_loop import LossWindow, Progress, _checkpoint_bytes, _restore_random_state, _stream_start, build_pack
-
-
-def plan(names=("a", "b")) -> PackPlan:
-    styles = tuple(ResolvedStyle(name=name, image_bytes=b"", image_sha256="-", content_weight=1.0, style_weight=10.0,
-                                 tv_weight=0.1, steps=10, learning_rate=1e-3) for name in names)
-    return PackPlan(run_name="r", styles=styles, steps=10, data=DataSettings(), loss=LossSettings(),
-                    training=TrainingSettings(), tensorboard_uri="unused")
+from factory.checkpoint_state import Progress, _restore_random_state, build_pack, checkpoint_bytes
+from factory.train_loop import LossWindow, _stream_start
 
 
 def trained_checkpoint() -> tuple[dict, torch.Tensor]:
@@ -26,7 +19,7 @@ def trained_checkpoint() -> tuple[dict, torch.Tensor]:
     pack(torch.rand(1, 3, 16, 16) * 255).mean().backward()
     optimizer.step()
     progress.step = 1
-    data = _checkpoint_bytes(pack, optimizer, progress, torch.amp.GradScaler("cpu", enabled=False))
+    data = checkpoint_bytes(pack, optimizer, progress, torch.amp.GradScaler("cpu", enabled=False))
     upcoming = torch.rand(8)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), upcoming
 
@@ -77,7 +70,7 @@ def test_published_losses_are_the_mean_of_the_logging_window():
 def test_the_checkpoint_keeps_every_workers_data_position_and_each_worker_reads_on_from_its_own():
     pack, optimizer, progress = build_pack(plan(), torch.device("cpu"), False, None)
     progress.step, progress.data_positions = 5, [[1, 4, 1], [1, 3, 0]]
-    data = _checkpoint_bytes(pack, optimizer, progress, torch.amp.GradScaler("cpu", enabled=False))
+    data = checkpoint_bytes(pack, optimizer, progress, torch.amp.GradScaler("cpu", enabled=False))
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     _, _, resumed = build_pack(plan(), torch.device("cpu"), False, state)
     assert _stream_start(resumed, 0, 2, "r") == StreamPosition(1, 4, 1)

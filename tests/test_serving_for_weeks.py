@@ -14,7 +14,7 @@ from ray.serve.config import RequestRouterConfig
 
 from serve.metrics import EXPORTED
 from serve.routing import ForgetfulRouter
-from serving import publish_random_style, served  # noqa: F401 (a fixture)
+from serving import served  # noqa: F401 (a fixture)
 from test_serve import good_request_works, photo_bytes, replica_ids
 
 pytestmark = pytest.mark.slow
@@ -44,9 +44,9 @@ class Caller:
 def test_the_caller_keeps_no_finished_request_per_model_id(ray_local, router, kept_ids):
     """Serve's default router keeps the last request (and its argument, here a 1 MB photo) of every
     model id until that id is routed again: every retrain leaves one behind in the front door."""
-    from conftest import free_port
+    from ray.serve.config import ProxyLocation
 
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    serve.start(proxy_location=ProxyLocation.Disabled)  # handles only: no HTTP proxy to start or stop
     try:
         options = {"request_router_config": RequestRouterConfig(request_router_class=router)} if router else {}
         sink = serve.deployment(Sink).options(ray_actor_options={"num_cpus": 0}, **options).bind()
@@ -92,17 +92,17 @@ def test_a_request_served_moves_the_metrics_prometheus_scrapes(served):
 def test_a_pool_replica_whose_model_answers_non_finite_pictures_is_replaced_and_never_answers_black(served):
     import torch
 
-    base, root = served["base"], served["root"] / "registry"
-    before = replica_ids(served["address"], "front")
-    publish_random_style(root, "broken", seed=13)
-    from factory import registry
+    from factory import images, registry
     from factory.transform_net import TransformNet
 
+    base, root = served["base"], served["root"] / "registry"
+    before = replica_ids(served["address"], "front")
     net = TransformNet().eval()
     with torch.no_grad():
         for parameter in net.parameters():
             parameter.fill_(float("nan"))
-    registry.publish(str(root), "broken", net.state_dict(), {"steps": 1}, *[registry.read_file(str(root), "broken", registry.THUMBNAIL_FILE)] * 2)
+    picture = images.encode(images.to_image(torch.zeros(3, 16, 16)))
+    registry.publish(str(root), "broken", net.state_dict(), {"steps": 1}, picture, picture)  # its only version
     deadline = time.time() + 30
     while time.time() < deadline:
         response = requests.post(f"{base}/styles/broken", data=photo_bytes(), timeout=60)

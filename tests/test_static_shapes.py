@@ -178,7 +178,7 @@ def test_style_model_runs_ready_shapes_bucketed_within_tolerance_and_the_rest_ea
 @pytest.mark.slow  # the real inductor: about a minute of compiling on 2 cores
 def test_the_inductor_compiled_shape_matches_the_eager_network():
     shapes = StaticShapes(TransformNet(), CPU, dtype=torch.float32, channels_last=False, capacity=1)
-    shapes.request((32, 64))
+    shapes.warm((32, 64))
     shapes.wait_until_idle()
     assert shapes.ready((32, 64)) and not shapes.failed
     net = random_net(4)

@@ -77,13 +77,14 @@ def train_worker_pids() -> list[int]:
     return pids
 
 
-def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(ray_local, dirty_images, tmp_path):
+def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(ray_local, dirty_images, tmp_path, accelerator="cpu", workers=2):
+    """(tests/test_gpu.py runs it again on a GPU, with one worker.)"""
     folder, _ = dirty_images
     # This run reads prepared shards rather than image files: training takes either form.
     assert prepare_shards.main(["--source", str(folder), "--dest", str(tmp_path / "shards"), "--image-size", "32"]) == 0
     checkpoints = tmp_path / "checkpoints"
     config = write_config(tmp_path / "config.yaml", source=str(tmp_path / "shards"), registry=str(tmp_path / "registry"),
-                          storage_path=str(checkpoints), steps=60, styles=("udnie",))
+                          storage_path=str(checkpoints), steps=60, styles=("udnie",), accelerator=accelerator, num_workers=workers)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", train_all.main(["--config", str(config)])))
     thread.start()
@@ -94,7 +95,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(ray
         assert time.time() < deadline and thread.is_alive(), "no checkpoint appeared"
         time.sleep(0.2)
     victims = train_worker_pids()
-    assert len(victims) == 2
+    assert len(victims) == workers
     os.kill(victims[-1], signal.SIGKILL)
     thread.join(timeout=300)
 

@@ -12,7 +12,7 @@ from factory.losses import total_variation_loss
 from factory.loss_network import LossNetwork
 from factory.settings import LossSettings, ResolvedStyle
 from factory.style_pack import FiniteLossWatch, NonFiniteLoss, PerceptualObjective, StepRunner, StylePack, make_optimizer
-from factory.train_loop import Progress, _checkpoint_bytes
+from factory.checkpoint_state import Progress, checkpoint_bytes
 from factory.transform_net import TransformNet
 from factory.vgg_weights import random_vgg19
 from serving import STYLES
@@ -79,7 +79,7 @@ def test_under_bf16_autocast_the_output_and_the_losses_it_feeds_stay_fp32_precis
 def checkpoint_from(precision: str) -> dict:
     step = runner(precision, names=("udnie",))
     step.step(torch.rand(2, 3, 32, 32) * 255)
-    data = _checkpoint_bytes(step.pack, step.optimizer, Progress(step=1), step.scaler)
+    data = checkpoint_bytes(step.pack, step.optimizer, Progress(step=1), step.scaler)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -93,12 +93,12 @@ def test_an_fp16_run_resumes_a_checkpoint_written_without_loss_scaling(written_i
 
 
 def test_an_fp16_run_checkpoints_its_loss_scale_and_resumes_it():
-    from factory.train_loop import restore_run_state
+    from factory.checkpoint_state import restore_run_state
 
     step = runner("fp16", names=("udnie",))
     step.step(torch.rand(2, 3, 32, 32) * 255)
     step.scaler.update(1024.0)  # where a run's scale stands after some skipped steps
-    data = _checkpoint_bytes(step.pack, step.optimizer, Progress(step=1), step.scaler)
+    data = checkpoint_bytes(step.pack, step.optimizer, Progress(step=1), step.scaler)
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     assert state["scaler"]["scale"] == 1024.0
     resumed = runner("fp16", names=("udnie",))
@@ -127,8 +127,8 @@ def test_style_targets_come_from_the_style_image_at_style_size():
 def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one():
     """Weights, Adam's moments, the step, the random stream: four steps in one go, or two, a checkpoint,
     a new worker (from the configured seed, as train_pack starts) and two more, give the same bits."""
-    from factory.train_loop import build_pack, restore_run_state
-    from test_resume import plan
+    from factory.checkpoint_state import build_pack, restore_run_state
+    from factory_runs import pack_plan as plan
 
     batches = [torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(step)) * 255 for step in range(4)]
     pack_plan = plan(("udnie",))
@@ -154,7 +154,7 @@ def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one():
     first, progress = new_runner()
     train(first, batches[:2])
     progress.step = 2
-    state = torch.load(io.BytesIO(_checkpoint_bytes(first.pack, first.optimizer, progress, first.scaler)), weights_only=True)
+    state = torch.load(io.BytesIO(checkpoint_bytes(first.pack, first.optimizer, progress, first.scaler)), weights_only=True)
     torch.manual_seed(12345)  # whatever the process did meanwhile
     resumed, resumed_progress = new_runner(state)
     assert resumed_progress.step == 2 and resumed_progress.resumed_at_steps == [2]
