@@ -33,8 +33,10 @@ def init_ray(config: FactoryConfig) -> str | None:
         return None
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
         return ray.init().dashboard_url
-    # A local Ray on this machine: with room for Ray Data's decoding beside the training workers, or a
-    # small laptop's pipeline stalls.
+    # A local Ray of this run's own. address="local" because a bare ray.init() joins whatever address an
+    # earlier `ray start` left in /tmp/ray/ray_current_cluster, even one long dead (a killed cluster never
+    # clears it), and then fails on num_cpus. Joining a running cluster is asked for with RAY_ADDRESS.
+    # It gets room for Ray Data's decoding beside the training workers, or a small laptop's pipeline stalls.
     needed = cpus_to_train(config.training)
     env_vars = {
         "PYTHONPATH": str(REPO_ROOT),
@@ -42,7 +44,8 @@ def init_ray(config: FactoryConfig) -> str | None:
         # epoch every few steps, which drowned the factory's own progress lines. Warnings still show.
         "RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"),
     }
-    return ray.init(num_cpus=max(os.cpu_count() or 1, needed), runtime_env={"env_vars": env_vars}).dashboard_url
+    return ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed),
+                    runtime_env={"env_vars": env_vars}).dashboard_url
 
 
 def on_a_cluster() -> bool:

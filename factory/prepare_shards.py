@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = DataSettings(source=args.source, image_size=args.image_size)
         if not ray.is_initialized():
-            ray.init()
+            # Join a cluster only when asked (RAY_ADDRESS, as `ray job submit` sets), never a stale
+            # address an earlier `ray start` left behind.
+            ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local")
         manifest = prepare(settings, storage.absolute(args.dest), args.images_per_shard)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

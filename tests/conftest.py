@@ -32,7 +32,7 @@ def ray_local(s3_server):
     beside two training workers. Started after the S3 server so its workers inherit the endpoint."""
     import ray
 
-    ray.init(num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    ray.init(address="local", num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     yield ray
     ray.shutdown()
 

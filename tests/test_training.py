@@ -105,6 +105,31 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(ray
     assert metadata["resumed_at_steps"] and 0 < metadata["resumed_at_steps"][0] < 60
 
 
+def test_a_dead_clusters_address_left_by_ray_start_does_not_stop_local_runs(dirty_images, tmp_path):
+    """A `ray start` cluster that was killed (or a machine image taken while one ran) leaves its address in
+    Ray's temp dir; a bare ray.init() then joins that address and fails. Sharding and training, run as
+    the README runs them (no RAY_ADDRESS), must start their own local Ray regardless."""
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_tmpdir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
+    (ray_tmpdir / "ray").mkdir()
+    (ray_tmpdir / "ray" / "ray_current_cluster").write_text("192.0.2.254:6379")  # TEST-NET: nothing there
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmpdir)}
+    folder, expected = dirty_images
+    shards = tmp_path / "shards"
+    sharding = subprocess.run([sys.executable, "-m", "factory.prepare_shards", "--source", str(folder), "--dest", str(shards),
+                               "--image-size", "32"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert sharding.returncode == 0, (sharding.stdout + sharding.stderr)[-3000:]
+    config = write_config(tmp_path / "config.yaml", source=str(shards), registry=str(tmp_path / "registry"),
+                          storage_path=str(tmp_path / "checkpoints"), steps=2, num_workers=1, styles=("udnie",))
+    training = subprocess.run([sys.executable, "factory/train_all.py", "--config", str(config)], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert training.returncode == 0, (training.stdout + training.stderr)[-3000:]
+    assert registry.list_styles(str(tmp_path / "registry")) == ["udnie"]
+
+
 def test_packs_that_find_no_workers_are_reported_while_they_wait_and_given_up_at_the_deadline(dirty_images, tmp_path):
     """No GPU capacity (spot nodes that never come): the driver says what the pack waits for, and gives
     it up at training.start_deadline_s instead of waiting forever. Its own local Ray, in a subprocess:
