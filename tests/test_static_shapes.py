@@ -238,18 +238,23 @@ def test_a_compile_that_runs_out_of_memory_is_retried_later_not_given_up_for_the
     assert shapes.ready((32, 32)) and not shapes.failed
 
 
+def model_with_a_compiled_shape(tmp_path, shape: tuple[int, int]):
+    """(network, counting backend, StaticShapes with `shape` compiled, the published network's StyleModel)."""
+    net = random_net(5)
+    version = publish(tmp_path, net)
+    backend = CountingBackend()
+    shapes = static_shapes(backend)
+    shapes.warm(shape)
+    shapes.wait_until_idle()
+    return net, backend, shapes, StyleModel(str(tmp_path), "alpha", version, device=CPU, fast=False, static_shapes=shapes)
+
+
 def test_while_a_compile_holds_dynamo_a_ready_shape_runs_eagerly_instead_of_waiting(tmp_path):
     """Before torch 2.12 dynamo's settings are process-wide: every entry into dynamo holds one lock,
     and a request that finds it taken does not wait for a compile of tens of seconds."""
     from serve import static_shapes as module
 
-    net = random_net(5)
-    version = publish(tmp_path, net)
-    backend = CountingBackend()
-    shapes = static_shapes(backend)
-    shapes.warm((64, 96))
-    shapes.wait_until_idle()
-    model = StyleModel(str(tmp_path), "alpha", version, device=CPU, fast=False, static_shapes=shapes)
+    net, backend, shapes, model = model_with_a_compiled_shape(tmp_path, (64, 96))
     picture = torch.rand(3, 64, 96) * 255
     with torch.inference_mode():
         calls = backend.calls
@@ -265,13 +270,7 @@ def test_while_a_compile_holds_dynamo_a_ready_shape_runs_eagerly_instead_of_wait
 def test_a_bucketed_request_comes_back_at_its_own_size(tmp_path):
     """90x150 runs compiled at its bucket, 96x160, and is resized back: never a bucket-sized answer.
     (A shape no other test compiles: dynamo keeps compiled code per function across instances.)"""
-    net = random_net(7)
-    version = publish(tmp_path, net)
-    backend = CountingBackend()
-    shapes = static_shapes(backend)
-    shapes.warm((96, 160))
-    shapes.wait_until_idle()
-    model = StyleModel(str(tmp_path), "alpha", version, device=CPU, fast=False, static_shapes=shapes)
+    _, backend, _, model = model_with_a_compiled_shape(tmp_path, (96, 160))
     pictures = [torch.rand(3, 90, 150) * 255, torch.rand(3, 93, 155) * 255]
     with torch.inference_mode():
         calls = backend.calls
