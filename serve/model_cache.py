@@ -71,7 +71,11 @@ class ModelCache:
         except Exception as error:
             # Only a description is kept: the exception's traceback would hold the failed load's memory.
             missing, reason = self.is_missing(error), f"{type(error).__name__}: {str(error)[:200]}"
-            self.failures[model_id] = (self.clock() + self.failure_ttl_s, reason, missing)
+            now = self.clock()
+            # Expired entries go here, not only when their id loads again: over weeks, ids that failed
+            # once (deleted versions, probes of retired styles) would otherwise pile up.
+            self.failures = {key: entry for key, entry in self.failures.items() if entry[0] > now}
+            self.failures[model_id] = (now + self.failure_ttl_s, reason, missing)
             self._event("failed_loads", self.clock() - started)
             raise ModelUnavailable(model_id, reason, missing) from None
         finally:

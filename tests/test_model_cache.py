@@ -118,3 +118,18 @@ def test_events_reach_the_metrics_hook():
 
     run(scenario())
     assert heard == ["loads", "hits", "loads", "evictions", "failed_loads", "refused"]
+
+
+def test_failures_are_remembered_only_for_their_ttl_not_for_the_life_of_the_replica():
+    """Weeks of deleted versions each fail once: the failure cache holds those of the last TTL only."""
+    store, clock = Store(), Clock()
+    cache = ModelCache(store.load, capacity=2, failure_ttl_s=30, clock=clock)
+
+    async def scenario():
+        for day in range(100):
+            clock.now = day * 86400.0
+            with pytest.raises(ModelUnavailable):
+                await cache.get(f"deleted:v{day}")
+        assert list(cache.failures) == ["deleted:v99"]
+
+    run(scenario())
