@@ -17,18 +17,23 @@ import torch
 from fastapi import Request
 from fastapi.responses import Response
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from factory import registry
 from serve import http_input, stylising
 from serve.errors import json_errors_api
 from serve.registry_view import public_metadata
+from serve.routing import ForgetfulRouter
 from serve.settings import EndpointSettings
 from serve.style_model import StyleModel, reserved_device, static_shapes_for
 
 api = json_errors_api()
 
 
-@serve.deployment(name="StyleEndpoint", health_check_period_s=10, health_check_timeout_s=30)
+# Serve's proxy calls a dedicated style with a model id taken from a client's serve_multiplexed_model_id
+# header, as it calls the front door: the forgetful router keeps it from remembering one request per value.
+@serve.deployment(name="StyleEndpoint", health_check_period_s=10, health_check_timeout_s=30,
+                  request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
 @serve.ingress(api)
 class StyleEndpoint:
     def __init__(self, registry_uri: str, style: str, version: str, settings: dict):
@@ -60,6 +65,7 @@ class StyleEndpoint:
 
     @api.post("/")
     async def stylise(self, request: Request) -> Response:
+        http_input.refuse_routing_headers(request.headers)
         data, options = await http_input.read_stylise_request(request, self.settings)
         image, timings_ms = await stylising.stylise_image(data, options, self.settings, self.run_batch)
         return http_input.stylised_response(image, options, self.metadata["style"], self.metadata["version"], timings_ms)

@@ -280,9 +280,10 @@ def test_retraining_a_dedicated_style_redeploys_it_alone(served):
     good_request_works(served["base"])
 
 
+@pytest.mark.parametrize("style", ["alpha", "slow"], ids=["pool", "dedicated"])
 @pytest.mark.parametrize("header", ["serve_multiplexed_model_id", "Serve-Multiplexed-Model-Id"])
-def test_a_client_may_not_choose_serves_routing_model_id(served, header):
+def test_a_client_may_not_choose_serves_routing_model_id(served, header, style):
     """Serve's proxy routes by this header, in either spelling, and keeps one request per value it saw."""
-    response = requests.post(f"{served['base']}/styles/alpha", data=photo_bytes(), headers={header: "alpha:forged"}, timeout=60)
+    response = requests.post(f"{served['base']}/styles/{style}", data=photo_bytes(), headers={header: f"{style}:forged"}, timeout=60)
     assert response.status_code == 400 and "internal routing" in response.json()["error"]
     good_request_works(served["base"])
