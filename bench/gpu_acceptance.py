@@ -38,12 +38,9 @@ import numpy as np
 import torch
 
 from bench import results
-from bench.gpu_bench import (gpu_decoded_batches, make_runner, pil_batches, stylise_seconds, synthetic_jpegs,
-                             training_steps_per_second)
+from bench.gpu_bench import (gpu_decoded_batches, make_runner, pil_batches, stylise_paths, stylise_seconds,
+                             synthetic_jpegs, training_steps_per_second)
 from factory import images
-from factory.transform_net import TransformNet
-from serve.static_shapes import StaticShapes
-from serve.style_model import fast_input, fast_network
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STYLES_PER_PACK = 4  # factory/settings.py's training.styles_per_pack
@@ -81,6 +78,13 @@ class Table:
     def failed(self, step: str, error: BaseException) -> None:
         traceback.print_exc()
         self.add(step, "FAILED", note=f"{type(error).__name__}: {str(error)[:200]}")
+
+
+def add_training_rate(table: Table, figure: str, rate: float, plain_rate: float | None) -> None:
+    """A training row beside its goal, 5x the plain loop's images/s (no verdict when the plain loop failed)."""
+    ratio = rate / plain_rate if plain_rate else None
+    table.add(figure, round(rate, 1), ">= 5x plain (aim 1,200)", None if ratio is None else ratio >= 5,
+              f"{ratio:.2f}x plain" if ratio else "")
 
 
 def run_gpu_tests(table: Table, tiny: bool) -> None:
@@ -134,41 +138,22 @@ def main() -> int:
         fast = make_runner(DEFAULT_STYLES_PER_PACK, device, "bf16" if gpu else "fp32", gpu, gpu, style_image)
         batches = gpu_decoded_batches(paths, size, 4, device) if gpu else pil_batches(paths, size, 4, 0)
         rate = training_steps_per_second(fast, batches, device, warmup, seconds) * 4 * DEFAULT_STYLES_PER_PACK
-        ratio = rate / plain_rate if plain_rate else None
-        table.add("train, defaults from JPEG files, images/s", round(rate, 1), ">= 5x plain (aim 1,200)",
-                  None if ratio is None else ratio >= 5, f"{ratio:.2f}x plain" if ratio else "")
+        add_training_rate(table, "train, defaults from JPEG files, images/s", rate, plain_rate)
     except Exception as error:
         table.failed("train, defaults from JPEG files", error)
     try:
         if fast is None:
             fast = make_runner(DEFAULT_STYLES_PER_PACK, device, "bf16" if gpu else "fp32", gpu, gpu, style_image)
         rate = training_steps_per_second(fast, shard_batches(paths, size, 4, device), device, 3, seconds) * 4 * DEFAULT_STYLES_PER_PACK
-        ratio = rate / plain_rate if plain_rate else None
-        table.add("train, defaults from prepared shards, images/s", round(rate, 1), ">= 5x plain (aim 1,200)",
-                  None if ratio is None else ratio >= 5, f"{ratio:.2f}x plain" if ratio else "")
+        add_training_rate(table, "train, defaults from prepared shards, images/s", rate, plain_rate)
     except Exception as error:
         table.failed("train, defaults from shards", error)
     del fast
 
     large, (count, side) = (128, (4, 64)) if args.tiny else (1024, (16, 512))
     try:
-        torch.manual_seed(0)
-        net = TransformNet().to(device).eval()
-        eager = fast_network(TransformNet().to(device).eval()) if gpu else net
-        if gpu:
-            eager.load_state_dict(net.state_dict())
-        static = StaticShapes(TransformNet(), device, backend="inductor") if gpu else \
-            StaticShapes(TransformNet(), device, dtype=torch.float32, channels_last=False, backend="eager")
-        compile_start = time.perf_counter()
-        static.warm((large, large))
-        static.warm((side, side))
-        static.wait_until_idle()
-        table.add("stylise: compiling the two static shapes, s", round(time.perf_counter() - compile_start, 1),
-                  met=None if not static.failed else False)
-        prepared = static.prepare(net)
-        runs = [("fp16 eager", (lambda batch: eager(fast_input(batch))) if gpu else net)]
-        if not static.failed:
-            runs.append(("static compiled", lambda batch: static.run(prepared, batch)))
+        _, runs, compile_seconds, compile_failed = stylise_paths(device, large, side)
+        table.add("stylise: compiling the two static shapes, s", round(compile_seconds, 1), met=None if not compile_failed else False)
         one = torch.rand(1, 3, large, large, device=device) * 255
         many = torch.rand(count, 3, side, side, device=device) * 255
         for label, run in runs:

@@ -149,6 +149,33 @@ def stylise_seconds(run, batch, device, repeats):
     return (time.perf_counter() - start) / repeats
 
 
+def stylise_paths(device, large: int, side: int):
+    """A seeded network and the ways it stylises, compiled for a large x large and a side x side batch:
+    (the plain fp32 network, [(label, run)], compile seconds, whether the compiler failed). On a CPU
+    (--tiny) dynamo's eager backend checks the compiled path's plumbing without a minute of C++, and
+    "eager fp16" is the fp32 network (the fast path falls back to it there)."""
+    gpu = device.type == "cuda"
+    torch.manual_seed(0)
+    net = TransformNet().to(device).eval()
+    fast_net = fast_network(copy.deepcopy(net)) if gpu else net
+    fast_run = (lambda batch: fast_net(fast_input(batch))) if gpu else net
+    static = StaticShapes(TransformNet(), device, backend="inductor") if gpu else \
+        StaticShapes(TransformNet(), device, dtype=torch.float32, channels_last=False, backend="eager")
+    compile_start = time.perf_counter()
+    static.warm((large, large))
+    static.warm((side, side))
+    static.wait_until_idle()
+    compile_seconds = time.perf_counter() - compile_start
+    prepared = static.prepare(copy.deepcopy(net))
+
+    def compiled_run(batch):
+        return static.run(prepared, batch)
+
+    # A compiler that failed would be retried, and fail again, on the measured calls: leave its rows out.
+    runs = [("eager fp16", fast_run)] + ([("static compiled", compiled_run)] if not static.failed else [])
+    return net, runs, compile_seconds, static.failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="folder of JPEGs (default: synthetic 640x480 ones)")
@@ -179,35 +206,17 @@ def main() -> int:
     fast_hours = FACTORY_STYLES * PAPER_STEPS * 4 / fast_rate / 3600
     rows.append((f"{FACTORY_STYLES} styles x {PAPER_STEPS // 1000}k steps, h", f"{plain_hours:.2f}", f"{fast_hours:.2f}", plain_hours / fast_hours))
 
-    torch.manual_seed(0)
-    net = TransformNet().to(device).eval()
-    fast_net = fast_network(copy.deepcopy(net)) if gpu else net
-    fast_run = (lambda batch: fast_net(fast_input(batch))) if gpu else net
     count, side = stylise_batch
-    # CPU (--tiny): dynamo's eager backend checks the compiled path's plumbing without a minute of C++.
-    static = StaticShapes(TransformNet(), device, backend="inductor") if gpu else \
-        StaticShapes(TransformNet(), device, dtype=torch.float32, channels_last=False, backend="eager")
-    compile_start = time.perf_counter()
-    static.warm((stylise_large, stylise_large))
-    static.warm((side, side))
-    static.wait_until_idle()
-    compile_seconds = time.perf_counter() - compile_start
-    prepared = static.prepare(copy.deepcopy(net))
-
-    def compiled_run(batch):
-        return static.run(prepared, batch)
-
-    # A compiler that failed would be retried, and fail again, on the measured calls: leave its rows out.
-    stylise_paths = (("eager fp16", fast_run),) + ((("static compiled", compiled_run),) if not static.failed else ())
+    net, runs, compile_seconds, compile_failed = stylise_paths(device, stylise_large, side)
 
     one = torch.rand(1, 3, stylise_large, stylise_large, device=device) * 255
     plain_ms = 1e3 * stylise_seconds(net, one, device, 20 if gpu else 3)
-    for label, run in stylise_paths:
+    for label, run in runs:
         fast_ms = 1e3 * stylise_seconds(run, one, device, 20 if gpu else 3)
         rows.append((f"stylise {stylise_large}px {label}, ms", f"{plain_ms:.2f}", f"{fast_ms:.2f}", plain_ms / fast_ms))
     many = torch.rand(count, 3, side, side, device=device) * 255
     plain_ips = count / stylise_seconds(net, many, device, 10 if gpu else 2)
-    for label, run in stylise_paths:
+    for label, run in runs:
         fast_ips = count / stylise_seconds(run, many, device, 10 if gpu else 2)
         rows.append((f"stylise {side}px x{count} {label}, img/s", f"{plain_ips:.1f}", f"{fast_ips:.1f}", fast_ips / plain_ips))
 
@@ -216,11 +225,11 @@ def main() -> int:
     print(f"{'measure':<42} {'plain':>10} {'fast':>10} {'fast/plain':>11}")
     for label, plain_value, fast_value, ratio in rows:
         print(f"{label:<42} {plain_value:>10} {fast_value:>10} {ratio:>10.2f}x")
-    print(f"compiling the two static stylising shapes took {compile_seconds:.0f} s{'' if not static.failed else ' and FAILED (see the log)'}")
+    print(f"compiling the two static stylising shapes took {compile_seconds:.0f} s{'' if not compile_failed else ' and FAILED (see the log)'}")
     if not args.tiny:  # --tiny checks the script; its numbers describe nothing
         figures = {label: {"plain": float(plain_value), "fast": float(fast_value), "ratio": ratio} for label, plain_value, fast_value, ratio in rows}
         path = results.record("gpu_bench", {"torch": torch.__version__, "styles_in_pack": styles, "rows": figures,
-                                            "static_shape_compile_s": compile_seconds, "static_shape_compile_failed": static.failed})
+                                            "static_shape_compile_s": compile_seconds, "static_shape_compile_failed": compile_failed})
         print(f"recorded in {path}")
     return 0
 
