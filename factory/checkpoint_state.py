@@ -36,7 +36,7 @@ def build_pack(plan: PackPlan, device: torch.device, channels_last: bool, state:
     moment of loading. Loading before the move to the GPU left them on the CPU, and the first step of
     every resumed run failed on a GPU.
     """
-    pack = StylePack(plan.style_names).to(device)
+    pack = StylePack(plan.style_names, widths={style.name: style.width for style in plan.styles}).to(device)
     if channels_last:
         pack = pack.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(pack, list(plan.styles))

@@ -56,6 +56,7 @@ def resolve_style(spec: StyleSpec, config: FactoryConfig) -> ResolvedStyle:
         tv_weight=pick(spec.tv_weight, config.loss.tv_weight),
         steps=pick(spec.steps, config.training.steps),
         learning_rate=pick(spec.learning_rate, config.training.learning_rate),
+        width=pick(spec.width, config.model.width),
     )
 
 
@@ -67,6 +68,10 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
                        "waiting_log_s", "start_deadline_s"):
         training.pop(irrelevant)
     style_fields = {key: value for key, value in dataclasses.asdict(style).items() if key != "image_bytes"}
+    if style_fields["width"] == 1.0:
+        # The recipes of styles published before widths existed held none: a full-width style's hash
+        # stays the same, so upgrading does not retrain a whole catalogue.
+        del style_fields["width"]
     return {
         "style": style_fields,
         "loss": dataclasses.asdict(config.loss),

@@ -41,8 +41,8 @@ def published_metadata(config: FactoryConfig, styles: list[ResolvedStyle]) -> di
     return {style.name: registry.read_metadata(config.registry, style.name) for style in styles if style.name in found}
 
 
-def trained_net(state_dict: dict) -> TransformNet:
-    net = TransformNet()
+def trained_net(state_dict: dict, width: float = 1.0) -> TransformNet:
+    net = TransformNet(width=width)
     net.load_state_dict(state_dict)
     return net.eval()
 
@@ -67,7 +67,7 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
     for style in plan.styles:
         losses = metrics.get("losses", {}).get(style.name, {})
         style_image = images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
-        net = trained_net(state["nets"][style.name])
+        net = trained_net(state["nets"][style.name], style.width)
         preview = stylise_preview(net, photo)
         figures = quality.figures(preview, photo, style_image)
         metadata = {
@@ -83,7 +83,7 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
                            "workers": config.training.num_workers, "train_seconds": train_seconds},
             "run_name": plan.run_name,
             "seed": plan.training.seed,  # the config's, or a retrain's own (factory/packs.py)
-            "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest"},
+            "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest", "width": style.width},
             # How the preview of config.preview_image looks, in numbers (factory/quality.py).
             "quality": {**figures, "photo": Path(config.preview_image).name},
         }

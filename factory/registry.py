@@ -191,8 +191,14 @@ def load_net(registry: str, metadata: dict) -> TransformNet:
 
     model_bytes = _read_checked(registry, metadata, MODEL_FILE, metadata["model_sha256"])
     state_dict = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
-    net = TransformNet(upsample=metadata.get("architecture", {}).get("upsample", "nearest"))
-    net.load_state_dict(state_dict)
+    architecture = metadata.get("architecture", {})  # versions from before widths existed are full width
+    net = TransformNet(upsample=architecture.get("upsample", "nearest"), width=architecture.get("width", 1.0))
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as error:  # torch's message lists every layer; its first mismatch says enough
+        mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error)[:200])
+        raise ValueError(f"model.pt of {metadata['style']!r} version {metadata['version']} does not fit the architecture its "
+                         f"metadata records ({architecture}): {mismatch}") from None
     return net.eval()
 
 

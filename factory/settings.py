@@ -23,6 +23,8 @@ VGG19_LAYER_NAMES = tuple(
     for index in range(1, count + 1)
 )
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The transform network's channel widths relative to the paper's (factory/transform_net.py).
+MODEL_WIDTHS = (1.0, 0.5, 0.25)
 ACCELERATORS = ("auto", "cpu", "gpu")
 
 
@@ -188,6 +190,20 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    # Channel width of the transform network relative to the paper's (Magenta's alpha): 1.0, 0.5 (a
+    # quarter of the compute, Johnson's own half-width models) or 0.25. Recorded in each model's metadata.
+    width: float = 1.0
+
+    def __post_init__(self):
+        require_width(self.width, "model.width")
+
+
+def require_width(width: float, where: str) -> None:
+    require(width in MODEL_WIDTHS, f"{where} must be one of {', '.join(map(str, MODEL_WIDTHS))}, got {width!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class StyleSpec:
     # Style name: a URL path segment and storage key, e.g. "starry_night".
     name: str
@@ -199,9 +215,12 @@ class StyleSpec:
     tv_weight: float | None = None
     steps: int | None = None
     learning_rate: float | None = None
+    width: float | None = None
 
     def __post_init__(self):
         validate_style_name(self.name)
+        if self.width is not None:
+            require_width(self.width, f"style {self.name!r}: width")
         require(bool(self.image), f"style {self.name!r} has no image: give a path or s3:// URI")
         require(self.steps is None or self.steps >= 1, f"style {self.name!r}: steps must be >= 1")
         require(self.learning_rate is None or self.learning_rate > 0, f"style {self.name!r}: learning_rate must be > 0")
@@ -219,6 +238,8 @@ class ResolvedStyle:
     tv_weight: float
     steps: int
     learning_rate: float
+    # The transform network's width (model.width, or the style's own).
+    width: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,6 +254,7 @@ class FactoryConfig:
     loss_network: LossNetworkSettings = field(default_factory=LossNetworkSettings)
     loss: LossSettings = field(default_factory=LossSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
     styles: tuple[StyleSpec, ...] = ()
 
     def __post_init__(self):

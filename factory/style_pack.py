@@ -21,11 +21,14 @@ from factory.transform_net import TransformNet
 
 
 class StylePack(nn.Module):
-    """One TransformNet per style. forward((B, 3, H, W)) -> (S, B, 3, H, W), styles in pack order."""
+    """One TransformNet per style. forward((B, 3, H, W)) -> (S, B, 3, H, W), styles in pack order.
 
-    def __init__(self, style_names: list[str], upsample: str = "nearest"):
+    widths: {style: network width} for styles not at full width (model.width)."""
+
+    def __init__(self, style_names: list[str], upsample: str = "nearest", widths: dict[str, float] | None = None):
         super().__init__()
-        self.nets = nn.ModuleDict({name: TransformNet(upsample) for name in style_names})
+        widths = widths or {}
+        self.nets = nn.ModuleDict({name: TransformNet(upsample, widths.get(name, 1.0)) for name in style_names})
 
     def forward(self, content: torch.Tensor) -> torch.Tensor:
         return torch.stack([net(content) for net in self.nets.values()])

@@ -10,10 +10,47 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from factory.settings import MODEL_WIDTHS
+
 UPSAMPLE_MODES = ("nearest", "transposed")
+FULL_WIDTH_CHANNELS = 32  # the first conv's channels at width 1.0; the paper's layers have 32, 64 and 128
 # Reflection padding needs more pixels than it pads (4 for the 9x9 convs, and the image is halved
 # twice): a side shorter than this runs enlarged by a whole factor and is averaged back afterwards.
 MIN_SIDE = 16
+
+
+class ConditionalInstanceNorm2d(nn.Module):
+    """Instance norm whose scale and shift come with each image (Dumoulin, Shlens & Kudlur, ICLR 2017):
+    a style family's network holds the convolutions, and each style is only these numbers for every
+    normalised layer. Mixing two styles' numbers blends them; a batch may carry a different style per image."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor, scale_and_shift: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W); scale_and_shift (B, 2C): the scales, then the shifts."""
+        scale, shift = scale_and_shift.to(x.dtype).split(self.channels, dim=1)
+        return nn.functional.instance_norm(x) * scale[..., None, None] + shift[..., None, None]
+
+
+def instance_norm(channels: int, conditional: bool) -> nn.Module:
+    return ConditionalInstanceNorm2d(channels) if conditional else nn.InstanceNorm2d(channels, affine=True)
+
+
+class StyledSequential(nn.Sequential):
+    """nn.Sequential that hands each conditional norm its slice of the style (an iterator of (B, 2C)
+    tensors, consumed in layer order); without one it is a plain nn.Sequential."""
+
+    def forward(self, x: torch.Tensor, style_slices=None) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ConditionalInstanceNorm2d):
+                x = layer(x, next(style_slices))
+            elif isinstance(layer, (StyledSequential, ResidualBlock)):
+                x = layer(x, style_slices)
+            else:
+                x = layer(x)
+        return x
 
 
 class ConvLayer(nn.Sequential):
@@ -26,11 +63,11 @@ class ConvLayer(nn.Sequential):
         )
 
 
-class ConvNormReLU(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+class ConvNormReLU(StyledSequential):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, conditional: bool = False):
         super().__init__(
             ConvLayer(in_channels, out_channels, kernel_size, stride),
-            nn.InstanceNorm2d(out_channels, affine=True),
+            instance_norm(out_channels, conditional),
             nn.ReLU(inplace=True),
         )
 
@@ -38,21 +75,21 @@ class ConvNormReLU(nn.Sequential):
 class ResidualBlock(nn.Module):
     """Two 3x3 convs with instance norm; ReLU only between them, none after the sum (Gross & Wilber)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, conditional: bool = False):
         super().__init__()
-        self.body = nn.Sequential(
+        self.body = StyledSequential(
             ConvLayer(channels, channels, 3),
-            nn.InstanceNorm2d(channels, affine=True),
+            instance_norm(channels, conditional),
             nn.ReLU(inplace=True),
             ConvLayer(channels, channels, 3),
-            nn.InstanceNorm2d(channels, affine=True),
+            instance_norm(channels, conditional),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, style_slices=None) -> torch.Tensor:
+        return x + self.body(x, style_slices)
 
 
-class UpsampleConvNormReLU(nn.Sequential):
+class UpsampleConvNormReLU(StyledSequential):
     """Doubles the resolution.
 
     Default: nearest-neighbour upsampling, then a stride-1 conv. The paper's fractionally strided
@@ -62,14 +99,14 @@ class UpsampleConvNormReLU(nn.Sequential):
     "transposed" keeps the paper's layer for comparison.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, mode: str):
+    def __init__(self, in_channels: int, out_channels: int, mode: str, conditional: bool = False):
         if mode == "nearest":
             layers = [nn.Upsample(scale_factor=2, mode="nearest"), ConvLayer(in_channels, out_channels, 3)]
         elif mode == "transposed":
             layers = [nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)]
         else:
             raise ValueError(f"unknown upsample mode {mode!r}; choose one of {UPSAMPLE_MODES}")
-        super().__init__(*layers, nn.InstanceNorm2d(out_channels, affine=True), nn.ReLU(inplace=True))
+        super().__init__(*layers, instance_norm(out_channels, conditional), nn.ReLU(inplace=True))
 
 
 class TransformNet(nn.Module):
@@ -77,28 +114,47 @@ class TransformNet(nn.Module):
 
     H and W should be multiples of 4 (two stride-2 stages); other sizes are padded and cropped back,
     and images with a side under MIN_SIDE (a 1x1 icon, a 1000x2 strip) run enlarged and shrunk back.
+
+    width scales every layer's channels (Magenta's alpha; Johnson's own repository ships half-width
+    models): 0.5 has about a quarter of the multiply-adds (2.8 against 10.1 GMAC at 256x256).
+
+    conditional: a style family's network (factory/family.py): every instance norm takes its scale and
+    shift from a style vector of `style_size` numbers per image, passed to forward and core.
     """
 
-    def __init__(self, upsample: str = "nearest"):
+    def __init__(self, upsample: str = "nearest", width: float = 1.0, conditional: bool = False):
+        if width not in MODEL_WIDTHS:
+            raise ValueError(f"unknown network width {width!r}; choose one of {', '.join(map(str, MODEL_WIDTHS))}")
         super().__init__()
-        self.upsample = upsample
-        self.layers = nn.Sequential(
-            ConvNormReLU(3, 32, 9),
-            ConvNormReLU(32, 64, 3, stride=2),
-            ConvNormReLU(64, 128, 3, stride=2),
-            *(ResidualBlock(128) for _ in range(5)),
-            UpsampleConvNormReLU(128, 64, upsample),
-            UpsampleConvNormReLU(64, 32, upsample),
-            ConvLayer(32, 3, 9),  # no norm or ReLU: the scaled tanh below bounds the output
+        self.upsample, self.width, self.conditional = upsample, width, conditional
+        c = int(FULL_WIDTH_CHANNELS * width)  # (32, 64, 128) at full width
+        self.layers = StyledSequential(
+            ConvNormReLU(3, c, 9, conditional=conditional),
+            ConvNormReLU(c, 2 * c, 3, stride=2, conditional=conditional),
+            ConvNormReLU(2 * c, 4 * c, 3, stride=2, conditional=conditional),
+            *(ResidualBlock(4 * c, conditional) for _ in range(5)),
+            UpsampleConvNormReLU(4 * c, 2 * c, upsample, conditional),
+            UpsampleConvNormReLU(2 * c, c, upsample, conditional),
+            ConvLayer(c, 3, 9),  # no norm or ReLU: the scaled tanh below bounds the output
         )
+        # Each conditional norm's share of a style vector, in the order forward meets them.
+        self.style_slice_sizes = [2 * m.channels for m in self.modules() if isinstance(m, ConditionalInstanceNorm2d)]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return stylise_any_size(self.core, images)
+    @property
+    def style_size(self) -> int:
+        """Numbers per style of a conditional network (3,200 at full width): every norm's scales and shifts."""
+        return sum(self.style_slice_sizes)
 
-    def core(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        return stylise_any_size(lambda batch: self.core(batch, style), images)
+
+    def core(self, images: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """The network proper, for sides that are multiples of 4 and at least MIN_SIDE (what an ONNX
-        export holds: factory/onnx_model.py)."""
-        features = self.layers[:-1](images / 127.5 - 1.0)  # inputs centred in [-1, 1] train faster than raw 0..255
+        export holds: factory/onnx_model.py). style: (B, style_size) for a conditional network."""
+        if self.conditional != (style is not None):
+            raise ValueError("a family's network needs a style vector per image; a single style's takes none")
+        slices = iter(style.split(self.style_slice_sizes, dim=1)) if style is not None else None
+        features = self.layers[:-1](images / 127.5 - 1.0, slices)  # inputs centred in [-1, 1] train faster than raw 0..255
         return self._output(features)  # (B, 3, H, W) in [0, 255]
 
     def _output(self, features: torch.Tensor) -> torch.Tensor:

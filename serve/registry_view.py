@@ -25,7 +25,8 @@ READERS = 16  # registry reads in flight during a refresh
 def public_metadata(metadata: dict) -> dict:
     """What clients may see of a model's metadata: never a storage location (the weights' path or
     bucket, the config's paths), only what kind of loss network trained it."""
-    keep = ("style", "version", "published_at", "steps", "final_losses", "style_image_sha256", "throughput", "quality")
+    keep = ("style", "version", "published_at", "steps", "final_losses", "style_image_sha256", "throughput", "quality",
+            "architecture")
     public = {key: metadata[key] for key in keep if key in metadata}
     if "loss_network" in metadata:
         source = metadata["loss_network"].get("source", "")

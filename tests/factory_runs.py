@@ -14,8 +14,9 @@ STYLES = REPO_ROOT / "data" / "samples" / "styles"
 
 
 def write_config(path: Path, *, source: str, registry: str, storage_path: str, steps: int, weights=("random",),
-                 num_workers: int = 2, styles=("starry_night", "the_scream"), style_images=None, **training) -> Path:
-    """A config small enough for 2 CPU cores: 32 px crops, a few dozen steps."""
+                 num_workers: int = 2, styles=("starry_night", "the_scream"), style_images=None, style_settings=None,
+                 **training) -> Path:
+    """A config small enough for 2 CPU cores: 32 px crops, a few dozen steps. style_settings: {style: its own settings}."""
     style_images = style_images or {name: str(STYLES / f"{name}.jpg") for name in styles}
     config = {
         "name": "test",
@@ -28,7 +29,7 @@ def write_config(path: Path, *, source: str, registry: str, storage_path: str, s
         "training": {"steps": steps, "batch_size": 4, "num_workers": num_workers, "accelerator": "cpu",
                      "styles_per_pack": 4, "checkpoint_every": 10, "log_every": 5, "storage_path": storage_path,
                      "max_concurrent_packs": 1, **training},
-        "styles": [{"name": name, "image": style_images[name]} for name in styles],
+        "styles": [{"name": name, "image": style_images[name], **(style_settings or {}).get(name, {})} for name in styles],
     }
     path.write_text(yaml.safe_dump(config))
     return path

@@ -21,14 +21,16 @@ MAX_BODY = 2_000_000
 BODY_TIMEOUT_S = 3
 
 
-def publish_random_style(root: Path, name: str, seed: int, style_image: str = "udnie.jpg", with_onnx: bool = False) -> str:
+def publish_random_style(root: Path, name: str, seed: int, style_image: str = "udnie.jpg", with_onnx: bool = False,
+                         width: float = 1.0) -> str:
     """A random model published as training publishes it (with its ONNX export only when asked: 0.7 s each)."""
     torch.manual_seed(seed)
     style = Image.open(STYLES / style_image).convert("RGB")
     thumbnail = images.encode(images.fit_within(style, 64))
     metadata = {"loss_network": {"source": "random", "random_weights": True}, "steps": seed,
-                "quality": {"colour_shift": 0.42, "structure_kept": 0.5 + seed / 10, "photo": "chelsea.png"}}
-    net = TransformNet().eval()
+                "quality": {"colour_shift": 0.42, "structure_kept": 0.5 + seed / 10, "photo": "chelsea.png"},
+                "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest", "width": width}}
+    net = TransformNet(width=width).eval()
     return registry.publish(str(root), name, net.state_dict(), metadata, thumbnail, thumbnail,
                             onnx_model=onnx_model.export(net) if with_onnx else None)
 

@@ -20,6 +20,7 @@ from test_serve import photo_bytes
 
 pytestmark = pytest.mark.slow
 POOLED = [f"pooled-{index:02d}" for index in range(30)]
+WIDTHS = (1.0, 0.5, 0.25)
 
 
 def listed(base: str) -> set[str]:
@@ -51,11 +52,11 @@ def stylised_png(base: str, style: str, data: bytes) -> tuple[np.ndarray, reques
 @pytest.fixture(scope="module")
 def thirty_styles(served):
     """30 more styles published into the running registry (no deploy), every other one with its ONNX
-    export (run by ONNX Runtime) and the rest without (run by torch, as older versions are); removed
-    again afterwards."""
+    export (run by ONNX Runtime) and the rest without (run by torch, as older versions are), at the
+    three network widths in turn; removed again afterwards."""
     root = served["root"] / "registry"
     for index, name in enumerate(POOLED):
-        publish_random_style(root, name, seed=100 + index, with_onnx=index % 2 == 0)
+        publish_random_style(root, name, seed=100 + index, with_onnx=index % 2 == 0, width=WIDTHS[index % 3])
     wait_for(lambda: set(POOLED) <= listed(served["base"]), 30, "the published styles listed")
     yield POOLED
     for name in POOLED:
@@ -69,8 +70,11 @@ def test_thirty_pooled_styles_each_answer_with_their_own_model(served, thirty_st
     for name in thirty_styles:  # a cache of two: nearly every request loads its model and evicts another
         answer, response = stylised_png(served["base"], name, data)
         assert response.headers["x-style"] == name
+        # Each at its own width: a network loaded at another would fail to load or differ by far more.
         assert np.abs(answer - expected_png(served["root"] / "registry", name, data)).max() <= 1, name
         outputs[name] = answer
+    widths = {requests.get(f"{served['base']}/styles/{name}", timeout=30).json()["architecture"]["width"] for name in thirty_styles[:3]}
+    assert widths == set(WIDTHS)
     first, second = outputs[thirty_styles[0]], outputs[thirty_styles[1]]
     assert np.abs(first - second).mean() > 5  # different models, different pictures: no style answers for another
 

@@ -62,6 +62,8 @@ def test_per_style_overrides_are_kept():
     ("styles=[{name: ../etc, image: x.jpg}]", "invalid style name"),
     ("styles=[{name: ok}]", "image"),
     ("training=5", "must be a mapping"),
+    ("model.width=0.3", r"model.width must be one of 1.0, 0.5, 0.25, got 0.3"),
+    ("styles=[{name: a, image: x.jpg, width: 2}]", r"style 'a': width must be one of 1.0, 0.5, 0.25, got 2"),
     ("nonsense", "section.key=value"),
 ])
 def test_bad_settings_say_what_was_expected(override, message):

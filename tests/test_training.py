@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from factory import prepare_shards, registry, train_all
+import torch
+
+from factory import onnx_model, prepare_shards, registry, train_all
 from conftest import REPO_ROOT
 from factory_runs import write_config
 
@@ -16,9 +18,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirty_images, tmp_path, capsys):
+    """the_scream is a half-width network (model.width) in the same data-parallel pack."""
     folder, expected = dirty_images
     config = write_config(tmp_path / "config.yaml", source=str(folder), registry=str(tmp_path / "registry"),
-                          storage_path=str(tmp_path / "checkpoints"), steps=30)
+                          storage_path=str(tmp_path / "checkpoints"), steps=30, style_settings={"the_scream": {"width": 0.5}})
 
     assert train_all.main(["--config", str(config)]) == 0
 
@@ -37,6 +40,13 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
         preview = registry.read_file(str(tmp_path / "registry"), style, registry.PREVIEW_FILE)
         assert preview.startswith(b"\xff\xd8")
         assert set(metadata["quality"]) == {"colour_shift", "structure_kept", "photo"}
+        width = {"starry_night": 1.0, "the_scream": 0.5}[style]
+        assert metadata["architecture"]["width"] == width and net.width == width
+        assert next(net.parameters()).shape[0] == 32 * width  # the first conv's channels
+        onnx = onnx_model.OnnxTransformNet(registry.load_onnx(str(tmp_path / "registry"), metadata))
+        photo = torch.rand(1, 3, 36, 44) * 255
+        with torch.inference_mode():
+            assert (onnx(photo) - net(photo)).abs().max() < 0.05
     assert f"skipped content files: {expected['skipped']}" in output
     assert "RANDOM loss network" in output
     assert (tmp_path / "registry" / "contact_sheet.jpg").read_bytes().startswith(b"\xff\xd8") and "contact sheet" in output

@@ -49,3 +49,20 @@ def test_images_too_small_to_pad_still_come_back_at_their_size(height, width):
     with torch.no_grad():
         output = net(torch.rand(1, 3, height, width) * 255)
     assert output.shape == (1, 3, height, width) and torch.isfinite(output).all()
+
+
+@pytest.mark.parametrize("width, first_channels", [(0.5, 16), (0.25, 8)])
+def test_a_narrower_network_scales_every_layers_channels(width, first_channels):
+    narrow, full = TransformNet(width=width), TransformNet()
+    convs = [m for m in narrow.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [conv.out_channels for conv in convs[:3]] == [first_channels, 2 * first_channels, 4 * first_channels]
+    assert convs[-1].out_channels == 3
+    # Convolution weights scale with the square of the width; biases and norms only linearly.
+    ratio = sum(p.numel() for p in narrow.parameters()) / sum(p.numel() for p in full.parameters())
+    assert width**2 <= ratio < 1.1 * width**2
+    assert narrow(torch.rand(1, 3, 37, 30) * 255).shape == (1, 3, 37, 30)
+
+
+def test_a_width_the_factory_does_not_offer_is_refused():
+    with pytest.raises(ValueError, match="unknown network width 0.3; choose one of 1.0, 0.5, 0.25"):
+        TransformNet(width=0.3)
