@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from factory.family import StyleFamily
 from factory.packs import PackPlan
 from factory.style_pack import StepRunner, StylePack, make_optimizer
 
@@ -36,14 +37,20 @@ def build_pack(plan: PackPlan, device: torch.device, channels_last: bool, state:
     moment of loading. Loading before the move to the GPU left them on the CPU, and the first step of
     every resumed run failed on a GPU.
     """
-    pack = StylePack(plan.style_names, widths={style.name: style.width for style in plan.styles}).to(device)
+    if plan.family:  # one network for the pack's styles (factory/family.py)
+        pack = StyleFamily(plan.style_names, width=plan.styles[0].width).to(device)
+    else:
+        pack = StylePack(plan.style_names, widths={style.name: style.width for style in plan.styles}).to(device)
     if channels_last:
         pack = pack.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(pack, list(plan.styles))
     if state is None:
         return pack, optimizer, Progress()
-    for name, net in pack.nets.items():
-        net.load_state_dict(state["nets"][name])
+    if plan.family:
+        pack.load_state_dict(state["family"])
+    else:
+        for name, net in pack.nets.items():
+            net.load_state_dict(state["nets"][name])
     optimizer.load_state_dict(state["optimizer"])
     progress = Progress(**state["progress"])
     progress.resumed_at_steps.append(progress.step)
@@ -71,11 +78,12 @@ def restore_run_state(runner: StepRunner, state: dict) -> None:
         _restore_random_state(state["random"])
 
 
-def checkpoint_bytes(pack: StylePack, optimizer, progress: Progress, scaler) -> bytes:
+def checkpoint_bytes(pack: StylePack | StyleFamily, optimizer, progress: Progress, scaler) -> bytes:
     buffer = io.BytesIO()
     state = {
         "progress": asdict(progress),
-        "nets": {name: net.state_dict() for name, net in pack.nets.items()},
+        # A family's network and style vectors (factory/family.py), or each style's own network.
+        **({"family": pack.state_dict()} if isinstance(pack, StyleFamily) else {"nets": {name: net.state_dict() for name, net in pack.nets.items()}}),
         "optimizer": optimizer.state_dict(),
         # So that a resumed run continues the same run: fp16 loss scale, and the random stream.
         "scaler": scaler.state_dict(),

@@ -31,6 +31,8 @@ class PackPlan:
     training: TrainingSettings
     # Where rank 0 writes TensorBoard event files (folder or s3:// prefix).
     tensorboard_uri: str
+    # The style family this pack trains as one network (factory/family.py); "" for a network per style.
+    family: str = ""
 
     @property
     def style_names(self) -> list[str]:
@@ -57,7 +59,14 @@ def resolve_style(spec: StyleSpec, config: FactoryConfig) -> ResolvedStyle:
         steps=pick(spec.steps, config.training.steps),
         learning_rate=pick(spec.learning_rate, config.training.learning_rate),
         width=pick(spec.width, config.model.width),
+        family=family_of(spec, config),
     )
+
+
+def family_of(spec: StyleSpec, config: FactoryConfig) -> str:
+    """The style family a style belongs to: its own setting, the config's name under pack_mode family, or
+    "" for a network of its own."""
+    return spec.family or (config.name if config.training.pack_mode == "family" else "")
 
 
 def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str) -> dict:
@@ -65,13 +74,18 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
     training = dataclasses.asdict(config.training)
     for irrelevant in ("num_workers", "accelerator", "cpus_per_worker", "styles_per_pack", "max_concurrent_packs",
                        "compile", "channels_last", "checkpoint_every", "log_every", "storage_path", "max_failures", "worker_resources",
-                       "waiting_log_s", "start_deadline_s"):
+                       "waiting_log_s", "start_deadline_s", "pack_mode"):
         training.pop(irrelevant)
+    family_setting = training.pop("family_styles_per_step")
+    if style.family:  # how a family trains; a family's own recipe (family_hashes) also holds its members'
+        training["family_styles_per_step"] = family_setting
     style_fields = {key: value for key, value in dataclasses.asdict(style).items() if key != "image_bytes"}
+    # Settings that came after the first catalogue was published are left out at their defaults: a
+    # full-width style of its own hashes as before, so upgrading does not retrain a whole catalogue.
     if style_fields["width"] == 1.0:
-        # The recipes of styles published before widths existed held none: a full-width style's hash
-        # stays the same, so upgrading does not retrain a whole catalogue.
         del style_fields["width"]
+    if not style_fields["family"]:
+        del style_fields["family"]
     return {
         "style": style_fields,
         "loss": dataclasses.asdict(config.loss),
@@ -85,9 +99,40 @@ def recipe_hash(recipe_dict: dict) -> str:
     return hashlib.sha256(json.dumps(recipe_dict, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def families(styles: list[ResolvedStyle]) -> dict[str, list[ResolvedStyle]]:
+    """{family: its styles, config order} for the styles that share a network."""
+    grouped: dict[str, list[ResolvedStyle]] = {}
+    for style in styles:
+        if style.family:
+            grouped.setdefault(style.family, []).append(style)
+    return grouped
+
+
+def check_families(styles: list[ResolvedStyle]) -> None:
+    """A family is one network trained in one run: its styles must agree on what that run is."""
+    for family, members in families(styles).items():
+        for setting in ("steps", "learning_rate", "width"):
+            values = {style.name: getattr(style, setting) for style in members}
+            if len(set(values.values())) > 1:
+                listed = ", ".join(f"{name}: {value}" for name, value in values.items())
+                raise ValueError(f"the styles of family {family!r} differ in {setting} ({listed}); a family is one network "
+                                 f"trained in one run: give them one {setting}, or put a style in a family of its own (styles[].family)")
+
+
+def family_hashes(styles: list[ResolvedStyle], hashes: dict[str, str]) -> dict[str, str]:
+    """Each style's recipe hash, a family's members all given the family's: a change to any member's
+    recipe (or a style joining or leaving) makes a new model of every style in it."""
+    hashes = dict(hashes)
+    for family, members in families(styles).items():
+        family_hash = recipe_hash({"family": family, "members": {style.name: hashes[style.name] for style in members}})
+        hashes.update({style.name: family_hash for style in members})
+    return hashes
+
+
 def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes: dict[str, str],
                replaces: dict[str, str] | None = None) -> list[PackPlan]:
-    """Group styles with equal step counts, config order kept, at most styles_per_pack to a pack.
+    """Group styles with equal step counts, config order kept, at most styles_per_pack to a pack; each
+    style family (check_families) is one pack of all its styles, whatever styles_per_pack says.
 
     replaces: {style: the registry's current version} for styles already published. It is part of the
     run name: the run that trained that version finished, and resuming it would publish its weights
@@ -97,27 +142,31 @@ def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes
     replaces = replaces or {}
     by_steps: dict[int, list[ResolvedStyle]] = {}
     for style in styles:
-        by_steps.setdefault(style.steps, []).append(style)
-    plans = []
+        if not style.family:
+            by_steps.setdefault(style.steps, []).append(style)
     size = config.training.styles_per_pack
-    for steps, group in by_steps.items():
-        for start in range(0, len(group), size):
-            members = tuple(group[start:start + size])
-            identity = "".join(recipe_hashes[style.name] + replaces.get(style.name, "") for style in members)
-            pack_id = hashlib.sha256(identity.encode()).hexdigest()[:10]
-            run_name = f"{config.name}-{'-'.join(style.name for style in members)[:60]}-{pack_id}"
-            training = config.training
-            if any(style.name in replaces for style in members):
-                # A new model of a published style is a new draw: its own initial weights and data order
-                # (the same seed would give the same weights bit for bit on a CPU), as stable as the run name.
-                training = dataclasses.replace(training, seed=int(hashlib.sha256(f"{training.seed}:{identity}".encode()).hexdigest()[:8], 16))
-            plans.append(PackPlan(
-                run_name=run_name,
-                styles=members,
-                steps=steps,
-                data=config.data,
-                loss=config.loss,
-                training=training,
-                tensorboard_uri=storage.join(storage.absolute(config.training.storage_path), run_name, "tensorboard"),
-            ))
+    groups = [("", tuple(group[start:start + size])) for group in by_steps.values() for start in range(0, len(group), size)]
+    groups += [(family, tuple(members)) for family, members in families(styles).items()]  # a family is one pack, whole
+    plans = []
+    for family, members in groups:
+        steps = members[0].steps
+        identity = "".join(recipe_hashes[style.name] + replaces.get(style.name, "") for style in members)
+        pack_id = hashlib.sha256(identity.encode()).hexdigest()[:10]
+        label = f"family-{family}" if family else "-".join(style.name for style in members)
+        run_name = f"{config.name}-{label[:60]}-{pack_id}"
+        training = config.training
+        if any(style.name in replaces for style in members):
+            # A new model of a published style is a new draw: its own initial weights and data order
+            # (the same seed would give the same weights bit for bit on a CPU), as stable as the run name.
+            training = dataclasses.replace(training, seed=int(hashlib.sha256(f"{training.seed}:{identity}".encode()).hexdigest()[:8], 16))
+        plans.append(PackPlan(
+            run_name=run_name,
+            styles=members,
+            steps=steps,
+            data=config.data,
+            loss=config.loss,
+            training=training,
+            tensorboard_uri=storage.join(storage.absolute(config.training.storage_path), run_name, "tensorboard"),
+            family=family,
+        ))
     return plans

@@ -15,6 +15,7 @@ from factory import contact_sheet, images, onnx_model, quality, registry, storag
 from factory.packs import PackPlan, recipe
 from factory.settings import FactoryConfig, ResolvedStyle
 from factory.checkpoint_state import CHECKPOINT_FILE
+from factory.family import FamilyStyle
 from factory.transform_net import TransformNet
 from factory.vgg_weights import VGGWeights
 
@@ -47,6 +48,34 @@ def trained_net(state_dict: dict, width: float = 1.0) -> TransformNet:
     return net.eval()
 
 
+def architecture(style: ResolvedStyle) -> dict:
+    if style.family:
+        return {"name": "dumoulin2017-conditional-instancenorm", "upsample": "nearest", "width": style.width, "family": style.family}
+    return {"name": "johnson2016-instancenorm", "upsample": "nearest", "width": style.width}
+
+
+def publish_family(config: FactoryConfig, plan: PackPlan, state: dict, weights: VGGWeights, hashes: dict) -> tuple[TransformNet, dict]:
+    """A finished family's shared network, published once for all its styles: (the network, what its
+    styles' metadata records of it)."""
+    shared = {key.removeprefix("net."): value for key, value in state["family"].items() if key.startswith("net.")}
+    net = TransformNet(width=plan.styles[0].width, conditional=True)
+    net.load_state_dict(shared)
+    metadata = {
+        "styles": plan.style_names,
+        "architecture": architecture(plan.styles[0]),
+        "style_size": net.style_size,
+        "loss_network": {"source": weights.source, "random_weights": weights.is_random},
+        "recipe_hash": hashes[plan.styles[0].name],  # the family's: every member's is the same (packs.family_hashes)
+        "steps": state["progress"]["step"],
+        "styles_per_step": plan.training.family_styles_per_step,
+        "run_name": plan.run_name,
+        "seed": plan.training.seed,
+    }
+    reference = registry.publish_family(config.registry, plan.family, shared, metadata, onnx_model.export(net))
+    logger.info("published style family %s version %s (%d styles) to %s", plan.family, reference["version"], len(plan.styles), config.registry)
+    return net.eval(), reference
+
+
 def stylise_preview(net: TransformNet, photo: "images.Image.Image") -> "images.Image.Image":
     with torch.inference_mode():
         output = net(images.to_tensor(photo).unsqueeze(0))[0]
@@ -63,11 +92,19 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
     progress = state["progress"]
     train_seconds = max(float(progress["train_seconds"]), 1e-9)
     images_per_second = progress["step"] * config.training.batch_size / train_seconds
+    family_net, family = None, None
+    if plan.family:
+        family_net, family = publish_family(config, plan, state, weights, hashes)
     outcomes = []
-    for style in plan.styles:
+    for index, style in enumerate(plan.styles):
         losses = metrics.get("losses", {}).get(style.name, {})
         style_image = images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
-        net = trained_net(state["nets"][style.name], style.width)
+        if family_net is not None:  # a family's style: its vector, run through the family's network
+            model_state = {"style_vector": state["family"]["style_vectors"][index]}
+            net = FamilyStyle(family_net, model_state["style_vector"]).eval()
+        else:
+            model_state = state["nets"][style.name]
+            net = trained_net(model_state, style.width)
         preview = stylise_preview(net, photo)
         figures = quality.figures(preview, photo, style_image)
         metadata = {
@@ -83,13 +120,14 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
                            "workers": config.training.num_workers, "train_seconds": train_seconds},
             "run_name": plan.run_name,
             "seed": plan.training.seed,  # the config's, or a retrain's own (factory/packs.py)
-            "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest", "width": style.width},
+            "architecture": architecture(style),
+            **({"family": family} if family else {}),
             # How the preview of config.preview_image looks, in numbers (factory/quality.py).
             "quality": {**figures, "photo": Path(config.preview_image).name},
         }
         thumbnail = images.encode(images.fit_within(style_image, THUMBNAIL_MAX_SIDE))
-        version = registry.publish(config.registry, style.name, state["nets"][style.name], metadata, thumbnail,
-                                   images.encode(preview, "jpeg"), onnx_model=onnx_model.export(net))
+        version = registry.publish(config.registry, style.name, model_state, metadata, thumbnail, images.encode(preview, "jpeg"),
+                                   onnx_model=None if family else onnx_model.export(net))  # a family's export serves its styles
         logger.info("published %s version %s to %s (colour shift %.2f, structure kept %.2f)", style.name, version,
                     config.registry, figures["colour_shift"], figures["structure_kept"])
         outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version, quality=figures))

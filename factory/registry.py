@@ -11,6 +11,15 @@ Layout under the registry root (a folder or s3://bucket/prefix):
 
     index.json                                 every style's current.json in one object, for serving's refresh
 
+    _families/<family>/current.json                      the family's latest version
+    _families/<family>/versions/<version>/model.pt       a style family's shared network (factory/family.py)
+    _families/<family>/versions/<version>/model.onnx     the same, taking each image's style vector as an input
+    _families/<family>/versions/<version>/metadata.json  its styles, architecture, loss network, run
+
+A style of a family is a style like any other (its own current.json, versions, metadata, pictures);
+its model.pt holds only its style vector, and its metadata names the family version it belongs to
+(with that version's sha256s). "_families" is not a valid style name, so it is never listed as one.
+
 A version's files are written first, `current.json` last: it is one small atomic write (a rename on
 disk, a PUT on S3), so a reader that follows it never sees a half-written model, and a retrained
 style replaces the old one in one step while the old version stays readable.
@@ -29,6 +38,7 @@ import io
 import json
 import secrets
 import threading
+import weakref
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -36,6 +46,8 @@ from factory import storage
 from factory.style_names import validate_style_name
 
 if TYPE_CHECKING:
+    from factory.family import FamilyStyle
+    from factory.onnx_model import OnnxTransformNet
     from factory.transform_net import TransformNet
 
 FORMAT_VERSION = 1
@@ -49,6 +61,11 @@ class ModelNotFound(LookupError):
     pass
 
 
+FAMILIES_FOLDER = "_families"
+_FAMILY_NETS = weakref.WeakValueDictionary()  # (registry, family, version) -> its network, while a style holds it
+_FAMILY_NETS_LOCK = threading.Lock()
+
+
 def version_uri(registry: str, style: str, version: str, filename: str = "") -> str:
     validate_style_name(style)
     parts = [style, "versions", version] + ([filename] if filename else [])
@@ -59,14 +76,9 @@ def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbna
             onnx_model: bytes | None = None) -> str:
     """Write a complete new version of `style` (with its ONNX export when given: factory/onnx_model.py),
     then point current.json at it. Returns the version."""
-    import torch  # here, not at the top: the serving front door reads the registry without torch (~470 MB a process)
-
     validate_style_name(style)
-    now = datetime.now(timezone.utc)
-    version = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    buffer = io.BytesIO()
-    torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, buffer)
-    model_bytes = buffer.getvalue()
+    now, version = _new_version()
+    model_bytes = _tensor_bytes(state_dict)
     metadata = {
         **metadata,
         "format": FORMAT_VERSION,
@@ -86,6 +98,50 @@ def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbna
     storage.write_bytes(storage.join(registry, style, POINTER_FILE), json.dumps(pointer).encode())
     _add_to_index(registry, style, pointer)
     return version
+
+
+def _new_version() -> tuple[datetime, str]:
+    now = datetime.now(timezone.utc)
+    return now, f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _tensor_bytes(state_dict: dict) -> bytes:
+    import torch  # here, not at the top: the serving front door reads the registry without torch (~470 MB a process)
+
+    buffer = io.BytesIO()
+    # clone: a tensor that is a view (a family's style vector is a row of its table) would save the whole table
+    torch.save({key: value.detach().cpu().clone() for key, value in state_dict.items()}, buffer)
+    return buffer.getvalue()
+
+
+def family_uri(registry: str, family: str, version: str = "", filename: str = "") -> str:
+    validate_style_name(family)
+    parts = [FAMILIES_FOLDER, family] + (["versions", version] if version else []) + ([filename] if filename else [])
+    return storage.join(registry, *parts)
+
+
+def publish_family(registry: str, family: str, state_dict: dict, metadata: dict, onnx_model: bytes) -> dict:
+    """Write a new version of a style family's shared network; returns what its styles' metadata
+    records of it ({"name", "version", "model_sha256", "onnx_sha256"}). Publish the styles after it."""
+    now, version = _new_version()
+    model_bytes = _tensor_bytes(state_dict)
+    reference = {"name": family, "version": version, "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+                 "onnx_sha256": hashlib.sha256(onnx_model).hexdigest()}
+    metadata = {**metadata, "format": FORMAT_VERSION, "family": reference, "published_at": now.isoformat()}
+    storage.write_bytes(family_uri(registry, family, version, MODEL_FILE), model_bytes)
+    storage.write_bytes(family_uri(registry, family, version, ONNX_FILE), onnx_model)
+    storage.write_bytes(family_uri(registry, family, version, METADATA_FILE), json.dumps(metadata, indent=2, sort_keys=True).encode())
+    storage.write_bytes(family_uri(registry, family, filename=POINTER_FILE), json.dumps({"version": version, "published_at": metadata["published_at"]}).encode())
+    return reference
+
+
+def read_family_metadata(registry: str, family: str, version: str | None = None) -> dict:
+    """A family version's metadata (its current one by default); ModelNotFound when there is none."""
+    try:
+        version = version or json.loads(storage.read_bytes(family_uri(registry, family, filename=POINTER_FILE)))["version"]
+        return json.loads(storage.read_bytes(family_uri(registry, family, version, METADATA_FILE)))
+    except FileNotFoundError:
+        raise ModelNotFound(f"no published style family {family!r}{f' version {version}' if version else ''} in registry {registry!r}") from None
 
 
 _INDEX_LOCK = threading.Lock()  # packs publish from several threads of one driver
@@ -183,36 +239,82 @@ def load_model(registry: str, style: str, version: str | None = None) -> tuple[T
     return load_net(registry, metadata), metadata
 
 
-def load_net(registry: str, metadata: dict) -> TransformNet:
-    """The network of the version `metadata` describes (eval mode, CPU), sha256-checked, weights only."""
+def load_net(registry: str, metadata: dict) -> "TransformNet | FamilyStyle":
+    """The network of the version `metadata` describes (eval mode, CPU), sha256-checked, weights only. A
+    family's style comes as a FamilyStyle, called like a TransformNet, sharing its family's network with
+    the other styles of that family version loaded in this process."""
     import torch
 
     from factory.transform_net import TransformNet
 
-    model_bytes = _read_checked(registry, metadata, MODEL_FILE, metadata["model_sha256"])
+    model_bytes = _read_checked(version_uri(registry, metadata["style"], metadata["version"], MODEL_FILE), metadata["model_sha256"], metadata)
     state_dict = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
+    if "family" in metadata:
+        from factory.family import FamilyStyle
+
+        return FamilyStyle(_family_net(registry, metadata), state_dict["style_vector"]).eval()
     architecture = metadata.get("architecture", {})  # versions from before widths existed are full width
     net = TransformNet(upsample=architecture.get("upsample", "nearest"), width=architecture.get("width", 1.0))
+    _load_weights(net, state_dict, metadata)
+    return net.eval()
+
+
+def _family_net(registry: str, metadata: dict) -> "TransformNet":
+    import torch
+
+    from factory.transform_net import TransformNet
+
+    family = metadata["family"]
+    key = (registry, family["name"], family["version"])
+    with _FAMILY_NETS_LOCK:
+        net = _FAMILY_NETS.get(key)
+        if net is None:
+            uri = family_uri(registry, family["name"], family["version"], MODEL_FILE)
+            state_dict = torch.load(io.BytesIO(_read_checked(uri, family["model_sha256"], metadata)), map_location="cpu", weights_only=True)
+            architecture = metadata.get("architecture", {})
+            net = TransformNet(upsample=architecture.get("upsample", "nearest"), width=architecture.get("width", 1.0), conditional=True)
+            _load_weights(net, state_dict, metadata)
+            _FAMILY_NETS[key] = net = net.eval()
+    return net
+
+
+def _load_weights(net, state_dict: dict, metadata: dict) -> None:
     try:
         net.load_state_dict(state_dict)
     except RuntimeError as error:  # torch's message lists every layer; its first mismatch says enough
         mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error)[:200])
         raise ValueError(f"model.pt of {metadata['style']!r} version {metadata['version']} does not fit the architecture its "
-                         f"metadata records ({architecture}): {mismatch}") from None
-    return net.eval()
+                         f"metadata records ({metadata.get('architecture', {})}): {mismatch}") from None
 
 
 def load_onnx(registry: str, metadata: dict) -> bytes | None:
-    """The version's ONNX export, sha256-checked; None for a version published without one."""
+    """The version's ONNX export (a family's style: its family's), sha256-checked; None for a version
+    published without one."""
+    if "family" in metadata:
+        family = metadata["family"]
+        return _read_checked(family_uri(registry, family["name"], family["version"], ONNX_FILE), family["onnx_sha256"], metadata)
     if "onnx_sha256" not in metadata:
         return None
-    return _read_checked(registry, metadata, ONNX_FILE, metadata["onnx_sha256"])
+    return _read_checked(version_uri(registry, metadata["style"], metadata["version"], ONNX_FILE), metadata["onnx_sha256"], metadata)
 
 
-def _read_checked(registry: str, metadata: dict, filename: str, sha256: str) -> bytes:
-    data = storage.read_bytes(version_uri(registry, metadata["style"], metadata["version"], filename))
+def load_onnx_net(registry: str, metadata: dict, **options) -> "OnnxTransformNet | None":
+    """The version's ONNX export in ONNX Runtime (options: OnnxTransformNet's), with a family style's
+    vector fed to it; None for a version published without an export."""
+    onnx = load_onnx(registry, metadata)
+    if onnx is None:
+        return None
+    from factory.onnx_model import OnnxTransformNet
+
+    style_vector = load_net(registry, metadata).style_vector if "family" in metadata else None
+    return OnnxTransformNet(onnx, style_vector=style_vector, **options)
+
+
+def _read_checked(uri: str, sha256: str, metadata: dict) -> bytes:
+    data = storage.read_bytes(uri)
+    filename = uri.rsplit("/", 1)[-1]
     if len(data) > MAX_MODEL_BYTES:
         raise ValueError(f"{filename} of {metadata['style']!r} is {len(data)} bytes, more than a TransformNet can be")
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"{filename} of {metadata['style']!r} version {metadata['version']} does not match its recorded sha256")
+        raise ValueError(f"{filename} of {metadata['style']!r} version {metadata['version']} ({uri}) does not match its recorded sha256")
     return data

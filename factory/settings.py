@@ -26,6 +26,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # The transform network's channel widths relative to the paper's (factory/transform_net.py).
 MODEL_WIDTHS = (1.0, 0.5, 0.25)
 ACCELERATORS = ("auto", "cpu", "gpu")
+PACK_MODES = ("separate", "family")
 
 
 def require(condition: bool, message: str) -> None:
@@ -175,6 +176,13 @@ class TrainingSettings:
     start_deadline_s: float = 0.0
     # Seed for weight initialisation.
     seed: int = 0
+    # "separate": a network per style (the paper's). "family": the styles of a pack share one network
+    # whose instance norms are conditional (factory/family.py); each style is only its norms' scales and
+    # shifts. A family trains for training.steps in all (not per style), so its styles must agree on
+    # steps, learning_rate and model width. Styles may also name a family of their own (styles[].family).
+    pack_mode: str = "separate"
+    # Styles of its family each step of a family trains (Magenta's: 1), drawn at random per step.
+    family_styles_per_step: int = 1
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "num_workers", "cpus_per_worker", "styles_per_pack", "checkpoint_every", "log_every"):
@@ -187,6 +195,8 @@ class TrainingSettings:
         require(self.start_deadline_s >= 0, "training.start_deadline_s must be >= 0 (0 waits forever)")
         require(self.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {self.precision!r}")
         require(self.accelerator in ACCELERATORS, f"training.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        require(self.pack_mode in PACK_MODES, f"training.pack_mode must be one of {', '.join(PACK_MODES)}, got {self.pack_mode!r}")
+        require(self.family_styles_per_step >= 1, f"training.family_styles_per_step must be >= 1, got {self.family_styles_per_step}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,9 +226,14 @@ class StyleSpec:
     steps: int | None = None
     learning_rate: float | None = None
     width: float | None = None
+    # The style family this style belongs to (one network for all its styles: training.pack_mode).
+    # Unset: its own network, or under pack_mode family the family named after the config.
+    family: str | None = None
 
     def __post_init__(self):
         validate_style_name(self.name)
+        if self.family is not None:
+            validate_style_name(self.family)
         if self.width is not None:
             require_width(self.width, f"style {self.name!r}: width")
         require(bool(self.image), f"style {self.name!r} has no image: give a path or s3:// URI")
@@ -240,6 +255,8 @@ class ResolvedStyle:
     learning_rate: float
     # The transform network's width (model.width, or the style's own).
     width: float = 1.0
+    # The family whose network it shares; "" for a network of its own.
+    family: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

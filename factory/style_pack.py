@@ -57,15 +57,20 @@ class PerceptualObjective:
         self.styles = styles
         self.targets = [style_targets(loss_network, style.image_bytes, settings, device) for style in styles]
 
-    def __call__(self, content: torch.Tensor, stylised: torch.Tensor) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-        """content (B, 3, H, W), stylised (S, B, 3, H, W) -> (sum of total losses, per-style parts)."""
+    def __call__(self, content: torch.Tensor, stylised: torch.Tensor,
+                 styles: list[int] | None = None) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """content (B, 3, H, W), stylised (S, B, 3, H, W) -> (sum of total losses, per-style parts).
+        styles: which of the objective's styles stylised holds, in order (a family's step: a few of
+        them); None: all of them."""
         count, batch = stylised.shape[:2]
+        styles = list(range(len(self.styles))) if styles is None else styles
         with torch.no_grad():
             content_features = self.loss_network(content)[self.settings.content_layer]
         features = self.loss_network(stylised.flatten(0, 1))  # every style in one pass: (S*B, C, h, w)
         parts = {}
         total = stylised.new_zeros((), dtype=torch.float32)
-        for index, style in enumerate(self.styles):
+        for index, style_index in enumerate(styles):
+            style = self.styles[style_index]
             rows = slice(index * batch, (index + 1) * batch)
             terms = loss_terms(
                 self.settings.normalisation,
@@ -74,7 +79,7 @@ class PerceptualObjective:
                 features[self.settings.content_layer][rows],
                 content_features,
                 [gram_matrix(features[layer][rows]) for layer in self.settings.style_layers],
-                self.targets[index],
+                self.targets[style_index],
             )
             style_total = style.content_weight * terms["content"] + style.style_weight * terms["style"] + style.tv_weight * terms["tv"]
             parts[style.name] = {**terms, "total": style_total}
@@ -118,14 +123,15 @@ class StepRunner:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device_type, dtype=dtype)
 
-    def step(self, content: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        """content: (B, 3, H, W) float 0..255 on the device. Returns detached per-style losses."""
+    def step(self, content: torch.Tensor, styles: list[int] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """content: (B, 3, H, W) float 0..255 on the device; styles: the family's styles this step trains
+        (factory/family.py), None for a pack of separate networks. Returns detached per-style losses."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.channels_last:
             content = content.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            stylised = self.pack(content)
-            total, parts = self.objective(content, stylised)
+            stylised = self.pack(content) if styles is None else self.pack(content, styles)
+            total, parts = self.objective(content, stylised, styles)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -145,9 +151,11 @@ class FiniteLossWatch:
     def __init__(self, style_names: list[str], device):
         self.style_names = style_names
         self.first_bad_step = torch.full((len(style_names),), -1, dtype=torch.long, device=device)
+        self.finite = torch.zeros((), device=device)
 
     def add(self, step: int, losses: dict[str, dict[str, torch.Tensor]]) -> None:
-        totals = torch.stack([losses[name]["total"].float() for name in self.style_names])
+        """losses: the styles this step trained (a family's step trains a few; the others count as finite)."""
+        totals = torch.stack([losses[name]["total"].float() if name in losses else self.finite for name in self.style_names])
         newly_bad = ~torch.isfinite(totals) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(newly_bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
 
@@ -164,8 +172,11 @@ class FiniteLossWatch:
                 "it. Lower that style's learning_rate or style_weight, or train with training.precision: fp32")
 
 
-def make_optimizer(pack: StylePack, styles: list[ResolvedStyle]) -> torch.optim.Adam:
-    """Adam with one parameter group per style, so each style keeps its own learning rate."""
+def make_optimizer(pack: nn.Module, styles: list[ResolvedStyle]) -> torch.optim.Adam:
+    """Adam with one parameter group per style, so each style keeps its own learning rate; a family's
+    styles share one (packs.check_families)."""
+    if not isinstance(pack, StylePack):
+        return torch.optim.Adam(pack.parameters(), lr=styles[0].learning_rate)
     groups = [{"params": pack.nets[style.name].parameters(), "lr": style.learning_rate} for style in styles]
     return torch.optim.Adam(groups)
 

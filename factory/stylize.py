@@ -45,18 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     try:
         metadata = registry.read_metadata(args.registry, args.style)
-        onnx = registry.load_onnx(args.registry, metadata) if device.type == "cpu" else None
-        net = None if onnx else registry.load_net(args.registry, metadata).to(device)
+        onnx = registry.load_onnx_net(args.registry, metadata) if device.type == "cpu" else None
+        net = onnx or registry.load_net(args.registry, metadata).to(device)
     except (registry.ModelNotFound, ValueError) as error:
         print(f"error: {error}; available styles: {', '.join(registry.list_styles(args.registry)) or 'none'}", file=sys.stderr)
         return 2
     if metadata.get("loss_network", {}).get("random_weights"):
         print(f"warning: {args.style!r} was trained with a random loss network; expect no real style", file=sys.stderr)
-    runtime = "onnxruntime" if onnx else f"torch on {device}"
-    if onnx:  # the CPU fast path, for versions published with their export
-        from factory.onnx_model import OnnxTransformNet
-
-        net = OnnxTransformNet(onnx)
+    runtime = "onnxruntime" if onnx else f"torch on {device}"  # ONNX Runtime: the CPU fast path, for versions with an export
     if many:
         args.output.mkdir(parents=True, exist_ok=True)
     failures = 0

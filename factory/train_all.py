@@ -30,7 +30,7 @@ from ray.train.torch import TorchTrainer
 from factory import cluster_fit, data, images, pack_watch, preflight, storage
 from factory.content_stream import ContentSource, shard_chunks
 from factory.loss_network import relu_index
-from factory.packs import PackPlan, plan_packs, recipe, recipe_hash, resolve_style
+from factory.packs import PackPlan, check_families, family_hashes, family_of, plan_packs, recipe, recipe_hash, resolve_style
 from factory.publishing import PREVIEW_MAX_SIDE, Outcome, print_table, publish_pack, published_metadata, write_contact_sheet
 from factory.settings import FactoryConfig, ResolvedStyle, load_config
 from factory.train_loop import train_pack
@@ -74,7 +74,9 @@ def build_config(args: argparse.Namespace) -> FactoryConfig:
         unknown = sorted(set(wanted) - {style.name for style in config.styles})
         if unknown:
             raise ValueError(f"--styles names {', '.join(unknown)}, not in the config; it has {', '.join(s.name for s in config.styles)}")
-        config = FactoryConfig(**{**config.__dict__, "styles": tuple(s for s in config.styles if s.name in wanted)})
+        # A style family is one network: asking for one of its styles trains (or finds published) all of them.
+        families = {family_of(spec, config) for spec in config.styles if spec.name in wanted} - {""}
+        config = FactoryConfig(**{**config.__dict__, "styles": tuple(s for s in config.styles if s.name in wanted or family_of(s, config) in families)})
     return config
 
 
@@ -191,7 +193,11 @@ def to_train(styles: list[ResolvedStyle], hashes: dict, published: dict, retrain
                                 quality=metadata.get("quality", {})))
         else:
             wanted.append(style)
-    return done, wanted
+    # A family trains as one network: one member to train means all of them.
+    retrained_families = {style.family for style in wanted if style.family}
+    wanted += [style for style in styles if style.family in retrained_families and style not in wanted]
+    done = [outcome for outcome in done if not any(outcome.style == style.name for style in wanted)]
+    return done, sorted(wanted, key=styles.index)
 
 
 def refuse_deploy_without_cluster(args: argparse.Namespace) -> None:
@@ -230,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         styles = read_styles(config)
         photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS),
                                   PREVIEW_MAX_SIDE)
-        hashes = {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles}
+        check_families(styles)
+        hashes = family_hashes(styles, {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles})
         published = published_metadata(config, styles)
         outcomes, wanted = to_train(styles, hashes, published, args.retrain)
         plans = plan_packs(config, wanted, hashes, replaces={name: metadata["version"] for name, metadata in published.items()})

@@ -16,6 +16,7 @@ import torch
 from factory import storage
 from factory.checkpoint_state import CHECKPOINT_FILE, Progress, build_pack, checkpoint_bytes, restore_run_state
 from factory.content_stream import StreamPosition, content_batches
+from factory.family import styles_for_step
 from factory.loss_network import LossNetwork
 from factory.packs import PackPlan
 from factory.style_pack import FiniteLossWatch, NonFiniteLoss, PerceptualObjective, StepRunner, StylePack, resolve_precision
@@ -42,26 +43,29 @@ class LossWindow:
 
     def __init__(self):
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
-        self.steps = 0
+        self.steps: dict[str, int] = {}  # per style: a family's step trains only a few of its styles
 
     def add(self, losses: dict[str, dict[str, torch.Tensor]]) -> None:
         for name, parts in losses.items():
             sums = self.sums.setdefault(name, {})
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float()
-        self.steps += 1
+            self.steps[name] = self.steps.get(name, 0) + 1
 
     def mean(self, world_size: int) -> dict[str, dict[str, float]]:
-        """Every rank must call this at the same step: it all-reduces across the pack's workers."""
+        """Every rank must call this at the same step: it all-reduces across the pack's workers (whose
+        windows hold the same styles: a family's draw is the same on every rank)."""
         keys = [(name, key) for name, parts in sorted(self.sums.items()) for key in sorted(parts)]
-        values = torch.stack([self.sums[name][key] for name, key in keys]) / max(self.steps, 1)
+        if not keys:
+            return {}
+        values = torch.stack([self.sums[name][key] / self.steps[name] for name, key in keys])
         if world_size > 1:
             torch.distributed.all_reduce(values)
             values /= world_size
         means: dict[str, dict[str, float]] = {}
         for (name, key), value in zip(keys, values.tolist()):
             means.setdefault(name, {})[key] = value
-        self.sums, self.steps = {}, 0
+        self.sums, self.steps = {}, {}
         return means
 
 
@@ -134,7 +138,9 @@ def train_pack(config: dict) -> None:
         images, position = next(stream)
         # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255 on the device; a copy, as Ray Data's arrays are read-only
         content = torch.tensor(images).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-        step_losses = runner.step(content)
+        styles = (styles_for_step(plan.training.seed, progress.step, len(plan.styles), plan.training.family_styles_per_step)
+                  if plan.family else None)
+        step_losses = runner.step(content, styles)
         progress.step += 1
         step = progress.step
         window.add(step_losses)
@@ -156,12 +162,13 @@ def train_pack(config: dict) -> None:
             steps_per_second = window_steps / max(elapsed, 1e-9)
             images_per_second = steps_per_second * plan.training.batch_size  # per style
             window_start, window_steps = time.perf_counter(), 0
-            losses = window.mean(world_size)
-            for name, parts in losses.items():
+            fresh = window.mean(world_size)
+            losses = {**losses, **fresh}  # a family's style not drawn since the last log point keeps its figures
+            for name, parts in fresh.items():
                 progress.loss_history.setdefault(name, []).append([step, parts["total"]])
             if rank == 0:
                 eta = _format_eta((plan.steps - step) / max(steps_per_second, 1e-9))
-                for name, parts in losses.items():
+                for name, parts in fresh.items():
                     logger.info(
                         f"[{plan.run_name}] {name:>16} step {step}/{plan.steps}  {images_per_second:7.1f} img/s  "
                         f"loss {float(parts['total']):.4g} (content {float(parts['content']):.4g}, "

@@ -26,7 +26,7 @@ def public_metadata(metadata: dict) -> dict:
     """What clients may see of a model's metadata: never a storage location (the weights' path or
     bucket, the config's paths), only what kind of loss network trained it."""
     keep = ("style", "version", "published_at", "steps", "final_losses", "style_image_sha256", "throughput", "quality",
-            "architecture")
+            "architecture", "family")
     public = {key: metadata[key] for key in keep if key in metadata}
     if "loss_network" in metadata:
         source = metadata["loss_network"].get("source", "")

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 from factory import registry
-from factory.onnx_model import OnnxTransformNet
 from factory.transform_net import TransformNet
 from serve.settings import EndpointSettings
 from serve.size_buckets import bucket_shape, parse_shape
@@ -99,11 +98,12 @@ class StyleModel:
         self.metadata = registry.read_metadata(registry_uri, style, version)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.fast = fast and self.device.type == "cuda"
-        onnx = registry.load_onnx(registry_uri, self.metadata) if fast and self.device.type == "cpu" else None
+        onnx = (registry.load_onnx_net(registry_uri, self.metadata, threads=cpu_threads, memory_arena=memory_arena)
+                if fast and self.device.type == "cpu" else None)
         self.runtime = "onnxruntime" if onnx else "torch"
         self.static_shapes = None
         if onnx:  # the CPU fast path, where the version has its export (older ones do not): model.pt is not read
-            self.net = OnnxTransformNet(onnx, threads=cpu_threads, memory_arena=memory_arena)
+            self.net = onnx
             return
         self.net = registry.load_net(registry_uri, self.metadata).to(self.device)
         if self.fast:

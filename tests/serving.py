@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT
 from factory import images, onnx_model, registry
+from factory.family import StyleFamily
 from factory.transform_net import TransformNet
 
 STYLES = REPO_ROOT / "data" / "samples" / "styles"
@@ -33,6 +34,22 @@ def publish_random_style(root: Path, name: str, seed: int, style_image: str = "u
     net = TransformNet(width=width).eval()
     return registry.publish(str(root), name, net.state_dict(), metadata, thumbnail, thumbnail,
                             onnx_model=onnx_model.export(net) if with_onnx else None)
+
+
+def publish_random_family(root: Path, names=("a", "b"), seed: int = 0, family: str = "fam") -> dict[str, str]:
+    """A random style family published as training publishes one: {style: version}."""
+    torch.manual_seed(seed)
+    network = StyleFamily(list(names)).eval()
+    with torch.no_grad():
+        network.style_vectors.add_(0.5 * torch.randn_like(network.style_vectors))
+    shared = {key.removeprefix("net."): value for key, value in network.state_dict().items() if key.startswith("net.")}
+    architecture = {"name": "dumoulin2017-conditional-instancenorm", "upsample": "nearest", "width": 1.0, "family": family}
+    reference = registry.publish_family(str(root), family, shared, {"styles": list(names), "architecture": architecture},
+                                        onnx_model.export(network.net))
+    thumbnail = images.encode(images.fit_within(Image.open(STYLES / "udnie.jpg").convert("RGB"), 64))
+    return {name: registry.publish(str(root), name, {"style_vector": network.style_vectors[index]},
+                                   {"architecture": architecture, "family": reference, "steps": seed}, thumbnail, thumbnail)
+            for index, name in enumerate(names)}
 
 
 def deploy(serving_config: dict, path: Path, address: str, env: dict) -> subprocess.CompletedProcess:

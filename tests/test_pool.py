@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from factory import images, registry
-from serving import publish_random_style, served  # noqa: F401 (a fixture)
+from serving import publish_random_family, publish_random_style, served  # noqa: F401 (a fixture)
 from test_serve import photo_bytes
 
 pytestmark = pytest.mark.slow
@@ -77,6 +77,24 @@ def test_thirty_pooled_styles_each_answer_with_their_own_model(served, thirty_st
     assert widths == set(WIDTHS)
     first, second = outputs[thirty_styles[0]], outputs[thirty_styles[1]]
     assert np.abs(first - second).mean() > 5  # different models, different pictures: no style answers for another
+
+
+def test_a_style_familys_styles_are_served_each_with_its_own_vector(served):
+    """Two styles of one family (one shared network, a vector each) published while serving: each
+    answers with its own look, as the registry's FamilyStyle and the family's ONNX export draw it."""
+    base, root = served["base"], served["root"] / "registry"
+    names = ("fam-one", "fam-two")
+    publish_random_family(root, names, seed=11, family="pool-family")
+    wait_for(lambda: set(names) <= listed(base), 30, "the family's styles listed")
+    data = photo_bytes((40, 32), "PNG", seed=6)
+    answers = {}
+    for name in names:
+        answers[name], response = stylised_png(base, name, data)
+        assert np.abs(answers[name] - expected_png(root, name, data)).max() <= 1, name
+        assert requests.get(f"{base}/styles/{name}", timeout=30).json()["family"]["name"] == "pool-family"
+    assert np.abs(answers[names[0]] - answers[names[1]]).mean() > 2
+    for name in names:
+        registry.withdraw(str(root), name)
 
 
 def test_a_style_published_while_serving_answers_without_a_deploy(served):

@@ -75,6 +75,43 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
     assert registry.current_version(str(tmp_path / "registry"), "starry_night") == published["starry_night"]
 
 
+def test_a_family_of_two_styles_trains_on_two_workers_and_publishes_one_shared_network(ray_local, dirty_images, tmp_path, capsys):
+    """training.pack_mode: family. The two workers draw the same style each step (or the all-reduces
+    would not match); one network is published for both styles, each style holding only its vector."""
+    folder, _ = dirty_images
+    root = str(tmp_path / "registry")
+    config = write_config(tmp_path / "config.yaml", source=str(folder), registry=root, storage_path=str(tmp_path / "checkpoints"),
+                          steps=20, pack_mode="family", family_styles_per_step=1)
+
+    assert train_all.main(["--config", str(config)]) == 0
+
+    assert registry.list_styles(root) == ["starry_night", "the_scream"]
+    family = registry.read_family_metadata(root, "test")
+    assert family["styles"] == ["starry_night", "the_scream"] and family["steps"] == 20
+    nets = {}
+    for style in ("starry_night", "the_scream"):
+        nets[style], metadata = registry.load_model(root, style)
+        assert metadata["family"] == family["family"] and metadata["architecture"]["family"] == "test"
+        assert metadata["steps"] == 20 and metadata["loss_history"] and "total" in metadata["final_losses"]
+        assert set(metadata["quality"]) == {"colour_shift", "structure_kept", "photo"}
+    assert nets["starry_night"].net is nets["the_scream"].net
+    photo = torch.rand(1, 3, 36, 44) * 255
+    with torch.inference_mode():
+        assert (nets["starry_night"](photo) - nets["the_scream"](photo)).abs().mean() > 0.5
+        onnx = registry.load_onnx_net(root, metadata)
+        assert (onnx(photo) - nets["the_scream"](photo)).abs().max() < 0.05
+    capsys.readouterr()
+
+    # Asking for one style of a family retrains the family: one network, so every style gets a new version.
+    assert train_all.main(["--config", str(config), "--styles", "the_scream", "--retrain"]) == 0
+    retrained = registry.read_family_metadata(root, "test")
+    assert retrained["family"]["version"] != family["family"]["version"]
+    for style in ("starry_night", "the_scream"):
+        assert registry.read_metadata(root, style)["family"] == retrained["family"]
+    assert train_all.main(["--config", str(config)]) == 0
+    assert capsys.readouterr().out.count("already published") == 2
+
+
 def train_worker_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():

@@ -1,0 +1,151 @@
+"""Style families against a network per style, side by side in one run (training.pack_mode).
+
+    python bench/families.py                 # 4 styles at configs/tiny.yaml's settings: about 30 min on 2 cores
+    python bench/families.py --steps 20      # a quick look
+
+Trains the same four styles three ways, each into a registry of its own (a temporary folder; --keep
+keeps it): four separate networks for S steps (configs/tiny.yaml's, or --steps), one family for 4*S
+steps of one style each (equal training compute: one style's forward and backward per style-step) and
+one family for S steps (a quarter of it). For every style it reads the published model's quality
+figures on the preview photo (factory/quality.py: colour shift, structure kept) and final loss, and
+gives each family style's figures as a share of the separate network's. Then it loads 16 styles both
+ways from the registry, as serving does, and counts the weights they hold in memory, scaled to a
+catalogue of 1,000. Figures go to bench/results/<device>-<date>.json under "families".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+import torch
+import yaml
+
+from bench import results
+from factory import registry, train_all
+
+STYLES = ("starry_night", "the_scream", "udnie", "shipwreck")
+CATALOGUE, FAMILY_SIZE = 1_000, 16
+
+
+def write_config(folder: Path, base: str) -> Path:
+    config = yaml.safe_load(Path(base).read_text())
+    config["styles"] = [{"name": name, "image": str(REPO_ROOT / "data" / "samples" / "styles" / f"{name}.jpg")} for name in STYLES]
+    config["training"]["styles_per_pack"] = len(STYLES)
+    for key in ("registry", "preview_image"):
+        config[key] = str(REPO_ROOT / config[key])
+    config["data"]["source"] = str(REPO_ROOT / config["data"]["source"])
+    path = folder / "families.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train(config: Path, folder: Path, label: str, steps: int, *settings: str) -> dict[str, dict]:
+    """{style: figures} of the styles trained with `settings` into a registry of their own."""
+    registry_uri = str(folder / f"registry-{label}")
+    arguments = ["--config", str(config), "--registry", registry_uri, "--steps", str(steps),
+                 "--set", f"training.storage_path={folder / f'checkpoints-{label}'}"]
+    for setting in settings:
+        arguments += ["--set", setting]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = train_all.main(arguments)
+    if code != 0:
+        raise RuntimeError(f"the {label} run failed:\n{output.getvalue()[-2000:]}")
+    figures = {}
+    for style in STYLES:
+        metadata = registry.read_metadata(registry_uri, style)
+        figures[style] = {"colour_shift": metadata["quality"]["colour_shift"], "structure_kept": metadata["quality"]["structure_kept"],
+                          "final_loss": metadata["final_losses"].get("total"), "steps": metadata["steps"],
+                          "train_seconds": metadata["throughput"]["train_seconds"]}
+    return figures
+
+
+def resident_weight_bytes(models: list) -> int:
+    """Bytes of the distinct tensors the loaded models hold (a family's shared network counted once)."""
+    seen = {}
+    for model in models:
+        for tensor in [*model.parameters(), *model.buffers()]:
+            seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def serving_memory(folder: Path) -> dict:
+    """16 styles as separate networks and as one family, loaded from a registry as a pool replica loads them."""
+    from serving import publish_random_family, publish_random_style
+
+    root = folder / "registry-memory"
+    names = [f"style-{index:02d}" for index in range(FAMILY_SIZE)]
+    for index, name in enumerate(names):
+        publish_random_style(root, f"own-{name}", seed=index)
+    publish_random_family(root, [f"fam-{name}" for name in names], family="memory")
+    separate = resident_weight_bytes([registry.load_model(str(root), f"own-{name}")[0] for name in names])
+    family = resident_weight_bytes([registry.load_model(str(root), f"fam-{name}")[0] for name in names])
+    per_separate, family_network = separate / FAMILY_SIZE, None
+    family_models = [registry.load_model(str(root), f"fam-{name}")[0] for name in names]
+    family_network = resident_weight_bytes([family_models[0].net])
+    per_family_style = (family - family_network) / FAMILY_SIZE
+    families = -(-CATALOGUE // FAMILY_SIZE)
+    return {"styles_loaded": FAMILY_SIZE, "separate_bytes": separate, "family_bytes": family,
+            "per_separate_style_bytes": per_separate, "family_network_bytes": family_network, "per_family_style_bytes": per_family_style,
+            f"catalogue_{CATALOGUE}_separate_mb": CATALOGUE * per_separate / 2**20,
+            f"catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb": (families * family_network + CATALOGUE * per_family_style) / 2**20}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "tiny.yaml"), help="settings to train with (its styles are replaced)")
+    parser.add_argument("--steps", type=int, help="S: each separate network's steps (default: the config's training.steps)")
+    parser.add_argument("--keep", type=Path, help="keep the registries and checkpoints in this folder")
+    parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
+    args = parser.parse_args(argv)
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="families-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    config = write_config(folder, args.config)
+    steps = args.steps or yaml.safe_load(config.read_text())["training"]["steps"]
+    runs = {
+        "separate": train(config, folder, "separate", steps),
+        "family_equal_compute": train(config, folder, "family-equal", len(STYLES) * steps, "training.pack_mode=family",
+                                      "training.family_styles_per_step=1"),
+        "family_quarter_compute": train(config, folder, "family-quarter", steps, "training.pack_mode=family",
+                                        "training.family_styles_per_step=1"),
+    }
+    memory = serving_memory(folder)
+
+    print(f"\non {results.device_name()}, torch {torch.__version__}; {Path(args.config).name}'s settings, S = {steps} steps; "
+          "figures of each style's preview (colour shift / structure kept), and the family's as a share of the separate network's")
+    print(f"{'style':<14} " + " ".join(f"{label:>28}" for label in runs))
+    shares = {label: [] for label in runs}
+    for style in STYLES:
+        cells = []
+        for label, figures in runs.items():
+            mine, theirs = figures[style], runs["separate"][style]
+            share = [mine[key] / theirs[key] for key in ("colour_shift", "structure_kept")]
+            shares[label] += share
+            cells.append(f"{mine['colour_shift']:.2f} / {mine['structure_kept']:.2f} ({share[0]:.0%}, {share[1]:.0%})")
+        print(f"{style:<14} " + " ".join(f"{cell:>28}" for cell in cells))
+    print(f"{'mean share':<14} " + " ".join(f"{statistics.mean(values):>28.0%}" for values in shares.values()))
+    print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(f['train_seconds'] for f in figures.values()):>28.0f}" for figures in runs.values()))
+    print(f"serving, weights held for {FAMILY_SIZE} styles: separate {memory['separate_bytes'] / 2**20:.1f} MB, one family "
+          f"{memory['family_bytes'] / 2**20:.2f} MB ({memory['per_family_style_bytes'] / 1024:.1f} KB a style beside the family's "
+          f"{memory['family_network_bytes'] / 2**20:.1f} MB); {CATALOGUE} styles: "
+          f"{memory[f'catalogue_{CATALOGUE}_separate_mb']:,.0f} MB separate, "
+          f"{memory[f'catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb']:,.0f} MB as families of {FAMILY_SIZE}")
+    if not args.no_record:
+        figures = {"config": Path(args.config).name, "steps": steps, "styles": list(STYLES), "runs": runs,
+                   "mean_share_of_separate": {label: statistics.mean(values) for label, values in shares.items()}, "serving_memory": memory}
+        print(f"recorded in {results.record('families', figures)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
