@@ -35,11 +35,13 @@ class StyleFamily(nn.Module):
         self.net = TransformNet(upsample, width, conditional=True)
         self.style_vectors = nn.Parameter(neutral_style_vector(self.net).repeat(len(style_names), 1))  # (S, style_size)
 
-    def forward(self, content: torch.Tensor, styles: list[int]) -> torch.Tensor:
-        batch = content.shape[0]
-        vectors = self.style_vectors[torch.tensor(styles, device=content.device)].repeat_interleave(batch, dim=0)
-        stylised = self.net(content.repeat(len(styles), 1, 1, 1), vectors)  # (k*B, 3, H, W), style-major
-        return stylised.unflatten(0, (len(styles), batch))
+    def forward(self, content: torch.Tensor, styles: torch.Tensor | list[int]) -> torch.Tensor:
+        """styles: indices (k,). A tensor, as the training step passes them: torch.compile would specialise
+        on a list's values and compile a graph per draw."""
+        batch, styles = content.shape[0], torch.as_tensor(styles, device=content.device)
+        vectors = self.style_vectors.index_select(0, styles).repeat_interleave(batch, dim=0)  # (k*B, style_size)
+        stylised = self.net(content.repeat(styles.shape[0], 1, 1, 1), vectors)  # (k*B, 3, H, W), style-major
+        return stylised.unflatten(0, (styles.shape[0], batch))
 
 
 def styles_for_step(seed: int, step: int, family_size: int, per_step: int) -> list[int]:

@@ -130,7 +130,7 @@ class StepRunner:
         if self.channels_last:
             content = content.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            stylised = self.pack(content) if styles is None else self.pack(content, styles)
+            stylised = self.pack(content) if styles is None else self.pack(content, torch.tensor(styles, device=content.device))
             total, parts = self.objective(content, stylised, styles)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)

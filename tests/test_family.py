@@ -107,6 +107,19 @@ def test_a_family_learns_each_style_apart_from_the_others():
     assert (pictures[0] - pictures[1]).abs().mean() > 2
 
 
+def test_a_compiled_family_step_compiles_once_whatever_styles_it_draws():
+    """Three static graphs (the family, the loss network twice) for every draw: were the drawn indices
+    a list, dynamo would compile a graph per draw and, past its cache limit, stop compiling."""
+    from test_training_step import CountingBackend
+
+    runner = family_runner(("starry_night", "the_scream", "udnie"))
+    backend = CountingBackend()
+    runner.compile(backend)
+    for draw in ([0], [1], [2], [1]):
+        runner.step(torch.rand(2, 3, 32, 32) * 255, draw)
+    assert backend.graphs == 3 and backend.symbolic == 0
+
+
 def test_a_familys_checkpoint_resumes_the_network_vectors_and_adam():
     plan = dataclasses.replace(pack_plan(("a", "b")), family="fam")
     family, optimizer, progress = build_pack(plan, CPU, False, None)
