@@ -134,6 +134,21 @@ BREAKS = [
           "        num-cpus: \"0\"", "        num-cpus: \"4\"", ("tests/test_k8s.py",)),
     Break("the pods' service account carries the S3 role", "k8s/service-account.yaml",
           "    eks.amazonaws.com/role-arn:", "    example.com/role-arn:", ("tests/test_k8s.py",)),
+    Break("a version loads at the width its metadata records", "factory/registry.py",
+          'width=architecture.get("width", 1.0))', "width=1.0)",
+          ("tests/test_model_width.py::test_a_narrow_version_loads_at_its_width_in_torch_and_in_onnx_runtime",)),
+    Break("full-width recipes hash as they did before widths existed", "factory/packs.py",
+          '        del style_fields["width"]\n', "        pass\n",
+          ("tests/test_model_width.py::test_a_width_is_part_of_the_recipe_but_full_width_recipes_hash_as_before_widths_existed",)),
+    Break("a family's checkpoint resumes its network and style vectors", "factory/checkpoint_state.py",
+          '        pack.load_state_dict(state["family"])\n', "        pass\n",
+          ("tests/test_family.py::test_a_familys_checkpoint_resumes_the_network_vectors_and_adam",)),
+    Break("every worker of a family draws the same styles for a step", "factory/family.py",
+          "torch.Generator().manual_seed(seed * 1_000_003 + step)", "torch.Generator()",
+          ("tests/test_family.py::test_each_step_draws_the_same_styles_on_every_worker_and_after_a_resume",)),
+    Break("a family step trains only the drawn styles' vectors", "factory/family.py",
+          "self.style_vectors.index_select(0, styles)", "self.style_vectors.index_select(0, styles * 0)",
+          ("tests/test_family.py::test_a_family_step_trains_the_shared_network_and_only_the_drawn_styles_vectors",)),
 ]
 
 
