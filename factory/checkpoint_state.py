@@ -38,7 +38,13 @@ def build_pack(plan: PackPlan, device: torch.device, channels_last: bool, state:
     every resumed run failed on a GPU.
     """
     if plan.family:  # one network for the pack's styles (factory/family.py)
-        pack = StyleFamily(plan.style_names, width=plan.styles[0].width).to(device)
+        pack = StyleFamily(plan.style_names, width=plan.styles[0].width)
+        if plan.family_base is not None:  # styles joining a published family: its network frozen, only their vectors train
+            pack.net.load_state_dict(plan.family_base.network)
+            pack.net.requires_grad_(False)
+            with torch.no_grad():
+                pack.style_vectors.copy_(plan.family_base.initial_vector.expand_as(pack.style_vectors))
+        pack = pack.to(device)
     else:
         pack = StylePack(plan.style_names, widths={style.name: style.width for style in plan.styles}).to(device)
     if channels_last:

@@ -33,6 +33,9 @@ class PackPlan:
     tensorboard_uri: str
     # The style family this pack trains as one network (factory/family.py); "" for a network per style.
     family: str = ""
+    # For styles joining a published family: its frozen network and their starting vector
+    # (factory/family_additions.FamilyBase); None otherwise.
+    family_base: object = None
 
     @property
     def style_names(self) -> list[str]:
@@ -100,10 +103,11 @@ def recipe_hash(recipe_dict: dict) -> str:
 
 
 def families(styles: list[ResolvedStyle]) -> dict[str, list[ResolvedStyle]]:
-    """{family: its styles, config order} for the styles that share a network."""
+    """{family: its styles, config order} for the styles that train a family's network together (not
+    those joining a published one: factory/family_additions.py)."""
     grouped: dict[str, list[ResolvedStyle]] = {}
     for style in styles:
-        if style.family:
+        if style.family and not style.adds_to:
             grouped.setdefault(style.family, []).append(style)
     return grouped
 
@@ -130,7 +134,7 @@ def family_hashes(styles: list[ResolvedStyle], hashes: dict[str, str]) -> dict[s
 
 
 def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes: dict[str, str],
-               replaces: dict[str, str] | None = None) -> list[PackPlan]:
+               replaces: dict[str, str] | None = None, family_bases: dict | None = None) -> list[PackPlan]:
     """Group styles with equal step counts, config order kept, at most styles_per_pack to a pack; each
     style family (check_families) is one pack of all its styles, whatever styles_per_pack says.
 
@@ -144,15 +148,23 @@ def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes
     for style in styles:
         if not style.family:
             by_steps.setdefault(style.steps, []).append(style)
+    joining: dict[str, list[ResolvedStyle]] = {}
+    for style in styles:
+        if style.adds_to:
+            joining.setdefault(style.family, []).append(style)
     size = config.training.styles_per_pack
     groups = [("", tuple(group[start:start + size])) for group in by_steps.values() for start in range(0, len(group), size)]
     groups += [(family, tuple(members)) for family, members in families(styles).items()]  # a family is one pack, whole
+    groups += [(family, tuple(members[start:start + size])) for family, members in joining.items() for start in range(0, len(members), size)]
     plans = []
     for family, members in groups:
+        base = (family_bases or {}).get(family) if members[0].adds_to else None
         steps = members[0].steps
         identity = "".join(recipe_hashes[style.name] + replaces.get(style.name, "") for style in members)
         pack_id = hashlib.sha256(identity.encode()).hexdigest()[:10]
         label = f"family-{family}" if family else "-".join(style.name for style in members)
+        if base is not None:
+            label = f"{family}-adds-{'-'.join(style.name for style in members)}"
         run_name = f"{config.name}-{label[:60]}-{pack_id}"
         training = config.training
         if any(style.name in replaces for style in members):
@@ -168,5 +180,6 @@ def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes
             training=training,
             tensorboard_uri=storage.join(storage.absolute(config.training.storage_path), run_name, "tensorboard"),
             family=family,
+            family_base=base,
         ))
     return plans

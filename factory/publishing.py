@@ -54,12 +54,16 @@ def architecture(style: ResolvedStyle) -> dict:
     return {"name": "johnson2016-instancenorm", "upsample": "nearest", "width": style.width}
 
 
-def publish_family(config: FactoryConfig, plan: PackPlan, state: dict, weights: VGGWeights, hashes: dict) -> tuple[TransformNet, dict]:
-    """A finished family's shared network, published once for all its styles: (the network, what its
-    styles' metadata records of it)."""
-    shared = {key.removeprefix("net."): value for key, value in state["family"].items() if key.startswith("net.")}
-    net = TransformNet(width=plan.styles[0].width, conditional=True)
-    net.load_state_dict(shared)
+def trained_family_net(state: dict, width: float) -> TransformNet:
+    """The family network of a pack's last checkpoint (its style vectors stay in state["family"])."""
+    net = TransformNet(width=width, conditional=True)
+    net.load_state_dict({key.removeprefix("net."): value for key, value in state["family"].items() if key.startswith("net.")})
+    return net.eval()
+
+
+def publish_family(config: FactoryConfig, plan: PackPlan, net: TransformNet, state: dict, weights: VGGWeights, hashes: dict) -> dict:
+    """A finished family's shared network, published once for all its styles; returns what its styles'
+    metadata records of it."""
     metadata = {
         "styles": plan.style_names,
         "architecture": architecture(plan.styles[0]),
@@ -71,9 +75,9 @@ def publish_family(config: FactoryConfig, plan: PackPlan, state: dict, weights: 
         "run_name": plan.run_name,
         "seed": plan.training.seed,
     }
-    reference = registry.publish_family(config.registry, plan.family, shared, metadata, onnx_model.export(net))
+    reference = registry.publish_family(config.registry, plan.family, net.state_dict(), metadata, onnx_model.export(net))
     logger.info("published style family %s version %s (%d styles) to %s", plan.family, reference["version"], len(plan.styles), config.registry)
-    return net.eval(), reference
+    return reference
 
 
 def stylise_preview(net: TransformNet, photo: "images.Image.Image") -> "images.Image.Image":
@@ -94,7 +98,9 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
     images_per_second = progress["step"] * config.training.batch_size / train_seconds
     family_net, family = None, None
     if plan.family:
-        family_net, family = publish_family(config, plan, state, weights, hashes)
+        family_net = trained_family_net(state, plan.styles[0].width)
+        # Styles joining a published family point at that version, untouched; a family trained here is published first.
+        family = plan.family_base.reference if plan.family_base is not None else publish_family(config, plan, family_net, state, weights, hashes)
     outcomes = []
     for index, style in enumerate(plan.styles):
         losses = metrics.get("losses", {}).get(style.name, {})
@@ -122,6 +128,7 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
             "seed": plan.training.seed,  # the config's, or a retrain's own (factory/packs.py)
             "architecture": architecture(style),
             **({"family": family} if family else {}),
+            **({"added_to_family": True} if style.adds_to else {}),
             # How the preview of config.preview_image looks, in numbers (factory/quality.py).
             "quality": {**figures, "photo": Path(config.preview_image).name},
         }

@@ -252,28 +252,30 @@ def load_net(registry: str, metadata: dict) -> "TransformNet | FamilyStyle":
     if "family" in metadata:
         from factory.family import FamilyStyle
 
-        return FamilyStyle(_family_net(registry, metadata), state_dict["style_vector"]).eval()
+        return FamilyStyle(load_family_net(registry, metadata["family"], metadata.get("architecture", {}), metadata["style"]),
+                           state_dict["style_vector"]).eval()
     architecture = metadata.get("architecture", {})  # versions from before widths existed are full width
     net = TransformNet(upsample=architecture.get("upsample", "nearest"), width=architecture.get("width", 1.0))
     _load_weights(net, state_dict, metadata)
     return net.eval()
 
 
-def _family_net(registry: str, metadata: dict) -> "TransformNet":
+def load_family_net(registry: str, family: dict, architecture: dict, style: str = "") -> "TransformNet":
+    """A family version's network (family: its reference, as its styles' metadata records it), sha256-
+    checked; one object per process while anything holds it. `style`: who asked, for error messages."""
     import torch
 
     from factory.transform_net import TransformNet
 
-    family = metadata["family"]
     key = (registry, family["name"], family["version"])
+    what = {"style": style or family["name"], "version": family["version"], "architecture": architecture}
     with _FAMILY_NETS_LOCK:
         net = _FAMILY_NETS.get(key)
         if net is None:
             uri = family_uri(registry, family["name"], family["version"], MODEL_FILE)
-            state_dict = torch.load(io.BytesIO(_read_checked(uri, family["model_sha256"], metadata)), map_location="cpu", weights_only=True)
-            architecture = metadata.get("architecture", {})
+            state_dict = torch.load(io.BytesIO(_read_checked(uri, family["model_sha256"], what)), map_location="cpu", weights_only=True)
             net = TransformNet(upsample=architecture.get("upsample", "nearest"), width=architecture.get("width", 1.0), conditional=True)
-            _load_weights(net, state_dict, metadata)
+            _load_weights(net, state_dict, what)
             _FAMILY_NETS[key] = net = net.eval()
     return net
 

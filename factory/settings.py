@@ -257,6 +257,8 @@ class ResolvedStyle:
     width: float = 1.0
     # The family whose network it shares; "" for a network of its own.
     family: str = ""
+    # The published family version it joins, training only its style vector (factory/family_additions.py).
+    adds_to: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -175,8 +175,8 @@ class FiniteLossWatch:
 def make_optimizer(pack: nn.Module, styles: list[ResolvedStyle]) -> torch.optim.Adam:
     """Adam with one parameter group per style, so each style keeps its own learning rate; a family's
     styles share one (packs.check_families)."""
-    if not isinstance(pack, StylePack):
-        return torch.optim.Adam(pack.parameters(), lr=styles[0].learning_rate)
+    if not isinstance(pack, StylePack):  # a family; joining one trains only the vectors (the network is frozen)
+        return torch.optim.Adam([parameter for parameter in pack.parameters() if parameter.requires_grad], lr=styles[0].learning_rate)
     groups = [{"params": pack.nets[style.name].parameters(), "lr": style.learning_rate} for style in styles]
     return torch.optim.Adam(groups)
 

@@ -30,6 +30,7 @@ from ray.train.torch import TorchTrainer
 from factory import cluster_fit, data, images, pack_watch, preflight, storage
 from factory.content_stream import ContentSource, shard_chunks
 from factory.loss_network import relu_index
+from factory.family_additions import addition_hashes, find_additions
 from factory.packs import PackPlan, check_families, family_hashes, family_of, plan_packs, recipe, recipe_hash, resolve_style
 from factory.publishing import PREVIEW_MAX_SIDE, Outcome, print_table, publish_pack, published_metadata, write_contact_sheet
 from factory.settings import FactoryConfig, ResolvedStyle, load_config
@@ -194,8 +195,8 @@ def to_train(styles: list[ResolvedStyle], hashes: dict, published: dict, retrain
         else:
             wanted.append(style)
     # A family trains as one network: one member to train means all of them.
-    retrained_families = {style.family for style in wanted if style.family}
-    wanted += [style for style in styles if style.family in retrained_families and style not in wanted]
+    retrained_families = {style.family for style in wanted if style.family and not style.adds_to}
+    wanted += [style for style in styles if style.family in retrained_families and not style.adds_to and style not in wanted]
     done = [outcome for outcome in done if not any(outcome.style == style.name for style in wanted)]
     return done, sorted(wanted, key=styles.index)
 
@@ -236,11 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         styles = read_styles(config)
         photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS),
                                   PREVIEW_MAX_SIDE)
+        styles, family_bases = find_additions(config, styles, weights.source)
         check_families(styles)
         hashes = family_hashes(styles, {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles})
+        hashes = addition_hashes(styles, hashes)
         published = published_metadata(config, styles)
         outcomes, wanted = to_train(styles, hashes, published, args.retrain)
-        plans = plan_packs(config, wanted, hashes, replaces={name: metadata["version"] for name, metadata in published.items()})
+        plans = plan_packs(config, wanted, hashes, replaces={name: metadata["version"] for name, metadata in published.items()},
+                           family_bases=family_bases)
         refuse_deploy_without_cluster(args)
         deployer = make_deployer(args, config, cluster_fit.init_ray(config))
         if plans:

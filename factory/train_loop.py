@@ -138,8 +138,9 @@ def train_pack(config: dict) -> None:
         images, position = next(stream)
         # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255 on the device; a copy, as Ray Data's arrays are read-only
         content = torch.tensor(images).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-        styles = (styles_for_step(plan.training.seed, progress.step, len(plan.styles), plan.training.family_styles_per_step)
-                  if plan.family else None)
+        # Styles joining a published family train their own vectors side by side: each of them every step.
+        per_step = len(plan.styles) if plan.family_base is not None else plan.training.family_styles_per_step
+        styles = styles_for_step(plan.training.seed, progress.step, len(plan.styles), per_step) if plan.family else None
         step_losses = runner.step(content, styles)
         progress.step += 1
         step = progress.step

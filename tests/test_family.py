@@ -10,6 +10,7 @@ import torch
 from factory import registry
 from factory.checkpoint_state import build_pack, checkpoint_bytes
 from factory.family import FamilyStyle, StyleFamily, styles_for_step
+from factory.family_additions import find_additions
 from factory.loss_network import LossNetwork
 from factory.packs import check_families, family_hashes, plan_packs, resolve_style
 from factory.settings import LossSettings, load_config
@@ -177,3 +178,57 @@ def test_a_family_version_whose_files_changed_is_refused(tmp_path):
     family_model.write_bytes(family_model.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ValueError, match="does not match its recorded sha256"):
         registry.load_net(str(tmp_path), metadata)
+
+
+def joining_config(root, *extra: str):
+    image = STYLES / "udnie.jpg"
+    styles = ", ".join(f"{{name: {name}, image: {image}, family: fam}}" for name in ("a", "b", "c"))
+    return load_config(None, [f"styles=[{styles}]", f"registry={root}", *extra])
+
+
+def test_a_style_naming_a_published_family_joins_it_starting_from_its_styles_mean_vector(tmp_path):
+    publish_random_family(tmp_path, ("a", "b"))
+    config = joining_config(tmp_path)
+    styles, bases = find_additions(config, [resolve_style(spec, config) for spec in config.styles], "random")
+    family = registry.read_family_metadata(str(tmp_path), "fam")
+    assert [style.adds_to for style in styles] == ["", "", family["family"]["version"]]
+    base = bases["fam"]
+    assert base.reference == family["family"]
+    members = [registry.load_model(str(tmp_path), name)[0].style_vector for name in ("a", "b")]
+    assert torch.allclose(base.initial_vector, (members[0] + members[1]) / 2)
+    # The members train as before (their own pack, their family hash); the addition in a pack of its own.
+    hashes = family_hashes(styles, {style.name: style.name for style in styles})
+    plans = plan_packs(config, styles, hashes, family_bases=bases)
+    assert sorted((plan.style_names, plan.family_base is not None) for plan in plans) == [(["a", "b"], False), (["c"], True)]
+
+
+def test_joining_a_family_trained_with_another_loss_network_stops_before_training(tmp_path):
+    publish_random_family(tmp_path, ("a", "b"))
+    config = joining_config(tmp_path)
+    with pytest.raises(ValueError, match=r"c would join family 'fam' version .* trained with loss network 'random', but this run's is 'torchvision:"):
+        find_additions(config, [resolve_style(spec, config) for spec in config.styles], "torchvision:vgg19")
+
+
+def test_joining_a_family_version_that_no_longer_exists_stops_before_training(tmp_path):
+    publish_random_family(tmp_path, ("a", "b"))
+    version = registry.read_family_metadata(str(tmp_path), "fam")["family"]["version"]
+    (tmp_path / "_families" / "fam" / "versions" / version / "metadata.json").unlink()
+    config = joining_config(tmp_path)
+    with pytest.raises(ValueError, match=r"would join its published version, which cannot be read"):
+        find_additions(config, [resolve_style(spec, config) for spec in config.styles], "random")
+
+
+def test_a_joining_style_trains_only_its_vector_against_the_frozen_family(tmp_path):
+    publish_random_family(tmp_path, ("a", "b"))
+    config = joining_config(tmp_path)
+    styles, bases = find_additions(config, [resolve_style(spec, config) for spec in config.styles], "random")
+    plan = dataclasses.replace(pack_plan(("c",)), family="fam", family_base=bases["fam"])
+    family, optimizer, _ = build_pack(plan, CPU, False, None)
+    assert torch.equal(family.style_vectors[0], bases["fam"].initial_vector)
+    settings = LossSettings(style_size=48, normalisation="per_layer", content_weight=3.0, style_weight=10.0, tv_weight=0.1)
+    loss_network = LossNetwork(random_vgg19(seed=0).first(13), [settings.content_layer, *settings.style_layers])
+    runner = StepRunner(family, PerceptualObjective(loss_network, settings, resolved_styles(("udnie",)), CPU), optimizer, "fp32", "cpu")
+    network_before = {key: value.clone() for key, value in family.net.state_dict().items()}
+    runner.step(torch.rand(2, 3, 32, 32) * 255, [0])
+    assert all(torch.equal(value, network_before[key]) for key, value in family.net.state_dict().items())
+    assert not torch.equal(family.style_vectors[0], bases["fam"].initial_vector)

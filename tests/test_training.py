@@ -111,6 +111,21 @@ def test_a_family_of_two_styles_trains_on_two_workers_and_publishes_one_shared_n
     assert train_all.main(["--config", str(config)]) == 0
     assert capsys.readouterr().out.count("already published") == 2
 
+    # A third style naming the published family joins it: only its vector trains, against the frozen
+    # network; the family version and its two styles stay as they were.
+    before = {style: registry.current_version(root, style) for style in ("starry_night", "the_scream")}
+    config = write_config(tmp_path / "config.yaml", source=str(folder), registry=root, storage_path=str(tmp_path / "checkpoints"),
+                          steps=20, pack_mode="family", styles=("starry_night", "the_scream", "udnie"))
+    assert train_all.main(["--config", str(config)]) == 0
+    assert capsys.readouterr().out.count("already published") == 2
+    joined = registry.read_metadata(root, "udnie")
+    assert joined["family"] == retrained["family"] and joined["added_to_family"] and joined["steps"] == 20
+    assert registry.read_family_metadata(root, "test") == retrained
+    assert {style: registry.current_version(root, style) for style in ("starry_night", "the_scream")} == before
+    udnie, scream = registry.load_model(root, "udnie")[0], registry.load_model(root, "the_scream")[0]
+    with torch.inference_mode():
+        assert (udnie(photo) - scream(photo)).abs().mean() > 0.5
+
 
 def train_worker_pids() -> list[int]:
     pids = []
