@@ -87,8 +87,9 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
     # full-width style of its own hashes as before, so upgrading does not retrain a whole catalogue.
     if style_fields["width"] == 1.0:
         del style_fields["width"]
-    if not style_fields["family"]:
-        del style_fields["family"]
+    for later in ("family", "adds_to"):
+        if not style_fields[later]:
+            del style_fields[later]
     return {
         "style": style_fields,
         "loss": dataclasses.asdict(config.loss),
