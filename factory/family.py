@@ -9,6 +9,8 @@ family's styles, drawn from the step number so that every worker (and a resumed 
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -58,11 +60,20 @@ class FamilyStyle(nn.Module):
     family's style, so previews, the stylize CLI and serving run it as they run any style. Several may
     share one family network (its convolutions are only read)."""
 
+    # Moving or converting one FamilyStyle converts the network it shares (Module._apply swaps each
+    # parameter's data in place): two serving threads loading styles of one family onto a GPU at once
+    # would interleave those swaps. One conversion at a time; a repeated one finds nothing to change.
+    _converting = threading.Lock()
+
     def __init__(self, net: TransformNet, style_vector: torch.Tensor):
         super().__init__()
         self.net = net
         self.register_buffer("style_vector", style_vector.detach().clone())
         self.width = net.width
+
+    def _apply(self, fn, recurse=True):
+        with FamilyStyle._converting:
+            return super()._apply(fn, recurse)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images, self.style_vector.expand(images.shape[0], -1))

@@ -15,7 +15,7 @@ import torch
 
 from factory import registry, storage
 from factory.family import neutral_style_vector
-from factory.packs import families, recipe_hash
+from factory.packs import families, family_hashes, recipe_hash
 from factory.settings import FactoryConfig, ResolvedStyle
 
 
@@ -30,14 +30,18 @@ class FamilyBase:
     initial_vector: torch.Tensor
 
 
-def find_additions(config: FactoryConfig, styles: list[ResolvedStyle],
-                   loss_network_source: str) -> tuple[list[ResolvedStyle], dict[str, FamilyBase]]:
+def find_additions(config: FactoryConfig, styles: list[ResolvedStyle], loss_network_source: str, recipe_hashes: dict[str, str],
+                   retrain: bool = False) -> tuple[list[ResolvedStyle], dict[str, FamilyBase]]:
     """(the styles, those joining a published family marked with the version they join; {family: its
-    base}). Stops, before any training, when a family version cannot be read or was trained with
-    another loss network."""
+    base}). recipe_hashes: each style's own (packs.recipe_hash). New styles of a family that trains
+    again anyway (--retrain, or a member's recipe changed) train with it as members, not against the
+    version it replaces. Stops, before any training, when a family version cannot be read or was
+    trained with another loss network."""
     bases: dict[str, FamilyBase] = {}
     joining: dict[str, str] = {}
     for family, members in families(styles).items():
+        if retrain:
+            continue
         try:
             published = registry.read_family_metadata(config.registry, family)
         except registry.ModelNotFound as error:
@@ -46,8 +50,9 @@ def find_additions(config: FactoryConfig, styles: list[ResolvedStyle],
                                  f"({error}); retrain the family (--retrain --styles {members[0].name}) or name another family") from None
             continue  # not published yet: the family trains whole
         new = [style for style in members if style.name not in published["styles"]]
-        if not new:
-            continue
+        staying = [style for style in members if style.name in published["styles"]]
+        if not new or (staying and family_hashes(staying, recipe_hashes)[staying[0].name] != published.get("recipe_hash")):
+            continue  # nothing joins, or the family trains again with its new styles as members
         trained_with = published["loss_network"]["source"]
         if trained_with != loss_network_source:
             raise ValueError(f"{', '.join(style.name for style in new)} would join family {family!r} version "

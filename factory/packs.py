@@ -113,9 +113,15 @@ def families(styles: list[ResolvedStyle]) -> dict[str, list[ResolvedStyle]]:
     return grouped
 
 
-def check_families(styles: list[ResolvedStyle]) -> None:
-    """A family is one network trained in one run: its styles must agree on what that run is."""
+def check_families(styles: list[ResolvedStyle], styles_per_step: int = 1) -> None:
+    """A family is one network trained in one run: its styles must agree on what that run is, and the
+    run must have room to train each of them."""
     for family, members in families(styles).items():
+        draws = members[0].steps * min(styles_per_step, len(members))
+        if draws < 2 * len(members):
+            raise ValueError(f"family {family!r} has {len(members)} styles but {members[0].steps} steps of "
+                             f"{min(styles_per_step, len(members))} style(s) each: some styles would hardly be trained, if at all. "
+                             "Raise training.steps (a family's steps are for all its styles) or training.family_styles_per_step")
         for setting in ("steps", "learning_rate", "width"):
             values = {style.name: getattr(style, setting) for style in members}
             if len(set(values.values())) > 1:
@@ -149,14 +155,14 @@ def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes
     for style in styles:
         if not style.family:
             by_steps.setdefault(style.steps, []).append(style)
-    joining: dict[str, list[ResolvedStyle]] = {}
+    joining: dict[tuple, list[ResolvedStyle]] = {}
     for style in styles:
-        if style.adds_to:
-            joining.setdefault(style.family, []).append(style)
+        if style.adds_to:  # their own vectors, one pack per family and per run length and learning rate
+            joining.setdefault((style.family, style.steps, style.learning_rate), []).append(style)
     size = config.training.styles_per_pack
     groups = [("", tuple(group[start:start + size])) for group in by_steps.values() for start in range(0, len(group), size)]
     groups += [(family, tuple(members)) for family, members in families(styles).items()]  # a family is one pack, whole
-    groups += [(family, tuple(members[start:start + size])) for family, members in joining.items() for start in range(0, len(members), size)]
+    groups += [(key[0], tuple(members[start:start + size])) for key, members in joining.items() for start in range(0, len(members), size)]
     plans = []
     for family, members in groups:
         base = (family_bases or {}).get(family) if members[0].adds_to else None

@@ -267,8 +267,9 @@ def load_family_net(registry: str, family: dict, architecture: dict, style: str 
 
     from factory.transform_net import TransformNet
 
-    key = (registry, family["name"], family["version"])
-    what = {"style": style or family["name"], "version": family["version"], "architecture": architecture}
+    # The sha256 is part of the key: a style whose metadata records other bytes never gets this network.
+    key = (registry, family["name"], family["version"], family["model_sha256"])
+    what = {"style": f"{style + ': ' if style else ''}family {family['name']}", "version": family["version"], "architecture": architecture}
     with _FAMILY_NETS_LOCK:
         net = _FAMILY_NETS.get(key)
         if net is None:
@@ -308,8 +309,15 @@ def load_onnx_net(registry: str, metadata: dict, **options) -> "OnnxTransformNet
         return None
     from factory.onnx_model import OnnxTransformNet
 
-    style_vector = load_net(registry, metadata).style_vector if "family" in metadata else None
-    return OnnxTransformNet(onnx, style_vector=style_vector, **options)
+    return OnnxTransformNet(onnx, style_vector=load_style_vector(registry, metadata) if "family" in metadata else None, **options)
+
+
+def load_style_vector(registry: str, metadata: dict) -> "torch.Tensor":
+    """A family style's vector, from its own small model.pt (the family's network is not read)."""
+    import torch
+
+    model_bytes = _read_checked(version_uri(registry, metadata["style"], metadata["version"], MODEL_FILE), metadata["model_sha256"], metadata)
+    return torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)["style_vector"]
 
 
 def _read_checked(uri: str, sha256: str, metadata: dict) -> bytes:

@@ -237,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         styles = read_styles(config)
         photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS),
                                   PREVIEW_MAX_SIDE)
-        styles, family_bases = find_additions(config, styles, weights.source)
-        check_families(styles)
-        hashes = family_hashes(styles, {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles})
-        hashes = addition_hashes(styles, hashes)
+        own_hashes = {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles}
+        styles, family_bases = find_additions(config, styles, weights.source, own_hashes, args.retrain)
+        check_families(styles, config.training.family_styles_per_step)
+        hashes = addition_hashes(styles, family_hashes(styles, own_hashes))
         published = published_metadata(config, styles)
         outcomes, wanted = to_train(styles, hashes, published, args.retrain)
         plans = plan_packs(config, wanted, hashes, replaces={name: metadata["version"] for name, metadata in published.items()},

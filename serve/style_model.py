@@ -102,7 +102,7 @@ class StyleModel:
                 if fast and self.device.type == "cpu" else None)
         self.runtime = "onnxruntime" if onnx else "torch"
         self.static_shapes = None
-        if onnx:  # the CPU fast path, where the version has its export (older ones do not): model.pt is not read
+        if onnx:  # the CPU fast path, where the version has its export (older ones do not): model.pt is not read (a family style's holds only its vector)
             self.net = onnx
             return
         self.net = registry.load_net(registry_uri, self.metadata).to(self.device)

@@ -36,7 +36,7 @@ def publish_random_style(root: Path, name: str, seed: int, style_image: str = "u
                             onnx_model=onnx_model.export(net) if with_onnx else None)
 
 
-def publish_random_family(root: Path, names=("a", "b"), seed: int = 0, family: str = "fam") -> dict[str, str]:
+def publish_random_family(root: Path, names=("a", "b"), seed: int = 0, family: str = "fam", recipe_hash: str = "-") -> dict[str, str]:
     """A random style family published as training publishes one: {style: version}."""
     torch.manual_seed(seed)
     network = StyleFamily(list(names)).eval()
@@ -44,7 +44,8 @@ def publish_random_family(root: Path, names=("a", "b"), seed: int = 0, family: s
         network.style_vectors.add_(0.5 * torch.randn_like(network.style_vectors))
     shared = {key.removeprefix("net."): value for key, value in network.state_dict().items() if key.startswith("net.")}
     architecture = {"name": "dumoulin2017-conditional-instancenorm", "upsample": "nearest", "width": 1.0, "family": family}
-    family_metadata = {"styles": list(names), "architecture": architecture, "loss_network": {"source": "random", "random_weights": True}}
+    family_metadata = {"styles": list(names), "architecture": architecture, "loss_network": {"source": "random", "random_weights": True},
+                       "recipe_hash": recipe_hash}
     reference = registry.publish_family(str(root), family, shared, family_metadata, onnx_model.export(network.net))
     thumbnail = images.encode(images.fit_within(Image.open(STYLES / "udnie.jpg").convert("RGB"), 64))
     return {name: registry.publish(str(root), name, {"style_vector": network.style_vectors[index]},

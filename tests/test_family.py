@@ -186,10 +186,20 @@ def joining_config(root, *extra: str):
     return load_config(None, [f"styles=[{styles}]", f"registry={root}", *extra])
 
 
+OWN_HASHES = {"a": "recipe-a", "b": "recipe-b", "c": "recipe-c"}
+
+
+def published_family_and_config(root):
+    """Family fam published with a and b (their recipes as OWN_HASHES says), and a config of a, b and c."""
+    config = joining_config(root)
+    styles = [resolve_style(spec, config) for spec in config.styles]
+    publish_random_family(root, ("a", "b"), recipe_hash=family_hashes(styles[:2], OWN_HASHES)["a"])
+    return config, styles
+
+
 def test_a_style_naming_a_published_family_joins_it_starting_from_its_styles_mean_vector(tmp_path):
-    publish_random_family(tmp_path, ("a", "b"))
-    config = joining_config(tmp_path)
-    styles, bases = find_additions(config, [resolve_style(spec, config) for spec in config.styles], "random")
+    config, styles = published_family_and_config(tmp_path)
+    styles, bases = find_additions(config, styles, "random", OWN_HASHES)
     family = registry.read_family_metadata(str(tmp_path), "fam")
     assert [style.adds_to for style in styles] == ["", "", family["family"]["version"]]
     base = bases["fam"]
@@ -197,31 +207,37 @@ def test_a_style_naming_a_published_family_joins_it_starting_from_its_styles_mea
     members = [registry.load_model(str(tmp_path), name)[0].style_vector for name in ("a", "b")]
     assert torch.allclose(base.initial_vector, (members[0] + members[1]) / 2)
     # The members train as before (their own pack, their family hash); the addition in a pack of its own.
-    hashes = family_hashes(styles, {style.name: style.name for style in styles})
+    hashes = family_hashes(styles, OWN_HASHES)
     plans = plan_packs(config, styles, hashes, family_bases=bases)
     assert sorted((plan.style_names, plan.family_base is not None) for plan in plans) == [(["a", "b"], False), (["c"], True)]
 
 
+def test_a_new_style_trains_with_its_family_when_the_family_trains_again_anyway(tmp_path):
+    """--retrain, or a member whose recipe changed: the family gets a new version, and a new style
+    trained against the version being replaced would be trained again on the next run."""
+    config, styles = published_family_and_config(tmp_path)
+    retrained, _ = find_additions(config, styles, "random", OWN_HASHES, retrain=True)
+    changed, _ = find_additions(config, styles, "random", {**OWN_HASHES, "a": "recipe-a-heavier"})
+    assert [style.adds_to for style in retrained] == [style.adds_to for style in changed] == ["", "", ""]
+
+
 def test_joining_a_family_trained_with_another_loss_network_stops_before_training(tmp_path):
-    publish_random_family(tmp_path, ("a", "b"))
-    config = joining_config(tmp_path)
+    config, styles = published_family_and_config(tmp_path)
     with pytest.raises(ValueError, match=r"c would join family 'fam' version .* trained with loss network 'random', but this run's is 'torchvision:"):
-        find_additions(config, [resolve_style(spec, config) for spec in config.styles], "torchvision:vgg19")
+        find_additions(config, styles, "torchvision:vgg19", OWN_HASHES)
 
 
 def test_joining_a_family_version_that_no_longer_exists_stops_before_training(tmp_path):
-    publish_random_family(tmp_path, ("a", "b"))
+    config, styles = published_family_and_config(tmp_path)
     version = registry.read_family_metadata(str(tmp_path), "fam")["family"]["version"]
     (tmp_path / "_families" / "fam" / "versions" / version / "metadata.json").unlink()
-    config = joining_config(tmp_path)
     with pytest.raises(ValueError, match=r"would join its published version, which cannot be read"):
-        find_additions(config, [resolve_style(spec, config) for spec in config.styles], "random")
+        find_additions(config, styles, "random", OWN_HASHES)
 
 
 def test_a_joining_style_trains_only_its_vector_against_the_frozen_family(tmp_path):
-    publish_random_family(tmp_path, ("a", "b"))
-    config = joining_config(tmp_path)
-    styles, bases = find_additions(config, [resolve_style(spec, config) for spec in config.styles], "random")
+    config, styles = published_family_and_config(tmp_path)
+    styles, bases = find_additions(config, styles, "random", OWN_HASHES)
     plan = dataclasses.replace(pack_plan(("c",)), family="fam", family_base=bases["fam"])
     family, optimizer, _ = build_pack(plan, CPU, False, None)
     assert torch.equal(family.style_vectors[0], bases["fam"].initial_vector)
@@ -232,3 +248,13 @@ def test_a_joining_style_trains_only_its_vector_against_the_frozen_family(tmp_pa
     runner.step(torch.rand(2, 3, 32, 32) * 255, [0])
     assert all(torch.equal(value, network_before[key]) for key, value in family.net.state_dict().items())
     assert not torch.equal(family.style_vectors[0], bases["fam"].initial_vector)
+
+
+def test_a_family_too_short_to_train_each_of_its_styles_is_refused():
+    image = STYLES / "udnie.jpg"
+    specs = ", ".join(f"{{name: s{index}, image: {image}}}" for index in range(6))
+    config = load_config(None, [f"styles=[{specs}]", "training.pack_mode=family", "training.steps=10"])
+    styles = [resolve_style(spec, config) for spec in config.styles]
+    with pytest.raises(ValueError, match="family 'factory' has 6 styles but 10 steps of 1 style"):
+        check_families(styles, 1)
+    check_families(styles, 2)  # 20 draws for 6 styles
