@@ -8,7 +8,8 @@ keeps it): four separate networks for S steps (configs/tiny.yaml's, or --steps),
 steps of one style each (equal training compute: one style's forward and backward per style-step) and
 one family for S steps (a quarter of it). For every style it reads the published model's quality
 figures on the preview photo (factory/quality.py: colour shift, structure kept) and final loss, and
-gives each family style's figures as a share of the separate network's. Then it loads 16 styles both
+gives each family style's figures as a share of the separate network's, and how different the styles'
+previews are from each other (preview_distinctness). Then it loads 16 styles both
 ways from the registry, as serving does, and counts the weights they hold in memory, scaled to a
 catalogue of 1,000. Figures go to bench/results/<device>-<date>.json under "families".
 """
@@ -70,6 +71,20 @@ def train(config: Path, folder: Path, label: str, steps: int, *settings: str) ->
     return figures
 
 
+def preview_distinctness(registry_uri: str) -> float:
+    """How different the styles' previews of one photo are from each other: the mean absolute pixel
+    difference (0..255) over every pair. Colour shift and structure kept judge each style alone; a
+    family whose styles all learnt one look scores well on both, and low here."""
+    import itertools
+
+    import numpy as np
+    from PIL import Image
+
+    previews = {style: np.asarray(Image.open(io.BytesIO(registry.read_file(registry_uri, style, registry.PREVIEW_FILE))).convert("RGB"), float)
+                for style in STYLES}
+    return float(statistics.mean(np.abs(previews[a] - previews[b]).mean() for a, b in itertools.combinations(STYLES, 2)))
+
+
 def resident_weight_bytes(models: list) -> int:
     """Bytes of the distinct tensors the loaded models hold (a family's shared network counted once)."""
     seen = {}
@@ -119,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         "family_quarter_compute": train(config, folder, "family-quarter", steps, "training.pack_mode=family",
                                         "training.family_styles_per_step=1"),
     }
+    folders = {"separate": "separate", "family_equal_compute": "family-equal", "family_quarter_compute": "family-quarter"}
+    distinctness = {label: preview_distinctness(str(folder / f"registry-{folders[label]}")) for label in runs}
     memory = serving_memory(folder)
 
     print(f"\non {results.device_name()}, torch {torch.__version__}; {Path(args.config).name}'s settings, S = {steps} steps; "
@@ -134,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{mine['colour_shift']:.2f} / {mine['structure_kept']:.2f} ({share[0]:.0%}, {share[1]:.0%})")
         print(f"{style:<14} " + " ".join(f"{cell:>28}" for cell in cells))
     print(f"{'mean share':<14} " + " ".join(f"{statistics.mean(values):>28.0%}" for values in shares.values()))
+    print(f"{'distinctness':<14} " + " ".join(f"{value:>28.1f}" for value in distinctness.values()))
     print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(f['train_seconds'] for f in figures.values()):>28.0f}" for figures in runs.values()))
     print(f"serving, weights held for {FAMILY_SIZE} styles: separate {memory['separate_bytes'] / 2**20:.1f} MB, one family "
           f"{memory['family_bytes'] / 2**20:.2f} MB ({memory['per_family_style_bytes'] / 1024:.1f} KB a style beside the family's "
@@ -142,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{memory[f'catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb']:,.0f} MB as families of {FAMILY_SIZE}")
     if not args.no_record:
         figures = {"config": Path(args.config).name, "steps": steps, "styles": list(STYLES), "runs": runs,
-                   "mean_share_of_separate": {label: statistics.mean(values) for label, values in shares.items()}, "serving_memory": memory}
+                   "mean_share_of_separate": {label: statistics.mean(values) for label, values in shares.items()},
+                   "preview_distinctness": distinctness, "serving_memory": memory}
         print(f"recorded in {results.record('families', figures)}")
     return 0
 
