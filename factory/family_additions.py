@@ -87,5 +87,5 @@ def family_base(registry_uri: str, published: dict) -> FamilyBase:
 
 def addition_hashes(styles: list[ResolvedStyle], hashes: dict[str, str]) -> dict[str, str]:
     """An addition's recipe includes the family version it joins: a retrained family is a new base."""
-    return {name: recipe_hash({"style": value, "added_to": style.adds_to}) if style.adds_to else value
-            for style in styles for name, value in [(style.name, hashes[style.name])]}
+    return {style.name: recipe_hash({"style": hashes[style.name], "added_to": style.adds_to}) if style.adds_to else hashes[style.name]
+            for style in styles}

@@ -15,7 +15,7 @@ from factory import contact_sheet, images, onnx_model, quality, registry, storag
 from factory.packs import PackPlan, recipe
 from factory.settings import FactoryConfig, ResolvedStyle
 from factory.checkpoint_state import CHECKPOINT_FILE
-from factory.family import FamilyStyle
+from factory.family import FamilyStyle, StyleFamily
 from factory.transform_net import TransformNet
 from factory.vgg_weights import VGGWeights
 
@@ -54,11 +54,10 @@ def architecture(style: ResolvedStyle) -> dict:
     return {"name": "johnson2016-instancenorm", "upsample": "nearest", "width": style.width}
 
 
-def trained_family_net(state: dict, width: float) -> TransformNet:
-    """The family network of a pack's last checkpoint (its style vectors stay in state["family"])."""
-    net = TransformNet(width=width, conditional=True)
-    net.load_state_dict({key.removeprefix("net."): value for key, value in state["family"].items() if key.startswith("net.")})
-    return net.eval()
+def trained_family(state: dict, plan: PackPlan) -> StyleFamily:
+    family = StyleFamily(plan.style_names, width=plan.styles[0].width)
+    family.load_state_dict(state["family"])
+    return family.eval()
 
 
 def publish_family(config: FactoryConfig, plan: PackPlan, net: TransformNet, state: dict, weights: VGGWeights, hashes: dict) -> dict:
@@ -96,18 +95,18 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
     progress = state["progress"]
     train_seconds = max(float(progress["train_seconds"]), 1e-9)
     images_per_second = progress["step"] * config.training.batch_size / train_seconds
-    family_net, family = None, None
+    trained, family = None, None
     if plan.family:
-        family_net = trained_family_net(state, plan.styles[0].width)
+        trained = trained_family(state, plan)
         # Styles joining a published family point at that version, untouched; a family trained here is published first.
-        family = plan.family_base.reference if plan.family_base is not None else publish_family(config, plan, family_net, state, weights, hashes)
+        family = plan.family_base.reference if plan.family_base is not None else publish_family(config, plan, trained.net, state, weights, hashes)
     outcomes = []
     for index, style in enumerate(plan.styles):
         losses = metrics.get("losses", {}).get(style.name, {})
         style_image = images.decode_rgb(style.image_bytes, max_pixels=images.CONFIG_IMAGE_MAX_PIXELS)
-        if family_net is not None:  # a family's style: its vector, run through the family's network
-            model_state = {"style_vector": state["family"]["style_vectors"][index]}
-            net = FamilyStyle(family_net, model_state["style_vector"]).eval()
+        if trained is not None:  # a family's style: its vector, run through the family's network
+            model_state = {"style_vector": trained.style_vectors[index].detach()}
+            net = FamilyStyle(trained.net, model_state["style_vector"]).eval()
         else:
             model_state = state["nets"][style.name]
             net = trained_net(model_state, style.width)

@@ -46,6 +46,8 @@ from factory import storage
 from factory.style_names import validate_style_name
 
 if TYPE_CHECKING:
+    import torch
+
     from factory.family import FamilyStyle
     from factory.onnx_model import OnnxTransformNet
     from factory.transform_net import TransformNet
@@ -62,7 +64,7 @@ class ModelNotFound(LookupError):
 
 
 FAMILIES_FOLDER = "_families"
-_FAMILY_NETS = weakref.WeakValueDictionary()  # (registry, family, version) -> its network, while a style holds it
+_FAMILY_NETS = weakref.WeakValueDictionary()  # (registry, family, version, sha256) -> its network, while a style holds it
 _FAMILY_NETS_LOCK = threading.Lock()
 
 
@@ -243,12 +245,9 @@ def load_net(registry: str, metadata: dict) -> "TransformNet | FamilyStyle":
     """The network of the version `metadata` describes (eval mode, CPU), sha256-checked, weights only. A
     family's style comes as a FamilyStyle, called like a TransformNet, sharing its family's network with
     the other styles of that family version loaded in this process."""
-    import torch
-
     from factory.transform_net import TransformNet
 
-    model_bytes = _read_checked(version_uri(registry, metadata["style"], metadata["version"], MODEL_FILE), metadata["model_sha256"], metadata)
-    state_dict = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
+    state_dict = _load_state_dict(registry, metadata)
     if "family" in metadata:
         from factory.family import FamilyStyle
 
@@ -314,10 +313,15 @@ def load_onnx_net(registry: str, metadata: dict, **options) -> "OnnxTransformNet
 
 def load_style_vector(registry: str, metadata: dict) -> "torch.Tensor":
     """A family style's vector, from its own small model.pt (the family's network is not read)."""
+    return _load_state_dict(registry, metadata)["style_vector"]
+
+
+def _load_state_dict(registry: str, metadata: dict) -> dict:
+    """The version's model.pt, sha256-checked, tensors only."""
     import torch
 
     model_bytes = _read_checked(version_uri(registry, metadata["style"], metadata["version"], MODEL_FILE), metadata["model_sha256"], metadata)
-    return torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)["style_vector"]
+    return torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
 
 
 def _read_checked(uri: str, sha256: str, metadata: dict) -> bytes:

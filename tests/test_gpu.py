@@ -19,6 +19,7 @@ from factory.loss_network import LossNetwork
 from factory.settings import LossSettings, ResolvedStyle
 from factory.style_pack import PerceptualObjective, StepRunner, StylePack, make_optimizer
 from factory.checkpoint_state import build_pack, checkpoint_bytes, restore_run_state
+from factory.family import StyleFamily, styles_for_step
 from factory.transform_net import TransformNet
 from factory.vgg_weights import random_vgg19
 from serve.style_model import RunFailure, StyleModel
@@ -56,10 +57,11 @@ def make_objective(device) -> PerceptualObjective:
     return PerceptualObjective(loss_network, settings, styles(), device)
 
 
-def make_runner(precision: str, compiled: bool, channels_last: bool) -> StepRunner:
+def make_runner(precision: str, compiled: bool, channels_last: bool, family: bool = False) -> StepRunner:
     torch.manual_seed(0)
     objective = make_objective(DEVICE)
-    pack = StylePack([style.name for style in objective.styles]).to(DEVICE)
+    names = [style.name for style in objective.styles]
+    pack = (StyleFamily(names) if family else StylePack(names)).to(DEVICE)
     if channels_last:
         pack = pack.to(memory_format=torch.channels_last)
         objective.loss_network = objective.loss_network.to(memory_format=torch.channels_last)
@@ -69,14 +71,16 @@ def make_runner(precision: str, compiled: bool, channels_last: bool) -> StepRunn
     return runner
 
 
-def train(runner: StepRunner, steps: int = TRAIN_STEPS) -> list[dict[str, float]]:
+def train(runner: StepRunner, steps: int = TRAIN_STEPS, family: bool = False) -> list[dict[str, float]]:
+    """Each step's losses by style; a family's steps each train one of its two styles, drawn as training draws."""
     generator = torch.Generator().manual_seed(1)
     photo = images.to_tensor(images.resize_and_center_crop(
         images.decode_rgb((STYLES.parent / "content" / "rocket.jpg").read_bytes(), max_pixels=10**8), TRAIN_SIDE))
     history = []
     for _ in range(steps):
         batch = (photo[None] * (0.7 + 0.6 * torch.rand(4, 1, 1, 1, generator=generator))).clamp(0, 255)
-        history.append({name: float(parts["total"]) for name, parts in runner.step(batch.to(DEVICE)).items()})
+        drawn = styles_for_step(0, len(history), 2, 1) if family else None
+        history.append({name: float(parts["total"]) for name, parts in runner.step(batch.to(DEVICE), drawn).items()})
     return history
 
 
@@ -94,6 +98,25 @@ def test_a_pack_trains_compiled_in_bf16_as_it_does_eagerly_in_fp32_with_static_g
         late_fast, late_reference = (sum(step[name] for step in run[last_third]) / len(run[last_third]) for run in (fast, reference))
         assert abs(late_fast - late_reference) <= TRAJECTORY_TOLERANCE * late_reference, (name, late_fast, late_reference)
     assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])  # the pack; the loss network twice
+
+
+def test_a_family_trains_compiled_in_bf16_as_it_does_eagerly_in_fp32_whatever_style_each_step_draws():
+    """The family step (factory/family.py) on the GPU: the drawn style reaches the compiled network as a
+    tensor, so every draw runs the same three static graphs."""
+    import math
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    reference = train(make_runner("fp32", compiled=False, channels_last=False, family=True), family=True)
+    fast = train(make_runner("bf16", compiled=True, channels_last=not ON_CPU, family=True), family=True)
+    ((name, first),) = reference[0].items()  # the style step 0 drew: the same weights, only the arithmetic differs
+    assert abs(fast[0][name] - first) <= FIRST_STEP_TOLERANCE * first, (fast[0], reference[0])
+    assert {name for step in fast for name in step} == {"starry_night", "the_scream"}
+    assert all(math.isfinite(loss) for step in fast for loss in step.values())
+    assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])  # the family; the loss network twice
 
 
 @pytest.mark.parametrize("written", ["cpu", "bf16", "fp16"])

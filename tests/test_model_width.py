@@ -3,8 +3,6 @@ its metadata and loaded at that width by everything that reads the registry (tor
 The whole path (a Ray Train pack holding two widths, the pool serving them over HTTP) runs in
 tests/test_training.py and tests/test_pool.py."""
 
-import io
-
 import pytest
 import torch
 
