@@ -1,7 +1,7 @@
 """Style families against a network per style, side by side in one run (training.pack_mode).
 
     python bench/families.py                 # 4 styles at configs/tiny.yaml's settings: about 30 min on 2 cores
-    python bench/families.py --steps 20      # a quick look
+    python bench/families.py --steps 20      # a quick look (a family needs two draws a style: 8 steps at least)
 
 Trains the same four styles three ways, each into a registry of its own (a temporary folder; --keep
 keeps it): four separate networks for S steps (configs/tiny.yaml's, or --steps), one family for 4*S
@@ -17,7 +17,6 @@ catalogue of 1,000. Figures go to bench/results/<device>-<date>.json under "fami
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import statistics
 import sys
@@ -32,7 +31,8 @@ import torch
 import yaml
 
 from bench import results
-from factory import registry, train_all
+from bench.training_runs import train_into
+from factory import registry
 
 STYLES = ("starry_night", "the_scream", "udnie", "shipwreck")
 CATALOGUE, FAMILY_SIZE = 1_000, 16
@@ -48,27 +48,6 @@ def write_config(folder: Path, base: str) -> Path:
     path = folder / "families.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def train(config: Path, folder: Path, label: str, steps: int, *settings: str) -> dict[str, dict]:
-    """{style: figures} of the styles trained with `settings` into a registry of their own."""
-    registry_uri = str(folder / f"registry-{label}")
-    arguments = ["--config", str(config), "--registry", registry_uri, "--steps", str(steps),
-                 "--set", f"training.storage_path={folder / f'checkpoints-{label}'}"]
-    for setting in settings:
-        arguments += ["--set", setting]
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        code = train_all.main(arguments)
-    if code != 0:
-        raise RuntimeError(f"the {label} run failed:\n{output.getvalue()[-2000:]}")
-    figures = {}
-    for style in STYLES:
-        metadata = registry.read_metadata(registry_uri, style)
-        figures[style] = {"colour_shift": metadata["quality"]["colour_shift"], "structure_kept": metadata["quality"]["structure_kept"],
-                          "final_loss": metadata["final_losses"].get("total"), "steps": metadata["steps"],
-                          "train_seconds": metadata["throughput"]["train_seconds"]}
-    return figures
 
 
 def preview_distinctness(registry_uri: str) -> float:
@@ -104,11 +83,9 @@ def serving_memory(folder: Path) -> dict:
         publish_random_style(root, f"own-{name}", seed=index)
     publish_random_family(root, [f"fam-{name}" for name in names], family="memory")
     separate = resident_weight_bytes([registry.load_model(str(root), f"own-{name}")[0] for name in names])
-    family = resident_weight_bytes([registry.load_model(str(root), f"fam-{name}")[0] for name in names])
-    per_separate, family_network = separate / FAMILY_SIZE, None
     family_models = [registry.load_model(str(root), f"fam-{name}")[0] for name in names]
-    family_network = resident_weight_bytes([family_models[0].net])
-    per_family_style = (family - family_network) / FAMILY_SIZE
+    family, family_network = resident_weight_bytes(family_models), resident_weight_bytes([family_models[0].net])
+    per_separate, per_family_style = separate / FAMILY_SIZE, (family - family_network) / FAMILY_SIZE
     families = -(-CATALOGUE // FAMILY_SIZE)
     return {"styles_loaded": FAMILY_SIZE, "separate_bytes": separate, "family_bytes": family,
             "per_separate_style_bytes": per_separate, "family_network_bytes": family_network, "per_family_style_bytes": per_family_style,
@@ -128,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     config = write_config(folder, args.config)
     steps = args.steps or yaml.safe_load(config.read_text())["training"]["steps"]
     runs = {
-        "separate": train(config, folder, "separate", steps),
-        "family_equal_compute": train(config, folder, "family-equal", len(STYLES) * steps, "training.pack_mode=family",
-                                      "training.family_styles_per_step=1"),
-        "family_quarter_compute": train(config, folder, "family-quarter", steps, "training.pack_mode=family",
-                                        "training.family_styles_per_step=1"),
+        "separate": train_into(config, folder, "separate", steps),
+        "family_equal_compute": train_into(config, folder, "family-equal", len(STYLES) * steps, "training.pack_mode=family",
+                                           "training.family_styles_per_step=1"),
+        "family_quarter_compute": train_into(config, folder, "family-quarter", steps, "training.pack_mode=family",
+                                             "training.family_styles_per_step=1"),
     }
     folders = {"separate": "separate", "family_equal_compute": "family-equal", "family_quarter_compute": "family-quarter"}
     distinctness = {label: preview_distinctness(str(folder / f"registry-{folders[label]}")) for label in runs}
@@ -153,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mean share':<14} " + " ".join(f"{statistics.mean(values):>28.0%}" for values in shares.values()))
     print(f"{'distinctness':<14} " + " ".join(f"{value:>28.1f}" for value in distinctness.values()))
     print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(f['train_seconds'] for f in figures.values()):>28.0f}" for figures in runs.values()))
-    print(f"serving, weights held for {FAMILY_SIZE} styles: separate {memory['separate_bytes'] / 2**20:.1f} MB, one family "
-          f"{memory['family_bytes'] / 2**20:.2f} MB ({memory['per_family_style_bytes'] / 1024:.1f} KB a style beside the family's "
-          f"{memory['family_network_bytes'] / 2**20:.1f} MB); {CATALOGUE} styles: "
-          f"{memory[f'catalogue_{CATALOGUE}_separate_mb']:,.0f} MB separate, "
-          f"{memory[f'catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb']:,.0f} MB as families of {FAMILY_SIZE}")
+    print(f"serving, weights held for {FAMILY_SIZE} styles: separate {memory['separate_bytes'] / 2**20:.1f} MiB, one family "
+          f"{memory['family_bytes'] / 2**20:.2f} MiB ({memory['per_family_style_bytes'] / 1024:.1f} KiB a style beside the family's "
+          f"{memory['family_network_bytes'] / 2**20:.1f} MiB); {CATALOGUE} styles: "
+          f"{memory[f'catalogue_{CATALOGUE}_separate_mb']:,.0f} MiB separate, "
+          f"{memory[f'catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb']:,.0f} MiB as families of {FAMILY_SIZE}")
     if not args.no_record:
         figures = {"config": Path(args.config).name, "steps": steps, "styles": list(STYLES), "runs": runs,
                    "mean_share_of_separate": {label: statistics.mean(values) for label, values in shares.items()},

@@ -15,8 +15,6 @@ each width's multiply-adds at 256x256. Figures go to bench/results/<device>-<dat
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import sys
 import tempfile
@@ -29,7 +27,8 @@ import torch
 
 from bench import results
 from bench.cpu_stylise import ExamplesTransformerNet, median_ms
-from factory import onnx_model, registry, train_all
+from bench.training_runs import train_into
+from factory import onnx_model
 from factory.settings import MODEL_WIDTHS, load_config
 from factory.transform_net import TransformNet
 
@@ -51,27 +50,6 @@ def multiply_adds(net: torch.nn.Module, side: int) -> int:
     return total
 
 
-def train_at_width(config_path: str, width: float, steps: int | None, folder: Path) -> dict[str, dict]:
-    """{style: figures} of the config's styles trained at `width` into a registry under `folder`."""
-    registry_uri = str(folder / f"registry-{width}")
-    arguments = ["--config", config_path, "--registry", registry_uri, "--set", f"model.width={width}",
-                 "--set", f"training.storage_path={folder / f'checkpoints-{width}'}"]
-    if steps:
-        arguments += ["--steps", str(steps)]
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):  # the run's table; its figures are read from the registry below
-        code = train_all.main(arguments)
-    if code != 0:
-        raise RuntimeError(f"training at width {width} failed:\n{output.getvalue()[-2000:]}")
-    figures = {}
-    for style in registry.list_styles(registry_uri):
-        metadata = registry.read_metadata(registry_uri, style)
-        figures[style] = {"colour_shift": metadata["quality"]["colour_shift"], "structure_kept": metadata["quality"]["structure_kept"],
-                          "final_loss": metadata["final_losses"].get("total"), "steps": metadata["steps"],
-                          "train_seconds": metadata["throughput"]["train_seconds"]}
-    return figures
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "tiny.yaml"))
@@ -84,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="widths-"))
     styles = [style.name for style in load_config(args.config).styles]
 
-    quality = {width: train_at_width(args.config, width, args.steps, folder) for width in MODEL_WIDTHS}
+    quality = {width: train_into(args.config, folder, str(width), args.steps, f"model.width={width}") for width in MODEL_WIDTHS}
 
     torch.manual_seed(0)
     examples = ExamplesTransformerNet().eval()
