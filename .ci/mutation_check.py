@@ -149,6 +149,18 @@ BREAKS = [
     Break("a family step trains only the drawn styles' vectors", "factory/family.py",
           "self.style_vectors.index_select(0, styles)", "self.style_vectors.index_select(0, styles * 0)",
           ("tests/test_family.py::test_a_family_step_trains_the_shared_network_and_only_the_drawn_styles_vectors",)),
+    Break("one batch of a family's model runs each image with its own style vector", "serve/style_model.py",
+          "return None if styles is None else torch.stack([styles[i] for i in indices])", "return None if styles is None else torch.stack([styles[indices[0]] for i in indices])",
+          ("tests/test_family_serving.py::test_one_batch_carries_a_different_style_or_blend_per_image",)),
+    Break("a family's styles share one model id (one load, shared batches)", "serve/registry_view.py",
+          "        if self.family is not None:\n", "        if False:\n",
+          ("tests/test_family_serving.py::test_a_familys_styles_share_one_model_id_and_a_separate_style_keeps_its_own",)),
+    Break("a vector of another family version is never mixed in", "serve/style_vectors.py",
+          "!= [self.family[key] for key", "== [None for key",
+          ("tests/test_family_serving.py::test_a_style_of_another_family_version_is_never_mixed_in",)),
+    Break("blend weights must be finite numbers", "serve/http_input.py",
+          "if not math.isfinite(weight) or abs(weight) > MAX_BLEND_WEIGHT:", "if abs(weight) > MAX_BLEND_WEIGHT:",
+          ("tests/test_family_serving.py::test_a_bad_blend_is_a_400_that_says_what_to_send",)),
 ]
 
 

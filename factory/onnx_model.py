@@ -55,7 +55,8 @@ class OnnxTransformNet:
     """Callable like a TransformNet in eval mode: (B, 3, H, W) 0..255 -> stylised, any size, on the CPU."""
 
     def __init__(self, model: bytes, threads: int | None = None, memory_arena: bool = True, style_vector: torch.Tensor | None = None):
-        """style_vector: a family style's, for a family's export (fed with every image)."""
+        """style_vector: a family style's, for a family's export, fed with every image; without one, a
+        family's export takes each image's vector with the call (a pool replica's family model)."""
         import onnxruntime  # here: only CPU replicas and the CLI need it
 
         self.style_vector = None if style_vector is None else style_vector.detach().float().cpu().numpy()[None]
@@ -69,13 +70,16 @@ class OnnxTransformNet:
         options.enable_mem_pattern = memory_arena
         self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
-    def core(self, images: torch.Tensor) -> torch.Tensor:
+    def core(self, images: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """style: (B, style_size), each image's vector, for a family's export loaded without one."""
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         inputs = {"images": array}
-        if self.style_vector is not None:
+        if style is not None:
+            inputs["style"] = style.detach().to("cpu", torch.float32).contiguous().numpy()
+        elif self.style_vector is not None:
             inputs["style"] = np.repeat(self.style_vector, array.shape[0], axis=0)
         (stylised,) = self.session.run(None, inputs)
         return torch.from_numpy(np.asarray(stylised))
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return stylise_any_size(self.core, images)
+    def __call__(self, images: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        return stylise_any_size(lambda batch: self.core(batch, style), images)

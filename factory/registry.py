@@ -293,8 +293,7 @@ def load_onnx(registry: str, metadata: dict) -> bytes | None:
     """The version's ONNX export (a family's style: its family's), sha256-checked; None for a version
     published without one."""
     if "family" in metadata:
-        family = metadata["family"]
-        return _read_checked(family_uri(registry, family["name"], family["version"], ONNX_FILE), family["onnx_sha256"], metadata)
+        return _read_family_onnx(registry, metadata["family"], metadata)
     if "onnx_sha256" not in metadata:
         return None
     return _read_checked(version_uri(registry, metadata["style"], metadata["version"], ONNX_FILE), metadata["onnx_sha256"], metadata)
@@ -309,6 +308,19 @@ def load_onnx_net(registry: str, metadata: dict, **options) -> "OnnxTransformNet
     from factory.onnx_model import OnnxTransformNet
 
     return OnnxTransformNet(onnx, style_vector=load_style_vector(registry, metadata) if "family" in metadata else None, **options)
+
+
+def load_family_onnx_net(registry: str, family: dict, **options) -> "OnnxTransformNet":
+    """A family version's ONNX export in ONNX Runtime (family: its reference), taking each image's style
+    vector with the call: one session for every style of the family and any blend of them."""
+    from factory.onnx_model import OnnxTransformNet
+
+    what = {"style": f"family {family['name']}", "version": family["version"]}
+    return OnnxTransformNet(_read_family_onnx(registry, family, what), **options)
+
+
+def _read_family_onnx(registry: str, family: dict, metadata: dict) -> bytes:
+    return _read_checked(family_uri(registry, family["name"], family["version"], ONNX_FILE), family["onnx_sha256"], metadata)
 
 
 def load_style_vector(registry: str, metadata: dict) -> "torch.Tensor":

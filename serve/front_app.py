@@ -5,11 +5,12 @@
     GET  /gallery/<style>/thumbnail.jpg, /gallery/<style>/preview.jpg   the page's pictures
     POST /styles/<style>   the image (raw body or multipart field 'image') -> stylised image
          ?max_side=&strength=&preserve_colors=&format=jpeg|png|webp
+         &blend=starry_night:0.7,the_scream:0.3   styles of the path style's family, mixed (400 across families)
     GET  /styles/<style>   the model's metadata;  /styles/<style>/thumbnail.jpg, /styles/<style>/preview.jpg
 
 It parses requests (bounded, off the event loop) and hands the image to the style pool
-(serve/style_pool.py) with the style's current version as the multiplexed model id; the pool does the
-pixel work. The registry is re-read every pool.refresh_s, so a style published or retrained while
+(serve/style_pool.py) with the style's current version as the multiplexed model id (a family's
+style: its family version, with the style or blend to run); the pool does the pixel work. The registry is re-read every pool.refresh_s, so a style published or retrained while
 serving is live within that time, without a deploy. A style marked dedicated has its own application
 at /styles/<style>, which Serve routes to before this one (the longer route prefix wins).
 """
@@ -105,7 +106,7 @@ class Front:
             http_input.refuse_routing_headers(request.headers)
             style = self._published(name)
             data, options = await http_input.read_stylise_request(request, self.settings)
-            status, answer, timings_ms = await self._run_in_pool(style, data, options)
+            status, answer, timings_ms = await self._run_in_pool(style, data, options, self._style_mix(style, options.blend))
             if status != 200:
                 raise HTTPError(status, answer)
             return http_input.stylised_response(answer, options, style.name, style.version, timings_ms)
@@ -116,10 +117,35 @@ class Front:
             # A style tag only for published styles: a client's made-up names must not grow the metric.
             self.metrics.answered(name if name in self.view.styles else "-", status, time.perf_counter() - started)
 
-    async def _run_in_pool(self, style: PublishedStyle, data: bytes,
-                           options: http_input.StyliseOptions) -> tuple[int, bytes | str, dict[str, float]]:
+    def _style_mix(self, style: PublishedStyle, blend: tuple[tuple[str, float], ...]) -> tuple[tuple[str, str, float], ...]:
+        """What a family's model mixes for this request, as (style, version, weight): the style alone, or
+        the blend; () for a style with a network of its own. A blend mixes styles of the path's style's
+        family version, trained together on one network: naming any other style is a 400 (mixing
+        pictures of separate networks would be a different, slower thing: run them and average)."""
+        if style.family is None:
+            if blend:
+                raise HTTPError(400, f"style {style.name!r} has a network of its own, and blends mix styles of one family: "
+                                     "GET /styles shows each style's family (metadata.family.name)")
+            return ()
+        if not blend:
+            return ((style.name, style.version, 1.0),)
+        family = style.family
+        mix = []
+        for name, weight in blend:
+            other = self._published(name)  # 404 for a style that is not published
+            if other.family is None or other.family["name"] != family["name"]:
+                raise HTTPError(400, f"blend names {name!r}, which is not in family {family['name']!r} of {style.name!r}: "
+                                     "a blend mixes styles of one family (GET /styles shows each style's family)")
+            if other.family["version"] != family["version"]:
+                raise HTTPError(400, f"blend names {name!r}, trained on family {family['name']!r} version {other.family['version']}, "
+                                     f"while {style.name!r} is on version {family['version']}: retrain it into the current family to blend them")
+            mix.append((other.name, other.version, weight))
+        return tuple(mix)
+
+    async def _run_in_pool(self, style: PublishedStyle, data: bytes, options: http_input.StyliseOptions,
+                           mix: tuple[tuple[str, str, float], ...]) -> tuple[int, bytes | str, dict[str, float]]:
         try:
-            return await self.pool.options(multiplexed_model_id=style.model_id).stylise.remote(data, options)
+            return await self.pool.options(multiplexed_model_id=style.model_id).stylise.remote(data, options, mix)
         except BackPressureError:
             return 503, "the style pool is at capacity (its queue is full); retry in a few seconds", {}
         except (DeploymentUnavailableError, ReplicaUnavailableError):

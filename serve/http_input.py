@@ -9,9 +9,11 @@ checked against their limit before decoding, in serve/stylising.py).
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from dataclasses import dataclass
 
+from factory.style_names import validate_style_name
 from serve.settings import EndpointSettings
 
 # MPO is a JPEG with more pictures after the first (gain-map HDR photos from recent phones): Pillow
@@ -33,6 +35,12 @@ class StyliseOptions:
     strength: float
     preserve_colors: bool
     output_format: str  # "jpeg", "png" or "webp"
+    blend: tuple[tuple[str, float], ...] = ()  # ?blend=starry_night:0.7,the_scream:0.3: (style, weight) pairs
+
+
+# A blend mixes a few styles of one family: more names would only make a client-controlled loop longer.
+MAX_BLEND_STYLES = 8
+MAX_BLEND_WEIGHT = 10.0
 
 
 # Headers with which a client could steer Serve's own routing: Ray 2.60's proxy reads the model id
@@ -64,9 +72,11 @@ def stylised_response(image: bytes, options: StyliseOptions, style: str, version
     from fastapi.responses import Response  # here: model code reads HTTPError and the options without FastAPI (the GPU kit)
 
     timing = ", ".join(f"{step};dur={milliseconds}" for step, milliseconds in timings_ms.items())
-    return Response(image, media_type=MEDIA_TYPES[options.output_format],
-                    headers={"X-Style": style, "X-Model-Version": version, "Server-Timing": timing,
-                             "Vary": "Accept"})  # the format follows the Accept header: caches must key on it
+    headers = {"X-Style": style, "X-Model-Version": version, "Server-Timing": timing,
+               "Vary": "Accept"}  # the format follows the Accept header: caches must key on it
+    if options.blend:
+        headers["X-Blend"] = ",".join(f"{name}:{weight:g}" for name, weight in options.blend)
+    return Response(image, media_type=MEDIA_TYPES[options.output_format], headers=headers)
 
 
 async def read_body(request, max_bytes: int, timeout_s: float) -> bytes:
@@ -182,7 +192,7 @@ def format_from_accept(accept: str) -> str:
 
 
 def parse_options(query, accept: str, settings: EndpointSettings) -> StyliseOptions:
-    """Query parameters: max_side, strength (0..1), preserve_colors, format (or the Accept header)."""
+    """Query parameters: max_side, strength (0..1), preserve_colors, format (or the Accept header), blend."""
     output_format = (query.get("format") or "").lower()
     if not output_format:
         output_format = format_from_accept(accept)
@@ -197,4 +207,34 @@ def parse_options(query, accept: str, settings: EndpointSettings) -> StyliseOpti
         strength=_number(query, "strength", float, 0.0, 1.0, 1.0),
         preserve_colors=preserve in ("true", "1", "yes"),
         output_format=output_format,
+        blend=parse_blend(query.get("blend")),
     )
+
+
+def parse_blend(raw: str | None) -> tuple[tuple[str, float], ...]:
+    """"starry_night:0.7,the_scream:0.3" -> (("starry_night", 0.7), ("the_scream", 0.3)); () when absent.
+    Weights need not sum to 1 (as in Magenta): each must be a finite number within +-MAX_BLEND_WEIGHT."""
+    if not raw:
+        return ()
+    example = "as in blend=starry_night:0.7,the_scream:0.3"
+    items = raw.split(",")
+    if len(items) > MAX_BLEND_STYLES:
+        raise HTTPError(400, f"blend names {len(items)} styles; at most {MAX_BLEND_STYLES} can be mixed")
+    blend = []
+    for item in items:
+        name, colon, weight_text = item.strip().partition(":")
+        if not colon:
+            raise HTTPError(400, f"blend must list style:weight pairs separated by commas ({example}), got {item!r}")
+        try:
+            validate_style_name(name)
+            weight = float(weight_text)
+        except ValueError as error:
+            reason = str(error) if "style name" in str(error) else f"the weight of {name!r} must be a number, got {weight_text!r}"
+            raise HTTPError(400, f"bad blend ({example}): {reason}") from None
+        if not math.isfinite(weight) or abs(weight) > MAX_BLEND_WEIGHT:
+            raise HTTPError(400, f"the blend weight of {name!r} must be a finite number between -{MAX_BLEND_WEIGHT:g} and "
+                                 f"{MAX_BLEND_WEIGHT:g}, got {weight_text!r}")
+        if name in dict(blend):
+            raise HTTPError(400, f"blend names {name!r} twice: give each style once, with its weight")
+        blend.append((name, weight))
+    return tuple(blend)

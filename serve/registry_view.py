@@ -42,14 +42,37 @@ class PublishedStyle:
     pictures: dict = field(default_factory=dict)  # file name -> JPEG bytes (a few dozen KB each), read on first use
 
     @property
+    def family(self) -> dict | None:
+        """The family version this style belongs to ({"name", "version", ...}), or None for a style with
+        a network of its own."""
+        return self.metadata.get("family")
+
+    @property
     def model_id(self) -> str:
-        """The id the style pool loads and routes by: a retrained style is a new id."""
+        """The id the style pool loads and routes by: a retrained style is a new id. Every style of one
+        family version has its family's id, so Serve batches their requests together and a replica
+        holds the family's network once."""
+        if self.family is not None:
+            return f"{FAMILY_MODEL_PREFIX}{self.family['name']}:{self.family['version']}"
         return f"{self.name}:{self.version}"
 
 
-def parse_model_id(model_id: str) -> tuple[str, str]:
-    style, _, version = model_id.partition(":")
-    return style, version
+FAMILY_MODEL_PREFIX = "family/"  # "/" is in no style name (factory/style_names.py): a family's id is never a style's
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """What a model id names: a style's version, or a family's version."""
+
+    name: str
+    version: str
+    is_family: bool
+
+
+def parse_model_id(model_id: str) -> ModelReference:
+    is_family = model_id.startswith(FAMILY_MODEL_PREFIX)
+    name, _, version = model_id.removeprefix(FAMILY_MODEL_PREFIX).partition(":")
+    return ModelReference(name, version, is_family)
 
 
 class RegistryView:

@@ -22,6 +22,7 @@ from ray.serve.config import RequestRouterConfig
 from factory import registry
 from serve import http_input, stylising
 from serve.errors import json_errors_api
+from serve.http_input import HTTPError
 from serve.registry_view import public_metadata
 from serve.routing import ForgetfulRouter
 from serve.settings import EndpointSettings
@@ -67,6 +68,9 @@ class StyleEndpoint:
     async def stylise(self, request: Request) -> Response:
         http_input.refuse_routing_headers(request.headers)
         data, options = await http_input.read_stylise_request(request, self.settings)
+        if options.blend:  # its replicas hold this style's vector only; the pool holds the whole family
+            raise HTTPError(400, f"style {self.metadata['style']!r} is served on its own application (dedicated), which "
+                                 "does not blend: blends mix styles of one family in the shared pool (styles not marked dedicated)")
         image, timings_ms = await stylising.stylise_image(data, options, self.settings, self.run_batch)
         return http_input.stylised_response(image, options, self.metadata["style"], self.metadata["version"], timings_ms)
 

@@ -1,4 +1,5 @@
 """A published style model ready to serve: loaded once, run on batches, checked for health. No Ray.
+A family's model is its shared network, run with a style vector per image (serve/style_vectors.py).
 
 The fast path (on by default, GPU only) runs the network in fp16 with channels_last memory. Requests
 whose size maps to a compiled static shape run there (serve/static_shapes.py: resized to the bucket
@@ -16,16 +17,19 @@ starts, so it is opt-in (compile_on_cpu) for dedicated styles.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 
 from factory import registry
+from factory.family import neutral_style_vector
 from factory.transform_net import TransformNet
 from serve.settings import EndpointSettings
 from serve.size_buckets import bucket_shape, parse_shape
 from serve.static_shapes import StaticShapes, resize
+from serve.style_vectors import StyleVectors
 
 @dataclass(frozen=True)
 class RunFailure:
@@ -93,15 +97,26 @@ def model_bytes(runtime: str) -> int:
 class StyleModel:
     def __init__(self, registry_uri: str, style: str, version: str, device: torch.device | None = None,
                  fast: bool = True, compile_on_cpu: bool = False, max_batch_pixels: int = EndpointSettings.max_batch_pixels,
-                 cpu_threads: int | None = None, memory_arena: bool = True, static_shapes: StaticShapes | None = None):
+                 cpu_threads: int | None = None, memory_arena: bool = True, static_shapes: StaticShapes | None = None,
+                 family: bool = False):
+        """A style's version; with family=True, a style family's version (`style` names the family): its
+        shared network, run with each image's style vector (forward_by_size's `styles`, from
+        self.style_vectors), so one batch carries any of the family's styles and blends of them."""
         self.max_batch_pixels = max_batch_pixels
-        self.metadata = registry.read_metadata(registry_uri, style, version)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.fast = fast and self.device.type == "cuda"
+        self.static_shapes = None
+        if family:
+            self.name = f"family {style}"
+            self.metadata = registry.read_family_metadata(registry_uri, style, version)
+            self.style_vectors = StyleVectors(registry_uri, self.metadata["family"], self.metadata["style_size"])
+            self._load_family(registry_uri, fast, cpu_threads, memory_arena)
+            return
+        self.name, self.style_vectors = style, None
+        self.metadata = registry.read_metadata(registry_uri, style, version)
         onnx = (registry.load_onnx_net(registry_uri, self.metadata, threads=cpu_threads, memory_arena=memory_arena)
                 if fast and self.device.type == "cpu" else None)
         self.runtime = "onnxruntime" if onnx else "torch"
-        self.static_shapes = None
         if onnx:  # the CPU fast path, where the version has its export (older ones do not): model.pt is not read (a family style's holds only its vector)
             self.net = onnx
             return
@@ -114,13 +129,33 @@ class StyleModel:
             self.net = torch.compile(self.net, dynamic=True)
             self.forward_by_size([torch.zeros(3, 64, 64)])  # compile now, not on a client's request
 
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+    def _load_family(self, registry_uri: str, fast: bool, cpu_threads: int | None, memory_arena: bool) -> None:
+        """The family's network: its ONNX export on the CPU fast path (every family version has one), else
+        eager torch (fp16 on a GPU). Not through the static shapes: those are compiled for single styles."""
+        family, architecture = self.metadata["family"], self.metadata["architecture"]
+        self.neutral_style = neutral_style_vector(TransformNet(architecture.get("upsample", "nearest"), architecture.get("width", 1.0), conditional=True))
+        if fast and self.device.type == "cpu":
+            self.net, self.runtime = registry.load_family_onnx_net(registry_uri, family, threads=cpu_threads, memory_arena=memory_arena), "onnxruntime"
+            return
+        self.runtime = "torch"
+        # A copy: load_family_net's network is shared in this process (FamilyStyle), and fp16 would convert it for all.
+        self.net = copy.deepcopy(registry.load_family_net(registry_uri, family, architecture)).to(self.device)
+        if self.fast:
+            self.net = fast_network(self.net)
+
+    def _run(self, batch: torch.Tensor, styles: torch.Tensor | None = None) -> torch.Tensor:
+        """styles: (B, style_size) for a family's model, else None."""
+        if styles is not None:
+            styles = styles.to(self.device, torch.float16 if self.fast else torch.float32)
+            return self.net(fast_input(batch), styles).float() if self.fast else self.net(batch, styles)
         if not self.fast:
             return self.net(batch)
         return self.net(fast_input(batch)).float()
 
-    def forward_by_size(self, tensors: list[torch.Tensor]) -> list[torch.Tensor | RunFailure]:
+    def forward_by_size(self, tensors: list[torch.Tensor], styles: list[torch.Tensor] | None = None) -> list[torch.Tensor | RunFailure]:
         """(3, H, W) tensors in 0..255 -> stylised, in order; those that run at one shape run as one batch.
+        styles: for a family's model, each image's style vector (style_size,): images of different
+        styles and blends share the batch.
 
         A batch that fails is run again one image at a time (eagerly), so only the image that fails
         gets a RunFailure (in its place in the list) and the requests batched with it still get their
@@ -132,12 +167,12 @@ class StyleModel:
         outputs: list = [None] * len(tensors)
         with torch.inference_mode():
             for run_shape, indices in self._within_pixel_budget(groups.items()):
-                results = self._attempt(lambda: self._run_group(run_shape, [tensors[i] for i in indices]))
+                results = self._attempt(lambda: self._run_group(run_shape, [tensors[i] for i in indices], self._styles(styles, indices)))
                 if isinstance(results, RunFailure) and (len(indices) > 1 or run_shape[1]):
                     # Retried one by one, after the except block that caught the failure: its traceback
                     # would keep the failed batch's activations alive (on a GPU, the memory just exhausted).
                     self._release_memory()
-                    results = [self._run_alone(tensors[i]) for i in indices]
+                    results = [self._run_alone(tensors[i], self._styles(styles, [i])) for i in indices]
                 elif isinstance(results, RunFailure):
                     results = [results]
                 for index, result in zip(indices, results):
@@ -155,7 +190,7 @@ class StyleModel:
     def _finite(self, output: torch.Tensor) -> torch.Tensor | RunFailure:
         if torch.isfinite(output).all():
             return output
-        return RunFailure(out_of_memory=False, reason=f"model {self.metadata['style']} produced non-finite pixels")
+        return RunFailure(out_of_memory=False, reason=f"model {self.name} produced non-finite pixels")
 
     def _run_shape(self, size: tuple[int, int]) -> tuple[tuple[int, int], bool]:
         """(shape, bucketed): the compiled bucket shape when it is ready, else the image's own size
@@ -168,14 +203,18 @@ class StyleModel:
         self.static_shapes.request(bucket)
         return size, False
 
-    def _run_group(self, run_shape: tuple[tuple[int, int], bool], group: list[torch.Tensor]) -> list:
+    @staticmethod
+    def _styles(styles: list[torch.Tensor] | None, indices: list[int]) -> torch.Tensor | None:
+        return None if styles is None else torch.stack([styles[i] for i in indices])  # (B, style_size)
+
+    def _run_group(self, run_shape: tuple[tuple[int, int], bool], group: list[torch.Tensor], styles: torch.Tensor | None = None) -> list:
         (height, width), bucketed = run_shape
         stylised = None
         if bucketed:
             batch = torch.cat([resize(tensor[None].to(self.device), height, width) for tensor in group])
             stylised = self.static_shapes.run(self.prepared, batch)  # None while a compile holds dynamo
         if stylised is None:
-            return [self._finite(output) for output in self._run(torch.stack(group).to(self.device)).cpu()]
+            return [self._finite(output) for output in self._run(torch.stack(group).to(self.device), styles).cpu()]
         return [self._finite(resize(stylised[i:i + 1], *tensor.shape[-2:])[0].clamp(0, 255).cpu()) for i, tensor in enumerate(group)]
 
     def _within_pixel_budget(self, groups) -> list[tuple[tuple, list[int]]]:
@@ -187,8 +226,8 @@ class StyleModel:
             runs += [(run_shape, indices[start:start + per_run]) for start in range(0, len(indices), per_run)]
         return runs
 
-    def _run_alone(self, tensor: torch.Tensor) -> torch.Tensor | RunFailure:
-        result = self._attempt(lambda: self._run(tensor.unsqueeze(0).to(self.device)).cpu()[0])
+    def _run_alone(self, tensor: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor | RunFailure:
+        result = self._attempt(lambda: self._run(tensor.unsqueeze(0).to(self.device), style).cpu()[0])
         if isinstance(result, RunFailure):
             self._release_memory()
             return result
@@ -201,6 +240,8 @@ class StyleModel:
     def check_health(self) -> None:
         """Raises when the model cannot produce a usable image (for example NaN weights)."""
         with torch.inference_mode():
-            output = self._run(torch.full((1, 3, 16, 16), 128.0, device=self.device))
+            # A family's network with the neutral style (scales 1, shifts 0): its own weights are checked.
+            neutral = None if self.style_vectors is None else self.neutral_style[None]
+            output = self._run(torch.full((1, 3, 16, 16), 128.0, device=self.device), neutral)
         if not torch.isfinite(output).all():
-            raise RuntimeError(f"model {self.metadata['style']} produces non-finite output")
+            raise RuntimeError(f"model {self.name} produces non-finite output")

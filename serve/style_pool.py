@@ -8,7 +8,10 @@ retrained style is a new id and its old version ages out of the cache; serve.mul
 tells the router which ids the replica holds. The router forgets each request once it is routed
 (serve/routing.py), or every retrain would leave a photo behind in the front door. Requests for one
 style that arrive together run as one batch; Serve splits a batch by model id, and stacking different
-styles' weights into one pass (torch.func.vmap) measured slower on CPU (bench/pool_batching.py). On
+styles' weights into one pass (torch.func.vmap) measured slower on CPU (bench/pool_batching.py). The
+styles of a family share one model id, "family/<family>:<version>": the replica holds the family's
+network once, with a few KiB per style (serve/style_vectors.py), and requests for any of its styles
+and blends share batches, each image carrying its own style vector through one forward pass. On
 the CPU a replica runs as many batches side by side as it reserved cores, each on one thread; on a
 GPU, one at a time.
 """
@@ -26,7 +29,7 @@ from factory import registry
 from serve import get_logger, stylising
 from serve.http_input import HTTPError, StyliseOptions
 from serve.model_cache import ModelCache, ModelUnavailable
-from serve.registry_view import parse_model_id
+from serve.registry_view import PublishedStyle, parse_model_id, public_metadata
 from serve.routing import ForgetfulRouter
 from serve.settings import EndpointSettings, PoolSettings
 from serve.style_model import StyleModel, model_bytes, reserved_device, static_shapes_for
@@ -82,26 +85,31 @@ class StylePool:
             await asyncio.to_thread(self.static_shapes.wait_until_idle)
         for style in styles:
             try:
-                model_id = f"{style}:{await asyncio.to_thread(registry.current_version, self.registry_uri, style)}"
-                await self.cache.get(model_id)
-                await self.report_held(model_id)
+                metadata = await asyncio.to_thread(registry.read_metadata, self.registry_uri, style)
+                published = PublishedStyle(style, metadata["version"], public_metadata(metadata))
+                model = await self.cache.get(published.model_id)
+                await self.report_held(published.model_id)
+                if model.style_vectors is not None:
+                    await asyncio.to_thread(model.style_vectors.vector, style, published.version)
             except (registry.ModelNotFound, ModelUnavailable) as error:
                 logger.warning("pool.prewarm names %r, which cannot be loaded: %s", style, error)
 
     def _load(self, model_id: str) -> StyleModel:
-        style, version = parse_model_id(model_id)
+        reference = parse_model_id(model_id)
         # Without ONNX Runtime's memory arena: a few hundred styles' sessions must fit the cache budget.
         # One thread: runs go side by side, one per core (cpu_threads only applies to ONNX Runtime, CPU only).
-        return StyleModel(self.registry_uri, style, version, device=self.device, fast=self.fast,
+        return StyleModel(self.registry_uri, reference.name, reference.version, device=self.device, fast=self.fast,
                           max_batch_pixels=self.settings.max_batch_pixels, cpu_threads=1, memory_arena=False,
-                          static_shapes=self.static_shapes)
+                          static_shapes=self.static_shapes, family=reference.is_family)
 
-    async def stylise(self, data: bytes, options: StyliseOptions) -> tuple[int, bytes | str, dict[str, float]]:
+    async def stylise(self, data: bytes, options: StyliseOptions,
+                      mix: tuple[tuple[str, str, float], ...] = ()) -> tuple[int, bytes | str, dict[str, float]]:
         """(200, image bytes, each step's milliseconds) or (status, message, {}): an HTTPError does not
-        survive Ray's pickling intact."""
+        survive Ray's pickling intact. mix: for a family's model, the (style, version, weight) to run."""
         try:
             model = await self._model_for_request()
-            image, timings_ms = await stylising.stylise_image(data, options, self.settings, lambda tensor: self.run_batch(model, tensor))
+            style = await self._style_vector(model, mix)
+            image, timings_ms = await stylising.stylise_image(data, options, self.settings, lambda tensor: self.run_batch(model, tensor, style))
         except HTTPError as error:
             return error.status, error.message, {}
         self.metrics.ran(timings_ms)
@@ -119,15 +127,30 @@ class StylePool:
         await self.report_held(requested)
         return model
 
-    async def _run_batch(self, models: list[StyleModel], tensors: list[torch.Tensor]) -> list[stylising.ModelRun]:
-        """Requests that arrived together. Serve splits batches by model id, so they share one model;
-        those of the same size run as one batch on the device."""
+    async def _style_vector(self, model: StyleModel, mix: tuple[tuple[str, str, float], ...]) -> torch.Tensor | None:
+        """The vector a family's model runs this request with (the style's own, or the blend); None for a
+        style's own network. Vectors not held yet are read here, before the request joins a batch."""
+        if model.style_vectors is None:
+            return None
+        try:
+            return await asyncio.to_thread(model.style_vectors.blend, mix)
+        except (registry.ModelNotFound, FileNotFoundError):
+            raise HTTPError(404, f"a style of {model.name} named by this request is no longer in the registry; retry to get its current version") from None
+        except Exception as error:
+            logger.warning("%s: style vectors %s unusable: %s", model.name, [item[:2] for item in mix], error)
+            raise HTTPError(500, f"a style vector of {model.name} could not be loaded ({type(error).__name__}): see the pool's log") from None
+
+    async def _run_batch(self, models: list[StyleModel], tensors: list[torch.Tensor],
+                         styles: list[torch.Tensor | None]) -> list[stylising.ModelRun]:
+        """Requests that arrived together. Serve splits batches by model id, so they share one model (a
+        family's: each image with its own style vector); those of the same size run as one batch."""
         async with self.device_slots:
             self.running += 1
             if self.running > 1:
                 self.metrics.side_by_side.inc()
             try:
-                return await asyncio.to_thread(stylising.run_model, models[0], tensors)
+                styles = styles if models[0].style_vectors is not None else None
+                return await asyncio.to_thread(stylising.run_model, models[0], tensors, styles)
             finally:
                 self.running -= 1
 

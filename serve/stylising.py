@@ -30,10 +30,11 @@ class ModelRun:
     seconds: float  # how long the run took, shared by the images batched together
 
 
-def run_model(model: StyleModel, tensors: list[torch.Tensor]) -> list[ModelRun]:
-    """A batch through the model (on the caller's thread), each image's result with the run's time."""
+def run_model(model: StyleModel, tensors: list[torch.Tensor], styles: list[torch.Tensor] | None = None) -> list[ModelRun]:
+    """A batch through the model (on the caller's thread), each image's result with the run's time.
+    styles: each image's style vector, for a family's model."""
     start = time.perf_counter()
-    outputs = model.forward_by_size(tensors)
+    outputs = model.forward_by_size(tensors, styles)
     seconds = time.perf_counter() - start
     return [ModelRun(output, seconds) for output in outputs]
 

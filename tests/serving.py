@@ -43,8 +43,8 @@ def publish_random_family(root: Path, names=("a", "b"), seed: int = 0, family: s
     with torch.no_grad():
         network.style_vectors.add_(0.5 * torch.randn_like(network.style_vectors))
     architecture = {"name": "dumoulin2017-conditional-instancenorm", "upsample": "nearest", "width": 1.0, "family": family}
-    family_metadata = {"styles": list(names), "architecture": architecture, "loss_network": {"source": "random", "random_weights": True},
-                       "recipe_hash": recipe_hash}
+    family_metadata = {"styles": list(names), "architecture": architecture, "style_size": network.net.style_size,
+                       "loss_network": {"source": "random", "random_weights": True}, "recipe_hash": recipe_hash}
     reference = registry.publish_family(str(root), family, network.net.state_dict(), family_metadata, onnx_model.export(network.net))
     thumbnail = images.encode(images.fit_within(Image.open(STYLES / "udnie.jpg").convert("RGB"), 64))
     return {name: registry.publish(str(root), name, {"style_vector": network.style_vectors[index]},

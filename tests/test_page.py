@@ -1,10 +1,14 @@
-"""The web page in a real headless Chromium: pick a style, upload a photo, see the result."""
+"""The web page in a real headless Chromium: pick a style, upload a photo, see the result; blend two
+styles of a family with a slider."""
 
 import shutil
+import time
 
 import pytest
+import requests
 
-from serving import served  # noqa: F401 (a fixture)
+from factory import registry
+from serving import publish_random_family, served  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -55,3 +59,38 @@ def test_an_error_from_the_server_is_shown_to_the_person(served, page, tmp_path)
     page.set_input_files("#photo", str(tmp_path / "notes.png"))
     page.wait_for_function("document.getElementById('status').className === 'error'", timeout=60_000)
     assert "415" in page.locator("#status").text_content()
+
+
+def test_a_familys_style_blends_with_another_of_its_family_by_the_slider(served, page, tmp_path):
+    from PIL import Image
+
+    root, names = served["root"] / "registry", ("page-fam-a", "page-fam-b")
+    publish_random_family(root, names, seed=3, family="page-family")
+    try:
+        Image.new("RGB", (64, 48), (200, 120, 40)).save(tmp_path / "photo.png")
+        answers = []
+        page.on("response", lambda response: answers.append(response) if response.request.method == "POST" else None)
+        listed = lambda: {style["name"] for style in requests.get(served["base"] + "/styles", timeout=30).json()}
+        deadline = time.monotonic() + 30
+        while not set(names) <= listed():  # the front door reads the registry every second
+            assert time.monotonic() < deadline, "the family's styles were not listed within 30 s"
+            time.sleep(0.2)
+        page.goto(served["base"] + "/")
+        page.locator(f'.style[data-style="{names[0]}"]').wait_for(timeout=30_000)
+        page.locator('.style[data-style="alpha"]').click()
+        assert page.locator("#blend").is_hidden()  # a style with a network of its own has nothing to blend with
+        page.locator(f'.style[data-style="{names[0]}"]').click()
+        assert page.locator("#blend").is_visible()
+        assert page.locator("#blend-with option").all_text_contents() == ["(none)", names[1]]
+        page.set_input_files("#photo", str(tmp_path / "photo.png"))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=60_000)
+        page.select_option("#blend-with", names[1])
+        page.locator("#blend-amount").evaluate("slider => { slider.value = '0.3'; slider.dispatchEvent(new Event('change')); }")
+        page.wait_for_function(f"document.getElementById('status').textContent === 'Done: {names[0]}:0.7 + {names[1]}:0.3.'", timeout=60_000)
+        blended = answers[-1]
+        assert blended.status == 200 and blended.headers["x-blend"] == f"{names[0]}:0.7,{names[1]}:0.3"
+        assert page.locator("#result").evaluate("img => img.decode().then(() => img.naturalWidth)") == 64
+        page.screenshot(path=str(tmp_path / "blend.png"), full_page=True)
+    finally:
+        for name in names:
+            registry.withdraw(str(root), name)

@@ -79,13 +79,34 @@ def test_thirty_pooled_styles_each_answer_with_their_own_model(served, thirty_st
     assert np.abs(first - second).mean() > 5  # different models, different pictures: no style answers for another
 
 
-def test_a_style_familys_styles_are_served_each_with_its_own_vector(served):
-    """Two styles of one family (one shared network, a vector each) published while serving: each
-    answers with its own look, as the registry's FamilyStyle and the family's ONNX export draw it."""
+def expected_blend_png(registry_root, blend: dict[str, float], data: bytes) -> np.ndarray:
+    """The blend as the family's own network draws it, with the weighted sum of the styles' vectors."""
+    root = str(registry_root)
+    metadata = {name: registry.read_metadata(root, name) for name in blend}
+    vector = sum(weight * registry.load_style_vector(root, metadata[name]) for name, weight in blend.items())
+    net = registry.load_family_net(root, next(iter(metadata.values()))["family"], {})
+    with torch.inference_mode():
+        photo = images.to_tensor(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0)
+        return np.asarray(images.to_image(net(photo, vector[None])[0]), int)
+
+
+@pytest.fixture(scope="module")
+def pool_family(served):
+    """Two styles of one family published while serving, withdrawn after the module's tests."""
     base, root = served["base"], served["root"] / "registry"
     names = ("fam-one", "fam-two")
     publish_random_family(root, names, seed=11, family="pool-family")
     wait_for(lambda: set(names) <= listed(base), 30, "the family's styles listed")
+    yield names
+    for name in names:
+        registry.withdraw(str(root), name)
+
+
+def test_a_style_familys_styles_are_served_each_with_its_own_vector(served, pool_family):
+    """Two styles of one family (one shared network, a vector each): each answers with its own look, as
+    the registry's FamilyStyle and the family's ONNX export draw it, and requests for both at once (one
+    model id, so they may share a batch) each get their own style."""
+    base, root, names = served["base"], served["root"] / "registry", pool_family
     data = photo_bytes((40, 32), "PNG", seed=6)
     answers = {}
     for name in names:
@@ -93,8 +114,35 @@ def test_a_style_familys_styles_are_served_each_with_its_own_vector(served):
         assert np.abs(answers[name] - expected_png(root, name, data)).max() <= 1, name
         assert requests.get(f"{base}/styles/{name}", timeout=30).json()["family"]["name"] == "pool-family"
     assert np.abs(answers[names[0]] - answers[names[1]]).mean() > 2
-    for name in names:
-        registry.withdraw(str(root), name)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda name: (name, stylised_png(base, name, data)[0]), names * 3))
+    for name, answer in together:
+        assert np.abs(answer - answers[name]).max() <= 1, name
+
+
+def test_a_blend_of_a_familys_styles_mixes_their_vectors_in_one_pass(served, pool_family):
+    base, root, (one, two) = served["base"], served["root"] / "registry", pool_family
+    data = photo_bytes((40, 32), "PNG", seed=7)
+    response = requests.post(f"{base}/styles/{one}?format=png&blend={one}:0.7,{two}:0.3", data=data, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Blend"] == f"{one}:0.7,{two}:0.3" and response.headers["X-Style"] == one
+    blended = np.asarray(Image.open(io.BytesIO(response.content)), int)
+    assert np.abs(blended - expected_blend_png(root, {one: 0.7, two: 0.3}, data)).max() <= 1
+    for name in (one, two):  # a mix of the two, neither one alone
+        assert np.abs(blended - stylised_png(base, name, data)[0]).mean() > 0.5, name
+
+
+@pytest.mark.parametrize("path_style, blend, status, says", [
+    ("fam-one", "fam-one:0.5,nowhere:0.5", 404, "unknown style 'nowhere'"),
+    ("fam-one", "fam-one:nan,fam-two:0.5", 400, "finite number"),
+    ("fam-one", "fam-one:0.5,alpha:0.5", 400, "not in family 'pool-family'"),
+    ("alpha", "alpha:0.5,beta:0.5", 400, "has a network of its own"),
+    ("slow", "slow:1", 400, "does not blend"),
+])
+def test_a_blend_across_families_or_of_unknown_styles_is_refused_with_the_reason(served, pool_family, path_style, blend, status, says):
+    response = requests.post(f"{served['base']}/styles/{path_style}?blend={blend}", data=photo_bytes((40, 32), "PNG", seed=8), timeout=60)
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
 
 
 def test_a_style_published_while_serving_answers_without_a_deploy(served):

@@ -30,8 +30,9 @@ def test_a_refresh_sees_new_and_retrained_styles_on_s3_but_never_a_half_written_
     assert view.picture("beta", registry.THUMBNAIL_FILE).startswith(b"\xff\xd8")
     assert view.picture("beta", registry.MODEL_FILE) is None and view.picture("gamma", registry.THUMBNAIL_FILE) is None
 
-    style, version = parse_model_id(view.styles["alpha"].model_id)  # what a pool replica loads for a request
-    model = StyleModel(uri, style, version)
+    reference = parse_model_id(view.styles["alpha"].model_id)  # what a pool replica loads for a request
+    assert not reference.is_family
+    model = StyleModel(uri, reference.name, reference.version)
     assert model.metadata["version"] == retrained
     assert model.forward_by_size([torch.rand(3, 16, 16) * 255])[0].shape == (3, 16, 16)
 
