@@ -9,7 +9,8 @@ steps of one style each (equal training compute: one style's forward and backwar
 one family for S steps (a quarter of it). For every style it reads the published model's quality
 figures on the preview photo (factory/quality.py: colour shift, structure kept) and final loss, and
 gives each family style's figures as a share of the separate network's, and how different the styles'
-previews are from each other (preview_distinctness). Then it loads 16 styles both
+previews are from each other (preview_distinctness), and bench/quality.py's loss ratio (each model's
+loss on a held-out photo over what direct optimisation of that loss reaches). Then it loads 16 styles both
 ways from the registry, as serving does, and counts the weights they hold in memory, scaled to a
 catalogue of 1,000. Figures go to bench/results/<device>-<date>.json under "families".
 """
@@ -64,6 +65,39 @@ def preview_distinctness(registry_uri: str) -> float:
     return float(statistics.mean(np.abs(previews[a] - previews[b]).mean() for a, b in itertools.combinations(STYLES, 2)))
 
 
+def loss_ratios(registries: dict[str, str], config: Path, size: int = 128, iterations: int = 50) -> dict[str, dict[str, float]]:
+    """{run: {style: bench/quality.py's ratio}}: each model's perceptual loss on a held-out photo over the
+    loss that direct optimisation of the same objective reaches (L-BFGS). The objective is one per style
+    (the runs share the style's image, loss settings and loss network), so each style is optimised once."""
+    from bench import quality as quality_bench
+    from factory.loss_network import LossNetwork
+    from factory.style_pack import PerceptualObjective
+
+    photo_path = quality_bench.HELD_OUT[0]
+    photo, _ = quality_bench.photo_tensor(photo_path, size)
+    images_by_style = {entry["name"]: entry["image"] for entry in yaml.safe_load(config.read_text())["styles"]}
+    ratios = {label: {} for label in registries}
+    for style in STYLES:
+        objectives = {}
+        for label, registry_uri in registries.items():
+            metadata = registry.read_metadata(registry_uri, style)
+            settings, resolved = quality_bench.style_as_trained(metadata, Path(images_by_style[style]).read_bytes())
+            weights = quality_bench.loss_network_for(metadata["loss_network"]["source"])
+            objectives[label] = PerceptualObjective(LossNetwork(weights, [settings.content_layer, *settings.style_layers]), settings, [resolved],
+                                                    torch.device("cpu"))
+        with torch.no_grad():  # one objective indeed: every run scores the unstylised photo alike
+            at_photo = {label: float(objective(photo, photo.unsqueeze(0))[0]) for label, objective in objectives.items()}
+        if max(at_photo.values()) - min(at_photo.values()) > 1e-4 * max(at_photo.values()):
+            raise RuntimeError(f"{style}: the runs' objectives differ ({at_photo}); optimise each run's own")
+        optimised = quality_bench.optimised_losses(next(iter(objectives.values())), photo, iterations)[-1]
+        for label, registry_uri in registries.items():
+            net = registry.load_model(registry_uri, style)[0]
+            with torch.no_grad():
+                ratios[label][style] = float(objectives[label](photo, net(photo).unsqueeze(0))[0]) / optimised
+        print(f"  {style}: loss ratios " + ", ".join(f"{label} {ratios[label][style]:.3f}" for label in registries), flush=True)
+    return ratios
+
+
 def resident_weight_bytes(models: list) -> int:
     """Bytes of the distinct tensors the loaded models hold (a family's shared network counted once)."""
     seen = {}
@@ -113,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     folders = {"separate": "separate", "family_equal_compute": "family-equal", "family_quarter_compute": "family-quarter"}
     distinctness = {label: preview_distinctness(str(folder / f"registry-{folders[label]}")) for label in runs}
+    ratios = loss_ratios({label: str(folder / f"registry-{folders[label]}") for label in runs}, config)
     memory = serving_memory(folder)
 
     print(f"\non {results.device_name()}, torch {torch.__version__}; {Path(args.config).name}'s settings, S = {steps} steps; "
@@ -129,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{style:<14} " + " ".join(f"{cell:>28}" for cell in cells))
     print(f"{'mean share':<14} " + " ".join(f"{statistics.mean(values):>28.0%}" for values in shares.values()))
     print(f"{'distinctness':<14} " + " ".join(f"{value:>28.1f}" for value in distinctness.values()))
+    print(f"{'loss ratio':<14} " + " ".join(f"{statistics.mean(values.values()):>28.3f}" for values in ratios.values()))
     print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(f['train_seconds'] for f in figures.values()):>28.0f}" for figures in runs.values()))
     print(f"serving, weights held for {FAMILY_SIZE} styles: separate {memory['separate_bytes'] / 2**20:.1f} MiB, one family "
           f"{memory['family_bytes'] / 2**20:.2f} MiB ({memory['per_family_style_bytes'] / 1024:.1f} KiB a style beside the family's "
@@ -138,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_record:
         figures = {"config": Path(args.config).name, "steps": steps, "styles": list(STYLES), "runs": runs,
                    "mean_share_of_separate": {label: statistics.mean(values) for label, values in shares.items()},
-                   "preview_distinctness": distinctness, "serving_memory": memory}
+                   "preview_distinctness": distinctness, "loss_ratio": ratios,
+                   "loss_ratio_note": "bench/quality.py's ratio on golden_gate.jpg at 128 px, 50 L-BFGS iterations",
+                   "serving_memory": memory}
         print(f"recorded in {results.record('families', figures)}")
     return 0
 

@@ -64,7 +64,9 @@ def front_application(config: ServingConfig, registry_uri: str) -> dict:
         "name": FRONT_APP,
         "route_prefix": "/",
         "import_path": "serve.front_app:build_app",
-        "args": {"registry": registry_uri, "settings": dataclasses.asdict(pool), "pool": dataclasses.asdict(config.pool)},
+        # The dedicated styles: the listing says which ones answer on an application of their own (no blends there).
+        "args": {"registry": registry_uri, "settings": dataclasses.asdict(pool), "pool": dataclasses.asdict(config.pool),
+                 "dedicated": config.dedicated_styles()},
         "deployments": [{"name": "Front", **autoscaling(front)}, {"name": "StylePool", **autoscaling(pool)}],
     }
 

@@ -1,7 +1,7 @@
 """The front door, the root application: the page, the listing, and every pooled style's endpoint.
 
     GET  /                 the page: every style's painting and preview; pick or drop a photo, see the result
-    GET  /styles           [{name, version, endpoint, thumbnail_url, preview_url, metadata}, ...]
+    GET  /styles           [{name, version, endpoint, thumbnail_url, preview_url, metadata, dedicated}, ...]
     GET  /gallery/<style>/thumbnail.jpg, /gallery/<style>/preview.jpg   the page's pictures
     POST /styles/<style>   the image (raw body or multipart field 'image') -> stylised image
          ?max_side=&strength=&preserve_colors=&format=jpeg|png|webp
@@ -48,13 +48,14 @@ api = json_errors_api()
                   request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
 @serve.ingress(api)
 class Front:
-    def __init__(self, pool: DeploymentHandle, registry_uri: str, settings: dict, pool_settings: dict):
+    def __init__(self, pool: DeploymentHandle, registry_uri: str, settings: dict, pool_settings: dict, dedicated: list[str] = ()):
         from serve.metrics import FrontMetrics
 
         self.pool = pool
         self.settings = EndpointSettings(**settings)
         self.pool_settings = PoolSettings(**pool_settings)
         self.page = PAGE.read_text()
+        self.dedicated = frozenset(dedicated)
         self.metrics = FrontMetrics()
         self.view = RegistryView(registry_uri, self.pool_settings.refresh_s, self.pool_settings.full_refresh_s)
         self.view.start_refreshing()
@@ -82,6 +83,7 @@ class Front:
             "thumbnail_url": f"/gallery/{style.name}/{registry.THUMBNAIL_FILE}",
             "preview_url": f"/gallery/{style.name}/{registry.PREVIEW_FILE}",
             "metadata": style.metadata,
+            "dedicated": style.name in self.dedicated,  # on an application of its own, which does not blend
         } for _, style in sorted(self.view.styles.items())]
 
     @api.api_route("/gallery/{name}/{filename}", methods=["GET", "HEAD"])
@@ -104,9 +106,13 @@ class Front:
         started, status = time.perf_counter(), 500
         try:
             http_input.refuse_routing_headers(request.headers)
-            style = self._published(name)
+            self._published(name)  # an unknown style is a 404 before its body is read
             data, options = await http_input.read_stylise_request(request, self.settings)
-            status, answer, timings_ms = await self._run_in_pool(style, data, options, self._style_mix(style, options.blend))
+            # One listing for the style and its blend: a refresh while the body arrived (a family retrained,
+            # its styles published one by one) must not pair a style with its partners' other version.
+            listing = self.view.styles
+            style = self._published(name, listing)
+            status, answer, timings_ms = await self._run_in_pool(style, data, options, self._style_mix(style, options.blend, listing))
             if status != 200:
                 raise HTTPError(status, answer)
             return http_input.stylised_response(answer, options, style.name, style.version, timings_ms)
@@ -117,7 +123,8 @@ class Front:
             # A style tag only for published styles: a client's made-up names must not grow the metric.
             self.metrics.answered(name if name in self.view.styles else "-", status, time.perf_counter() - started)
 
-    def _style_mix(self, style: PublishedStyle, blend: tuple[tuple[str, float], ...]) -> tuple[tuple[str, str, float], ...]:
+    def _style_mix(self, style: PublishedStyle, blend: tuple[tuple[str, float], ...],
+                   listing: dict[str, PublishedStyle]) -> tuple[tuple[str, str, float], ...]:
         """What a family's model mixes for this request, as (style, version, weight): the style alone, or
         the blend; () for a style with a network of its own. A blend mixes styles of the path's style's
         family version, trained together on one network: naming any other style is a 400 (mixing
@@ -132,7 +139,7 @@ class Front:
         family = style.family
         mix = []
         for name, weight in blend:
-            other = self._published(name)  # 404 for a style that is not published
+            other = self._published(name, listing)  # 404 for a style that is not published
             if other.family is None or other.family["name"] != family["name"]:
                 raise HTTPError(400, f"blend names {name!r}, which is not in family {family['name']!r} of {style.name!r}: "
                                      "a blend mixes styles of one family (GET /styles shows each style's family)")
@@ -153,14 +160,15 @@ class Front:
         except RayActorError:  # the replica died mid-request (ActorDiedError), or is unreachable for now
             return 503, "the style pool replica running this request stopped; retry in a few seconds", {}
 
-    def _published(self, name: str) -> PublishedStyle:
+    def _published(self, name: str, listing: dict[str, PublishedStyle] | None = None) -> PublishedStyle:
+        listing = self.view.styles if listing is None else listing
         try:
             validate_style_name(name)
         except ValueError as error:
             raise HTTPError(400, str(error)) from None
-        style = self.view.styles.get(name)
+        style = listing.get(name)
         if style is None:
-            known = sorted(self.view.styles)
+            known = sorted(listing)
             listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more (GET /styles)" if len(known) > 20 else "")
             raise HTTPError(404, f"unknown style {name!r}; published styles: {listed or 'none'}")
         return style
@@ -179,4 +187,4 @@ def build_app(args: dict):
     from serve.style_pool import StylePool  # only the builder needs it: the front's replicas stay free of torch
 
     pool = StylePool.bind(args["registry"], args.get("settings", {}), args["pool"])
-    return Front.bind(pool, args["registry"], args.get("settings", {}), args["pool"])
+    return Front.bind(pool, args["registry"], args.get("settings", {}), args["pool"], args.get("dedicated", []))

@@ -91,7 +91,7 @@ class StylePool:
                 await self.report_held(published.model_id)
                 if model.style_vectors is not None:
                     await asyncio.to_thread(model.style_vectors.vector, style, published.version)
-            except (registry.ModelNotFound, ModelUnavailable) as error:
+            except Exception as error:  # a style that cannot be prewarmed must not keep the replica from starting
                 logger.warning("pool.prewarm names %r, which cannot be loaded: %s", style, error)
 
     def _load(self, model_id: str) -> StyleModel:

@@ -90,6 +90,8 @@ def test_listing_has_every_style_with_working_thumbnail_and_preview_urls(served)
     listing = requests.get(f"{served['base']}/styles", timeout=30).json()
     assert {"alpha", "beta", "slow"} <= {entry["name"] for entry in listing}  # test_pool.py may be publishing more
     assert listing[0]["metadata"]["loss_network"]["random_weights"] is True
+    dedicated = {entry["name"]: entry["dedicated"] for entry in listing}
+    assert dedicated["slow"] is True and dedicated["alpha"] is False  # the page offers no blend where none is served
     for url in (listing[0]["thumbnail_url"], listing[1]["preview_url"]):
         assert url.startswith("/gallery/")  # served by the gallery: the page never wakes a style's replicas
         response = requests.get(served["base"] + url, timeout=30)

@@ -83,10 +83,10 @@ def test_requests_of_the_same_size_share_a_batch_and_keep_their_order(tmp_path):
 class FailsOnMarkedImages(StyleModel):
     """The published model, except that it raises on any batch holding an image marked 13 in its corner."""
 
-    def _run(self, batch):
+    def _run(self, batch, styles=None):
         if (batch[:, 0, 0, 0] == 13.0).any():
             raise RuntimeError("this image breaks the model")
-        return super()._run(batch)
+        return super()._run(batch, styles)
 
 
 def test_one_failing_image_fails_alone_and_its_batch_neighbours_get_their_pictures(tmp_path):
@@ -103,13 +103,13 @@ def test_one_failing_image_fails_alone_and_its_batch_neighbours_get_their_pictur
 class RunsOutOfMemoryOnBatches(StyleModel):
     """A batch of several images holds a large activation and runs out of memory, as on a full GPU."""
 
-    def _run(self, batch):
+    def _run(self, batch, styles=None):
         if batch.shape[0] > 1:
             activations = torch.empty(4_000_000)
             self.failed_batch_activations = weakref.ref(activations)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
         self.alive_at_retry.append(self.failed_batch_activations() is not None)
-        return super()._run(batch)
+        return super()._run(batch, styles)
 
 
 def test_after_running_out_of_memory_the_failed_batch_is_freed_before_the_images_are_retried_alone(tmp_path):
@@ -134,9 +134,9 @@ def test_a_model_whose_output_is_not_finite_fails_its_request_instead_of_answeri
 
 
 class CountsBatches(StyleModel):
-    def _run(self, batch):
+    def _run(self, batch, styles=None):
         self.batch_sizes.append(batch.shape[0])
-        return super()._run(batch)
+        return super()._run(batch, styles)
 
 
 def test_a_batch_of_large_images_runs_within_the_pixel_budget(tmp_path):
