@@ -127,7 +127,9 @@ def check_families(styles: list[ResolvedStyle], styles_per_step: int = 1) -> Non
             if len(set(values.values())) > 1:
                 listed = ", ".join(f"{name}: {value}" for name, value in values.items())
                 raise ValueError(f"the styles of family {family!r} differ in {setting} ({listed}); a family is one network "
-                                 f"trained in one run: give them one {setting}, or put a style in a family of its own (styles[].family)")
+                                 f"trained in one run: give them one {setting}, or put a style in a family of its own (styles[].family). "
+                                 f"A style that joined the published family with a {setting} of its own trains as a member when the "
+                                 f"family trains again (--retrain, or a member's recipe changed): drop its own {setting} for that run")
 
 
 def family_hashes(styles: list[ResolvedStyle], hashes: dict[str, str]) -> dict[str, str]:

@@ -23,7 +23,7 @@ from factory.family import StyleFamily, styles_for_step
 from factory.transform_net import TransformNet
 from factory.vgg_weights import random_vgg19
 from serve.style_model import RunFailure, StyleModel
-from serving import STYLES, publish_random_style
+from serving import STYLES, publish_random_family, publish_random_style
 from test_fast_path import STYLISE_MAX_TOLERANCE, STYLISE_MEAN_TOLERANCE
 from factory_runs import pack_plan as plan
 
@@ -154,6 +154,27 @@ def test_fp16_channels_last_serving_matches_fp32_on_the_cpu_within_the_stated_to
                                                                  max_pixels=10**8), 128 if ON_CPU else 512))
     difference = (fast.forward_by_size([photo])[0] - plain.forward_by_size([photo])[0]).abs()
     assert difference.mean() < STYLISE_MEAN_TOLERANCE and difference.max() < STYLISE_MAX_TOLERANCE, (difference.mean(), difference.max())
+
+
+def test_a_family_served_in_fp16_gives_each_image_of_a_batch_its_own_style_within_the_stated_tolerance(tmp_path):
+    """A family's model on the GPU (fp16, channels_last, eager) against fp32 on the CPU: one batch of two
+    styles and their blend, each image within the single-style tolerance of its own style."""
+    from factory import registry
+
+    versions = publish_random_family(tmp_path, ("fa", "fb"), seed=4, family="gpu-family")
+    family_version = registry.read_family_metadata(str(tmp_path), "gpu-family")["family"]["version"]
+    fast = StyleModel(str(tmp_path), "gpu-family", family_version, device=DEVICE, family=True)
+    plain = StyleModel(str(tmp_path), "gpu-family", family_version, device=torch.device("cpu"), fast=False, family=True)
+    photo = images.to_tensor(images.fit_within(images.decode_rgb((STYLES.parent / "content" / "chelsea.png").read_bytes(),
+                                                                 max_pixels=10**8), 128 if ON_CPU else 512))
+    vectors = plain.style_vectors
+    styles = [vectors.vector("fa", versions["fa"]), vectors.vector("fb", versions["fb"]),
+              vectors.blend((("fa", versions["fa"], 0.5), ("fb", versions["fb"], 0.5)))]
+    expected = plain.forward_by_size([photo] * 3, styles)
+    for served, wanted in zip(fast.forward_by_size([photo] * 3, styles), expected):
+        difference = (served - wanted).abs()
+        assert difference.mean() < STYLISE_MEAN_TOLERANCE and difference.max() < STYLISE_MAX_TOLERANCE, (difference.mean(), difference.max())
+    assert (expected[0] - expected[1]).abs().mean() > 1  # two styles, two pictures: no image ran with another's vector
 
 
 def test_the_static_shape_path_compiles_warm_shapes_answers_within_tolerance_and_never_recompiles_a_bucket(tmp_path):
