@@ -111,9 +111,9 @@ BREAKS = [
           "        if model_id not in self.loading:\n", "        if self.models:\n            self.models.popitem(last=False)\n        if model_id not in self.loading:\n",
           ("tests/test_model_cache.py",)),
     Break("a failed batch is retried after its memory is freed", "serve/style_model.py",
-          "                results = self._attempt(lambda: self._run_group(run_shape, [tensors[i] for i in indices]))\n",
-          "                try:\n                    results = self._run_group(run_shape, [tensors[i] for i in indices])\n"
-          "                except Exception:\n                    results = [self._run_alone(tensors[i]) for i in indices]\n",
+          "                results = self._attempt(lambda: self._run_group(run_shape, [tensors[i] for i in indices], self._styles(styles, indices)))\n",
+          "                try:\n                    results = self._run_group(run_shape, [tensors[i] for i in indices], self._styles(styles, indices))\n"
+          "                except Exception:\n                    results = [self._run_alone(tensors[i], self._styles(styles, [i])) for i in indices]\n",
           ("tests/test_serve_config.py::test_after_running_out_of_memory_the_failed_batch_is_freed_before_the_images_are_retried_alone",)),
     Break("a non-finite picture is a failure, not an answer", "serve/style_model.py",
           "        if torch.isfinite(output).all():", "        if True:",
