@@ -37,6 +37,7 @@ from factory import registry
 
 STYLES = ("starry_night", "the_scream", "udnie", "shipwreck")
 CATALOGUE, FAMILY_SIZE = 1_000, 16
+FAMILY_SETTINGS = ("training.pack_mode=family", "training.family_styles_per_step=1")  # Magenta's: one style a step
 
 
 def write_config(folder: Path, base: str) -> Path:
@@ -127,23 +128,27 @@ def serving_memory(folder: Path) -> dict:
             f"catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb": (families * family_network + CATALOGUE * per_family_style) / 2**20}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_run(description: str, argv: list[str] | None, steps_help: str, prefix: str) -> tuple[argparse.Namespace, Path, Path, int]:
+    """The command line the families benches share, and what it sets up: (args, the run's folder, the
+    config with the four styles written into it, S)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "tiny.yaml"), help="settings to train with (its styles are replaced)")
-    parser.add_argument("--steps", type=int, help="S: each separate network's steps (default: the config's training.steps)")
+    parser.add_argument("--steps", type=int, help=f"S: {steps_help} (default: the config's training.steps)")
     parser.add_argument("--keep", type=Path, help="keep the registries and checkpoints in this folder")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
     args = parser.parse_args(argv)
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="families-"))
+    folder = args.keep or Path(tempfile.mkdtemp(prefix=prefix))
     folder.mkdir(parents=True, exist_ok=True)
     config = write_config(folder, args.config)
-    steps = args.steps or yaml.safe_load(config.read_text())["training"]["steps"]
+    return args, folder, config, args.steps or yaml.safe_load(config.read_text())["training"]["steps"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, folder, config, steps = bench_run(__doc__, argv, "each separate network's steps", "families-")
     runs = {
         "separate": train_into(config, folder, "separate", steps),
-        "family_equal_compute": train_into(config, folder, "family-equal", len(STYLES) * steps, "training.pack_mode=family",
-                                           "training.family_styles_per_step=1"),
-        "family_quarter_compute": train_into(config, folder, "family-quarter", steps, "training.pack_mode=family",
-                                             "training.family_styles_per_step=1"),
+        "family_equal_compute": train_into(config, folder, "family-equal", len(STYLES) * steps, *FAMILY_SETTINGS),
+        "family_quarter_compute": train_into(config, folder, "family-quarter", steps, *FAMILY_SETTINGS),
     }
     folders = {"separate": "separate", "family_equal_compute": "family-equal", "family_quarter_compute": "family-quarter"}
     distinctness = {label: preview_distinctness(str(folder / f"registry-{folders[label]}")) for label in runs}

@@ -15,10 +15,8 @@ structure kept). Figures go to bench/results/<device>-<date>.json under "family_
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +26,7 @@ import torch
 import yaml
 
 from bench import results
-from bench.families import STYLES, write_config
+from bench.families import FAMILY_SETTINGS, STYLES, bench_run
 from bench.training_runs import train_into
 
 FIFTH = "woman-with-hat-matisse"
@@ -56,31 +54,21 @@ def alone(config: Path, folder: Path) -> Path:
     return path
 
 
-def join(config: Path, folder: Path, label: str, family_settings: tuple[str, ...]) -> dict:
+def join(config: Path, folder: Path, label: str) -> dict:
     """The fifth style joining a copy of the published family (each join starts from the same family)."""
     shutil.copytree(folder / "registry-family", folder / f"registry-{label}")
-    return train_into(config, folder, label, None, *family_settings)[FIFTH]
+    return train_into(config, folder, label, None, *FAMILY_SETTINGS)[FIFTH]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "tiny.yaml"), help="settings to train with (its styles are replaced)")
-    parser.add_argument("--steps", type=int, help="S: the family's steps, and the separate fifth's (default: the config's training.steps)")
-    parser.add_argument("--keep", type=Path, help="keep the registries and checkpoints in this folder")
-    parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
-    args = parser.parse_args(argv)
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="family-join-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    config = write_config(folder, args.config)
-    steps = args.steps or yaml.safe_load(config.read_text())["training"]["steps"]
-    family_settings = ("training.pack_mode=family", "training.family_styles_per_step=1")
-    family = train_into(with_steps(config, folder / "family", steps), folder, "family", None, *family_settings)
+    args, folder, config, steps = bench_run(__doc__, argv, "the family's steps, and the separate fifth's", "family-join-")
+    family = train_into(with_steps(config, folder / "family", steps), folder, "family", None, *FAMILY_SETTINGS)
     separate = train_into(alone(with_steps(config, folder / "alone", steps, steps=steps), folder), folder, "fifth-alone", None)[FIFTH]
     runs = {
         f"joining, {steps} steps at the config's learning rate": join(with_steps(config, folder / "join-same", steps, steps=steps), folder,
-                                                                      "join-same", family_settings),
+                                                                      "join-same"),
         f"joining, {steps // 5} steps at learning rate {JOIN_LEARNING_RATE:g}": join(
-            with_steps(config, folder / "join-fifth", steps, steps=steps // 5, learning_rate=JOIN_LEARNING_RATE), folder, "join-fifth", family_settings),
+            with_steps(config, folder / "join-fifth", steps, steps=steps // 5, learning_rate=JOIN_LEARNING_RATE), folder, "join-fifth"),
     }
     print(f"\non {results.device_name()}, torch {torch.__version__}; {Path(args.config).name}'s settings; a family of {len(STYLES)} "
           f"trained for S = {steps} steps in {family[STYLES[0]]['train_seconds']:.0f} s; the fifth style, {FIFTH}:")

@@ -10,8 +10,9 @@
 
 It parses requests (bounded, off the event loop) and hands the image to the style pool
 (serve/style_pool.py) with the style's current version as the multiplexed model id (a family's
-style: its family version, with the style or blend to run); the pool does the pixel work. The registry is re-read every pool.refresh_s, so a style published or retrained while
-serving is live within that time, without a deploy. A style marked dedicated has its own application
+style: its family version, with the style or blend to run); the pool does the pixel work. The
+registry is re-read every pool.refresh_s, so a style published or retrained while serving is live
+within that time, without a deploy. A style marked dedicated has its own application
 at /styles/<style>, which Serve routes to before this one (the longer route prefix wins).
 """
 

@@ -67,10 +67,10 @@ class StyleEndpoint:
     @api.post("/")
     async def stylise(self, request: Request) -> Response:
         http_input.refuse_routing_headers(request.headers)
-        data, options = await http_input.read_stylise_request(request, self.settings)
-        if options.blend:  # its replicas hold this style's vector only; the pool holds the whole family
+        if request.query_params.get("blend"):  # before the body, as any bad option; its replicas hold this style's vector only
             raise HTTPError(400, f"style {self.metadata['style']!r} is served on its own application (dedicated), which "
                                  "does not blend: blends mix styles of one family in the shared pool (styles not marked dedicated)")
+        data, options = await http_input.read_stylise_request(request, self.settings)
         image, timings_ms = await stylising.stylise_image(data, options, self.settings, self.run_batch)
         return http_input.stylised_response(image, options, self.metadata["style"], self.metadata["version"], timings_ms)
 

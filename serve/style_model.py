@@ -144,13 +144,11 @@ class StyleModel:
             self.net = fast_network(self.net)
 
     def _run(self, batch: torch.Tensor, styles: torch.Tensor | None = None) -> torch.Tensor:
-        """styles: (B, style_size) for a family's model, else None."""
-        if styles is not None:
-            styles = styles.to(self.device, torch.float16 if self.fast else torch.float32)
-            return self.net(fast_input(batch), styles).float() if self.fast else self.net(batch, styles)
+        """styles: (B, style_size) for a family's model, else None (a single style's network takes none)."""
+        extra = () if styles is None else (styles.to(self.device, torch.float16 if self.fast else torch.float32),)
         if not self.fast:
-            return self.net(batch)
-        return self.net(fast_input(batch)).float()
+            return self.net(batch, *extra)
+        return self.net(fast_input(batch), *extra).float()
 
     def forward_by_size(self, tensors: list[torch.Tensor], styles: list[torch.Tensor] | None = None) -> list[torch.Tensor | RunFailure]:
         """(3, H, W) tensors in 0..255 -> stylised, in order; those that run at one shape run as one batch.
