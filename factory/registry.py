@@ -167,6 +167,44 @@ def _add_to_index(registry: str, style: str, pointer: dict) -> None:
         write_index(registry, styles)
 
 
+def list_versions(registry: str, style: str) -> list[str]:
+    """The style's version folders, oldest first (a version's name begins with its UTC publishing time)."""
+    validate_style_name(style)
+    return sorted(storage.list_subfolders(storage.join(registry, style, "versions")))
+
+
+def list_family_versions(registry: str, family: str) -> list[str]:
+    """A family's version folders, oldest first."""
+    return sorted(storage.list_subfolders(storage.join(family_uri(registry, family), "versions")))
+
+
+def list_families(registry: str) -> list[str]:
+    return [name for name in storage.list_subfolders(storage.join(registry, FAMILIES_FOLDER)) if _is_style_name(name)]
+
+
+def _is_style_name(name: str) -> bool:
+    try:
+        validate_style_name(name)
+        return True
+    except ValueError:
+        return False
+
+
+def make_current(registry: str, style: str, version: str) -> dict:
+    """Point the style at one of its published versions (a rollback): the same atomic pointer write as a
+    publish, then the index. The pointer's published_at is now, when this version became current, so
+    readers that never go back to an older pointer take it (serve/registry_view.py)."""
+    validate_style_name(style)
+    metadata = read_metadata(registry, style, version)  # FileNotFoundError: not a complete version
+    if "family" in metadata and not storage.exists(family_uri(registry, metadata["family"]["name"], metadata["family"]["version"], MODEL_FILE)):
+        raise ModelNotFound(f"{style!r} version {version} belongs to family {metadata['family']['name']!r} version "
+                            f"{metadata['family']['version']}, which is no longer in the registry (pruned)")
+    pointer = {"version": version, "published_at": datetime.now(timezone.utc).isoformat()}
+    storage.write_bytes(storage.join(registry, style, POINTER_FILE), json.dumps(pointer).encode())
+    _add_to_index(registry, style, pointer)
+    return pointer
+
+
 def withdraw(registry: str, style: str) -> None:
     """Stop publishing `style`: out of index.json, then its current.json gone, so servers drop it at their
     next refresh. Its version files stay (requests in flight may still read them); delete them later."""
@@ -344,3 +382,11 @@ def _read_checked(uri: str, sha256: str, metadata: dict) -> bytes:
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError(f"{filename} of {metadata['style']!r} version {metadata['version']} ({uri}) does not match its recorded sha256")
     return data
+
+
+if __name__ == "__main__":  # python -m factory.registry list | show | rollback | withdraw | prune
+    import sys
+
+    from factory.registry_cli import main
+
+    sys.exit(main())

@@ -169,6 +169,25 @@ def delete(uri: str) -> None:
     Path(uri).unlink(missing_ok=True)
 
 
+def delete_tree(uri: str) -> int:
+    """Remove a folder or an S3 prefix with everything under it; returns how many files or objects went."""
+    if not is_s3(uri):
+        path = Path(uri)
+        if not path.is_dir():
+            return 0
+        count = sum(1 for child in path.rglob("*") if child.is_file())
+        shutil.rmtree(path)
+        return count
+    bucket, prefix = split_s3(uri)
+    client, count = _s3_client(), 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        keys = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
+        if keys:  # at most 1,000 a page, as DeleteObjects takes
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            count += len(keys)
+    return count
+
+
 def has_content(uri: str) -> bool:
     """Whether a file, or a folder or S3 prefix holding at least one object, is at `uri`."""
     if not is_s3(uri):

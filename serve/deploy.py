@@ -14,6 +14,7 @@ style's new version). Serve keeps the replicas of every application whose config
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import sys
@@ -30,13 +31,18 @@ from serve.settings import EndpointSettings, ServingConfig, load_serving_config
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 FRONT_APP = "front"
+GRACE_S = 5.0  # past the request timeout, for the answer to leave the replica
 
 
 def style_app_name(style: str) -> str:
     return f"style-{style}"
 
 
-def autoscaling(settings: EndpointSettings) -> dict:
+def deployment_options(settings: EndpointSettings, request_timeout_s: float) -> dict:
+    """A deployment's options in the Serve config. Only `ray_actor_options` (and the application's `args`)
+    make Serve replace replicas when they change; the replica counts, limits and periods here are updated
+    in place, and `user_config` reaches running replicas through their `reconfigure`
+    (ray/serve/_private/config.py: each DeploymentConfig field's update_type)."""
     return {
         "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.max_queued_requests,
@@ -48,6 +54,11 @@ def autoscaling(settings: EndpointSettings) -> dict:
         },
         "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus,
                               **({"resources": settings.resources} if settings.resources else {})},
+        # A replica being replaced or scaled down finishes what it holds: a request may take up to the
+        # proxy's request timeout (Serve's default of 20 s would cut longer ones off mid-answer).
+        "graceful_shutdown_timeout_s": request_timeout_s + GRACE_S,
+        "health_check_period_s": settings.health_check_period_s,
+        "health_check_timeout_s": settings.health_check_timeout_s,
     }
 
 
@@ -55,30 +66,41 @@ def front_application(config: ServingConfig, registry_uri: str) -> dict:
     """The front door (HTTP parsing, listing, page) and the style pool behind it, autoscaled as `defaults`
     says. The front takes twice what the pool can hold at once: when load exceeds the pool, the pool's
     queue overflows first and the front answers 503 in JSON with a message, rather than Serve's proxy
-    answering its own plain-text 503."""
+    answering its own plain-text 503.
+
+    `args` holds only the registry: Serve hashes an application's args into every deployment's version
+    (ray/serve/_private/deploy_utils.py, get_app_code_version), so anything there replaces every replica
+    and drops every model cache when it changes. The settings travel as each deployment's user_config."""
     pool = config.defaults
     front_ongoing = 2 * (pool.max_ongoing_requests * pool.max_replicas + pool.max_queued_requests)
     front = dataclasses.replace(pool, min_replicas=1, num_cpus=config.pool.front_num_cpus, num_gpus=0.0, resources={},
                                 max_ongoing_requests=front_ongoing, target_ongoing_requests=front_ongoing / 2)
+    timeout_s = config.http.request_timeout_s
+    shared = {"settings": dataclasses.asdict(pool), "pool": dataclasses.asdict(config.pool)}
     return {
         "name": FRONT_APP,
         "route_prefix": "/",
         "import_path": "serve.front_app:build_app",
-        # The dedicated styles: the listing says which ones answer on an application of their own (no blends there).
-        "args": {"registry": registry_uri, "settings": dataclasses.asdict(pool), "pool": dataclasses.asdict(config.pool),
-                 "dedicated": config.dedicated_styles()},
-        "deployments": [{"name": "Front", **autoscaling(front)}, {"name": "StylePool", **autoscaling(pool)}],
+        "args": {"registry": registry_uri},
+        "deployments": [
+            # The dedicated styles: the listing says which ones answer on an application of their own (no blends there).
+            {"name": "Front", **deployment_options(front, timeout_s), "user_config": {**copy.deepcopy(shared), "dedicated": config.dedicated_styles()}},
+            {"name": "StylePool", **deployment_options(pool, timeout_s), "user_config": copy.deepcopy(shared)},
+        ],
     }
 
 
 def dedicated_application(config: ServingConfig, registry_uri: str, style: str, version: str) -> dict:
+    """A dedicated style's application: a new version is a new application version (its replicas load
+    it as they start); its settings reach running replicas as user_config."""
     settings = config.for_style(style)
     return {
         "name": style_app_name(style),
         "route_prefix": f"/styles/{style}",
         "import_path": "serve.style_app:build_app",
-        "args": {"registry": registry_uri, "style": style, "version": version, "settings": dataclasses.asdict(settings)},
-        "deployments": [{"name": "StyleEndpoint", **autoscaling(settings)}],
+        "args": {"registry": registry_uri, "style": style, "version": version},
+        "deployments": [{"name": "StyleEndpoint", **deployment_options(settings, config.http.request_timeout_s),
+                         "user_config": {"settings": dataclasses.asdict(settings)}}],
     }
 
 

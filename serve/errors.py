@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,8 +19,8 @@ logger = get_logger(__name__)
 RETRY_AFTER_S = 5
 
 
-def json_error(status: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+def json_error(status: int, message: str, retry_after_s: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s or RETRY_AFTER_S)))} if status in (429, 503) else None
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
@@ -55,7 +56,7 @@ def json_errors_api() -> FastAPI:
 
     @api.exception_handler(HTTPError)
     async def our_error(request: Request, error: HTTPError):
-        return json_error(error.status, error.message)
+        return json_error(error.status, error.message, error.retry_after_s)
 
     @api.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):

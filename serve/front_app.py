@@ -18,11 +18,12 @@ at /styles/<style>, which Serve routes to before this one (the longer route pref
 
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.config import RequestRouterConfig
@@ -34,49 +35,93 @@ from factory.style_names import validate_style_name
 from serve import http_input
 from serve.errors import json_errors_api
 from serve.http_input import HTTPError
-from serve.registry_view import PICTURES, PublishedStyle, RegistryView
+from serve.registry_view import PICTURES, ListingCopy, PublishedStyle, RegistryView
 from serve.routing import ForgetfulRouter
 from serve.settings import EndpointSettings, PoolSettings
 
 PAGE = Path(__file__).with_name("page.html")
+CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
 CACHED = {"Cache-Control": "max-age=300"}
 api = json_errors_api()
 
 
+class GcsListingCopy(ListingCopy):
+    """The front door's last listing, in Ray's GCS key-value store: a replacement front replica that starts
+    while storage is down, on any node, begins from it instead of an empty listing."""
+
+    def __init__(self, registry_uri: str):
+        self.key = f"listing/{hashlib.sha256(registry_uri.encode()).hexdigest()}".encode()
+
+    def save(self, data: bytes) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(self.key, data, overwrite=True, namespace=KV_NAMESPACE)
+
+    def load(self) -> bytes | None:
+        from ray.experimental import internal_kv
+
+        return internal_kv._internal_kv_get(self.key, namespace=KV_NAMESPACE)
+
+
+KV_NAMESPACE = "style_factory"
+
+
 # Serve's proxies call the front door with a model id taken from a client's serve_multiplexed_model_id
 # header: the forgetful router keeps them from remembering one request per value ever sent.
-@serve.deployment(name="Front", health_check_period_s=10, health_check_timeout_s=30,
-                  request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
+@serve.deployment(name="Front", request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
 @serve.ingress(api)
 class Front:
-    def __init__(self, pool: DeploymentHandle, registry_uri: str, settings: dict, pool_settings: dict, dedicated: list[str] = ()):
+    """The pool's handle and the registry are the constructor's arguments; the settings come as
+    user_config through reconfigure, so that changing them replaces no replica."""
+
+    def __init__(self, pool: DeploymentHandle, registry_uri: str):
+        self.pool, self.registry_uri = pool, registry_uri
+        self.page = PAGE.read_text()
+        self.view = None
+
+    def reconfigure(self, config: dict) -> None:
+        """Serve calls this after the constructor and whenever user_config changes: {"settings":
+        EndpointSettings' fields, "pool": PoolSettings', "dedicated": [styles]}."""
         from serve.metrics import FrontMetrics
 
-        self.pool = pool
-        self.settings = EndpointSettings(**settings)
-        self.pool_settings = PoolSettings(**pool_settings)
-        self.page = PAGE.read_text()
-        self.dedicated = frozenset(dedicated)
-        self.metrics = FrontMetrics()
-        self.view = RegistryView(registry_uri, self.pool_settings.refresh_s, self.pool_settings.full_refresh_s)
-        self.view.start_refreshing()
+        self.settings = EndpointSettings(**config.get("settings", {}))
+        self.pool_settings = PoolSettings(**config.get("pool", {}))
+        self.dedicated = frozenset(config.get("dedicated", ()))
+        if self.view is None:
+            self.metrics = FrontMetrics(self.pool_settings.metric_top_styles)
+            self.view = RegistryView(self.registry_uri, self.pool_settings.refresh_s, self.pool_settings.full_refresh_s,
+                                     mass_removal_hold_s=self.pool_settings.mass_removal_hold_s,
+                                     copy=GcsListingCopy(self.registry_uri), on_refresh=self.metrics.refreshed)
+            self.view.start_refreshing()
+        else:  # the refreshing thread reads these each time round
+            self.metrics.style_labels.top = self.pool_settings.metric_top_styles
+            self.view.refresh_s, self.view.full_refresh_s = self.pool_settings.refresh_s, self.pool_settings.full_refresh_s
+            self.view.mass_removal_hold_s = self.pool_settings.mass_removal_hold_s
 
     def check_health(self) -> None:
-        """Serve calls this every 10 s: a front door whose listing went stale (storage unreachable, a stuck
-        refresh) is replaced. The age is also a metric, so it shows before it comes to that."""
+        """Serve calls this every health_check_period_s. It fails only for what a new replica would fix: a
+        refresh that has stopped trying (a dead or hung thread). Storage that cannot be read is not such a
+        thing: the front keeps serving its last listing, says how old it is (a header, a metric), and a
+        replacement would start from that same listing."""
         age = self.view.age_s()
-        self.metrics.refresh_age.set(age)
+        self.metrics.refresh_age.set(min(age, 10**9))
         self.metrics.styles.set(len(self.view.styles))
-        if age > self.pool_settings.stale_after_s:
-            raise RuntimeError(f"the registry was last read {age:.0f} s ago (pool.stale_after_s: {self.pool_settings.stale_after_s:g})")
+        if self.view.stuck_s() > self.pool_settings.stale_after_s:
+            raise RuntimeError(f"the registry refresh has not finished an attempt for {self.view.stuck_s():.0f} s "
+                               f"(pool.stale_after_s: {self.pool_settings.stale_after_s:g})")
+
+    def _age_header(self) -> dict[str, str]:
+        """How old the listing is: a client (or the edge's log) can tell a stale registry from a live one."""
+        age = self.view.age_s()
+        return {"X-Registry-Age-Seconds": str(int(age)) if age < 10**9 else "never-read"}
 
     @api.get("/", response_class=HTMLResponse)
     def page(self) -> HTMLResponse:
         return HTMLResponse(self.page)
 
     @api.get("/styles")
-    def styles(self) -> list[dict]:
-        return [{
+    def styles(self) -> JSONResponse:
+        return JSONResponse([{
             "name": style.name,
             "version": style.version,
             "endpoint": f"/styles/{style.name}",
@@ -85,7 +130,7 @@ class Front:
             "preview_url": f"/gallery/{style.name}/{registry.PREVIEW_FILE}",
             "metadata": style.metadata,
             "dedicated": style.name in self.dedicated,  # on an application of its own, which does not blend
-        } for _, style in sorted(self.view.styles.items())]
+        } for _, style in sorted(self.view.styles.items())], headers=self._age_header())
 
     @api.api_route("/gallery/{name}/{filename}", methods=["GET", "HEAD"])
     @api.api_route("/styles/{name}/{filename}", methods=["GET", "HEAD"])
@@ -105,6 +150,7 @@ class Front:
     @api.post("/styles/{name}/")
     async def stylise(self, name: str, request: Request) -> Response:
         started, status = time.perf_counter(), 500
+        published = name in self.view.styles
         try:
             http_input.refuse_routing_headers(request.headers)
             self._published(name)  # an unknown style is a 404 before its body is read
@@ -113,16 +159,20 @@ class Front:
             # its styles published one by one) must not pair a style with its partners' other version.
             listing = self.view.styles
             style = self._published(name, listing)
-            status, answer, timings_ms = await self._run_in_pool(style, data, options, self._style_mix(style, options.blend, listing))
+            status, answer, details = await self._run_in_pool(style, data, options, self._style_mix(style, options.blend, listing))
             if status != 200:
-                raise HTTPError(status, answer)
-            return http_input.stylised_response(answer, options, style.name, style.version, timings_ms)
+                raise HTTPError(status, answer, retry_after_s=details.get("retry_after_s"))
+            response = http_input.stylised_response(answer, options, style.name, style.version, details)
+            response.headers.update(self._age_header())
+            return response
         except HTTPError as error:
             status = error.status
             raise
+        except asyncio.CancelledError:  # the client went away (Serve cancels the request): not a server error
+            status = CLIENT_CLOSED
+            raise
         finally:
-            # A style tag only for published styles: a client's made-up names must not grow the metric.
-            self.metrics.answered(name if name in self.view.styles else "-", status, time.perf_counter() - started)
+            self.metrics.answered(name if published else None, status, time.perf_counter() - started)
 
     def _style_mix(self, style: PublishedStyle, blend: tuple[tuple[str, float], ...],
                    listing: dict[str, PublishedStyle]) -> tuple[tuple[str, str, float], ...]:
@@ -184,8 +234,11 @@ class Front:
 
 
 def build_app(args: dict):
-    """Application builder for Serve config files: args {registry, settings, pool: PoolSettings' fields}."""
+    """Application builder for Serve config files: args {registry}. The settings are each deployment's
+    user_config (serve/deploy.py writes them there); args' optional {settings, pool, dedicated} are the
+    defaults for a caller that builds the application in Python (serve.run(build_app(...)))."""
     from serve.style_pool import StylePool  # only the builder needs it: the front's replicas stay free of torch
 
-    pool = StylePool.bind(args["registry"], args.get("settings", {}), args["pool"])
-    return Front.bind(pool, args["registry"], args.get("settings", {}), args["pool"], args.get("dedicated", []))
+    shared = {"settings": args.get("settings", {}), "pool": args.get("pool", {})}
+    pool = StylePool.options(user_config=shared).bind(args["registry"])
+    return Front.options(user_config={**shared, "dedicated": list(args.get("dedicated", []))}).bind(pool, args["registry"])

@@ -14,7 +14,20 @@ value to every caller: the front door, and the proxies calling the front door.
 
 from __future__ import annotations
 
+import inspect
+
+import ray
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+from ray.serve._private.request_router import request_router
+
+# The private names this relies on. Gone or renamed in another Ray, the leak may be back or the fix
+# may break routing: fail where it is imported, saying so, rather than serve with either.
+_RELIED_ON = ("_remove_pending_request_from_indices", "_pending_requests_by_model_id", "_multiplexed_model_id_fallback_match")
+_missing = [name for name in _RELIED_ON if name not in inspect.getsource(request_router)]
+if _missing:
+    raise ImportError(f"serve/routing.py was written against Ray 2.60's request router, and Ray {ray.__version__}'s lacks "
+                      f"{', '.join(_missing)}: check whether Serve still keeps a request per multiplexed model id "
+                      "(ray/serve/_private/request_router/request_router.py) and update ForgetfulRouter, or pin ray==2.60.0")
 
 
 class ForgetfulRouter(PowerOfTwoChoicesRequestRouter):
@@ -26,10 +39,12 @@ class ForgetfulRouter(PowerOfTwoChoicesRequestRouter):
         waiting = self._pending_requests_by_model_id.get(model_id) if model_id else None
         if waiting is None:
             return
-        try:
-            waiting.remove(pending_request)  # a short deque: the requests of one id still waiting
-        except ValueError:
-            pass
+        # By identity: deque.remove compares with ==, which for this dataclass compares the call's arguments
+        # (numpy arrays raise ValueError and the entry would silently stay; torch tensors raise RuntimeError).
+        for index, waiting_request in enumerate(waiting):  # a short deque: the requests of one id still waiting
+            if waiting_request is pending_request:
+                del waiting[index]
+                break
         while waiting and waiting[0].future.done():
             waiting.popleft()
         if not waiting:

@@ -75,6 +75,10 @@ class EndpointSettings:
     # Seconds a client has to send the whole body (20 MB at 6 Mbit/s); a slower one gets 408, so a
     # trickling upload cannot hold a replica's slot and memory for long.
     body_timeout_s: float = 30.0
+    # Serve's health check of each replica: every this many seconds, failing past the timeout. Three
+    # failures in a row replace the replica (a replica checks only what a new one would fix).
+    health_check_period_s: float = 10.0
+    health_check_timeout_s: float = 30.0
     # Decoded pixel limit: larger images (decompression bombs included) get 413 before decoding.
     max_input_pixels: int = 40_000_000
     # Longest side the image is downscaled to before stylising, unless the request asks for less.
@@ -99,6 +103,8 @@ class EndpointSettings:
         require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s must be >= 0")
         require(self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")
         require(self.body_timeout_s > 0, "body_timeout_s must be > 0")
+        require(self.health_check_period_s > 0 and self.health_check_timeout_s > 0,
+                "health_check_period_s and health_check_timeout_s must be > 0")
         require(self.max_input_pixels >= 64 * 64, "max_input_pixels must be >= 4096")
         require(16 <= self.default_max_side <= self.max_side_limit, "default_max_side must be 16..max_side_limit")
 
@@ -122,17 +128,29 @@ class PoolSettings:
     # How often the front door also reads every style's current.json (a request or two per style on
     # S3): it repairs an index that two publishers overwrote at once, and serves registries without one.
     full_refresh_s: float = 300.0
-    # The front door's health check fails when its last good read of the registry is older than this
-    # (storage unreachable, a stuck refresh): Serve replaces the replica, and the age is a metric.
+    # A listing older than this is stale: answers say so (X-Registry-Age-Seconds, a metric) and the front
+    # keeps serving it, since a new replica could read storage no better. Only a refresh that has stopped
+    # trying for this long (a stuck thread, which a new replica would fix) fails the health check.
     stale_after_s: float = 600.0
+    # A refresh that would drop more than half of the served styles (at least two) at once is far more
+    # likely a storage fault or a wrong path than a withdrawal: it is held back (a log line, a metric)
+    # and applied only if storage says the same for this long. Withdrawals of fewer go live at once.
+    mass_removal_hold_s: float = 900.0
     # CPUs per front-door replica; it only parses requests and routes them, the pool does the pixels.
     front_num_cpus: float = 0.1
     # Styles each pool replica loads when it starts, before it takes traffic (the most requested ones:
     # the style_factory_requests metric says which); the rest load on first use.
     prewarm: list = field(default_factory=list)
-    # A model whose load failed (a corrupt file, a deleted version) is refused this long without another
-    # try, so that a request stream for it neither hammers the store nor evicts healthy models.
+    # A model whose load failed (a corrupt file, a deleted version), or whose output was not finite, is
+    # refused this long without another try, so that a request stream for it neither hammers the store
+    # nor evicts healthy models; a transient failure answers 503 with Retry-After: the time left.
     failure_ttl_s: float = 30.0
+    # style_factory_requests counts the this-many most requested styles (per front replica) under their own
+    # name and the rest as "other": per-style series stay bounded however many styles are published.
+    metric_top_styles: int = 50
+    # Models a pool replica loads at once, on threads of their own (decoding, forward passes and the
+    # health check keep theirs): a replica's model memory peaks at the cache plus this many loads.
+    max_concurrent_loads: int = 2
 
     def __post_init__(self):
         require(self.model_cache_mb >= 16, "pool.model_cache_mb must be >= 16 (room for two models)")
@@ -144,6 +162,9 @@ class PoolSettings:
         for name in self.prewarm:
             validate_style_name(name)
         require(self.failure_ttl_s >= 0, "pool.failure_ttl_s must be >= 0")
+        require(self.metric_top_styles >= 0, "pool.metric_top_styles must be >= 0")
+        require(self.max_concurrent_loads >= 1, "pool.max_concurrent_loads must be >= 1")
+        require(self.mass_removal_hold_s >= 0, "pool.mass_removal_hold_s must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,23 +33,32 @@ api = json_errors_api()
 
 # Serve's proxy calls a dedicated style with a model id taken from a client's serve_multiplexed_model_id
 # header, as it calls the front door: the forgetful router keeps it from remembering one request per value.
-@serve.deployment(name="StyleEndpoint", health_check_period_s=10, health_check_timeout_s=30,
-                  request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
+@serve.deployment(name="StyleEndpoint", request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
 @serve.ingress(api)
 class StyleEndpoint:
-    def __init__(self, registry_uri: str, style: str, version: str, settings: dict):
-        self.settings = EndpointSettings(**settings)
-        device = reserved_device(ray.get_gpu_ids())
-        self.model = StyleModel(registry_uri, style, version, device=device, compile_on_cpu=self.settings.compile_on_cpu,
-                                max_batch_pixels=self.settings.max_batch_pixels,
-                                static_shapes=static_shapes_for(device, self.settings))
-        if self.model.static_shapes is not None:  # the warm shapes compiled before the replica takes traffic
-            self.model.static_shapes.wait_until_idle()
-        self.metadata = self.model.metadata
+    """The style's version is the constructor's (a new version is a new application version); the
+    settings come as user_config through reconfigure, so a change to them replaces no replica."""
+
+    def __init__(self, registry_uri: str, style: str, version: str):
+        self.registry_uri, self.style, self.version = registry_uri, style, version
+        self.device = reserved_device(ray.get_gpu_ids())
+        self.settings = self.model = None
         self.thumbnail = registry.read_file(registry_uri, style, registry.THUMBNAIL_FILE, version)
         self.preview = registry.read_file(registry_uri, style, registry.PREVIEW_FILE, version)
-        self.run_batch.set_max_batch_size(self.settings.max_batch_size)
-        self.run_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+
+    def reconfigure(self, config: dict) -> None:
+        """{"settings": EndpointSettings' fields}: limits and batching change in place; the model is built
+        again only when how it is built changes (compiling, batch pixels, compiled shapes)."""
+        settings = EndpointSettings(**config.get("settings", {}))
+        if self.model is None or _how_the_model_is_built(settings) != _how_the_model_is_built(self.settings):
+            model = StyleModel(self.registry_uri, self.style, self.version, device=self.device, compile_on_cpu=settings.compile_on_cpu,
+                               max_batch_pixels=settings.max_batch_pixels, static_shapes=static_shapes_for(self.device, settings))
+            if model.static_shapes is not None:  # the warm shapes compiled before the replica takes traffic
+                model.static_shapes.wait_until_idle()
+            self.model, self.metadata = model, model.metadata
+        self.settings = settings
+        self.run_batch.set_max_batch_size(settings.max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     # HEAD too: link checkers and caches ask it before GET (FastAPI's get() routes do not answer it).
     @api.api_route("/", methods=["GET", "HEAD"])
@@ -84,6 +93,14 @@ class StyleEndpoint:
         self.model.check_health()
 
 
+def _how_the_model_is_built(settings: EndpointSettings | None) -> tuple:
+    if settings is None:
+        return ()
+    return (settings.compile_on_cpu, settings.max_batch_pixels, settings.compiled_shapes, settings.compile_after_requests,
+            settings.max_compiled_pixels, tuple(settings.warm_shapes))
+
+
 def build_app(args: dict):
-    """Application builder for Serve config files: args {registry, style, version, settings}."""
-    return StyleEndpoint.bind(args["registry"], args["style"], args["version"], args.get("settings", {}))
+    """Application builder for Serve config files: args {registry, style, version}; the settings are the
+    deployment's user_config (args' optional `settings` are the default for a Python caller)."""
+    return StyleEndpoint.options(user_config={"settings": args.get("settings", {})}).bind(args["registry"], args["style"], args["version"])

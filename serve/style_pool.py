@@ -19,43 +19,76 @@ GPU, one at a time.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import ray
 import torch
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from factory import registry
+from factory import registry, storage
 from serve import get_logger, stylising
 from serve.http_input import HTTPError, StyliseOptions
-from serve.model_cache import ModelCache, ModelUnavailable
+from serve.model_cache import BROKEN, MISSING, TRANSIENT, ModelCache, ModelUnavailable
 from serve.registry_view import PublishedStyle, parse_model_id, public_metadata
 from serve.routing import ForgetfulRouter
 from serve.settings import EndpointSettings, PoolSettings
-from serve.style_model import StyleModel, model_bytes, reserved_device, static_shapes_for
+from serve.style_model import RunFailure, StyleModel, model_bytes, reserved_device, static_shapes_for
 
 logger = get_logger(__name__)
 
 
-@serve.deployment(name="StylePool", health_check_period_s=10, health_check_timeout_s=30,
-                  request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
+@serve.deployment(name="StylePool", request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
 class StylePool:
-    async def __init__(self, registry_uri: str, settings: dict, pool: dict):
+    """The registry is the constructor's only argument (a new registry is a new pool); the settings come
+    as user_config through reconfigure, so that an operator's change reaches running replicas without
+    replacing them and dropping their models."""
+
+    async def __init__(self, registry_uri: str):
         from serve.metrics import PoolMetrics
 
         self.registry_uri = registry_uri
-        self.settings = EndpointSettings(**settings)
-        pool = PoolSettings(**pool)
         self.metrics = PoolMetrics()
         self.device = reserved_device(ray.get_gpu_ids())
+        self.settings = self.pool = self.cache = None
+        self.running = 0  # model runs in progress (a metric counts the ones that overlap)
+        on_cpu = self.device.type == "cpu"
+        if on_cpu:
+            torch.set_num_threads(1)  # process-wide: every run in this replica computes on its calling thread
+        # On the CPU, batches of different styles run side by side, one per reserved core, each on one
+        # thread (torch and ONNX Runtime release the GIL while they compute): one run at a time on all
+        # cores spent more CPU per image (OpenMP threads spin at every barrier, worse while the front,
+        # the proxy and decoding share the cores). On a GPU batches would only queue: one at a time.
+        # Cores are an actor option, so they are fixed for the replica's life.
+        self.slots = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))) if on_cpu else 1
+        self.device_slots = asyncio.Semaphore(self.slots)
+
+    async def reconfigure(self, config: dict) -> None:
+        """Serve calls this after the constructor and whenever the deployment's user_config changes
+        ({"settings": EndpointSettings' fields, "pool": PoolSettings'}). Limits, batching, the cache's size
+        and the prewarm list change in place; a change to how models are built (the CPU runtime, batch
+        pixels, compiled shapes) starts a new cache, the process and its other state staying."""
+        settings, pool = EndpointSettings(**config.get("settings", {})), PoolSettings(**config.get("pool", {}))
         runtime = "cuda" if self.device.type == "cuda" else pool.cpu_runtime
-        # StyleModel's fast path: fp16 on a GPU, ONNX Runtime on the CPU (for versions that have the export).
-        self.fast = runtime != "torch"
         # One model more than the budget is held for a moment: the old one goes once the new one loaded.
         capacity = max(2, pool.model_cache_mb * 2**20 // model_bytes(runtime) - 1)
-        self.static_shapes = static_shapes_for(self.device, self.settings)  # GPU: compiled once, shared by every style
-        self.cache = ModelCache(self._load, capacity, failure_ttl_s=pool.failure_ttl_s, on_event=self.metrics.cache_event,
-                                is_missing=lambda error: isinstance(error, (registry.ModelNotFound, FileNotFoundError)))
+        if self.cache is None or _how_models_are_built(settings, pool) != _how_models_are_built(self.settings, self.pool):
+            self._new_cache(settings, pool, runtime, capacity)
+        else:
+            # The router's list of held ids keeps the replica's first capacity: a smaller cache only means
+            # that some requests routed here for an evicted style load it again.
+            self.cache.resize(capacity, pool.failure_ttl_s)
+            self.run_batch.set_max_batch_size(settings.max_batch_size)
+            self.run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.settings, self.pool = settings, pool
+        await self._warm_up(pool.prewarm)
+
+    def _new_cache(self, settings: EndpointSettings, pool: PoolSettings, runtime: str, capacity: int) -> None:
+        # StyleModel's fast path: fp16 on a GPU, ONNX Runtime on the CPU (for versions that have the export).
+        self.fast = runtime != "torch"
+        self.static_shapes = static_shapes_for(self.device, settings)  # GPU: compiled once, shared by every style
+        self.cache = ModelCache(self._load, capacity, failure_ttl_s=pool.failure_ttl_s, max_concurrent_loads=pool.max_concurrent_loads,
+                                on_event=self.metrics.cache_event, classify=self._classify)
         # The router learns which ids a replica holds only through serve.multiplexed's bookkeeping: it is
         # handed every id our cache served, in the same order, and evicts in step with it. (A plain
         # function: serve.multiplexed keeps its state on the function, or on the instance of a method.)
@@ -63,21 +96,19 @@ class StylePool:
             return model_id
 
         self.report_held = serve.multiplexed(max_num_models_per_replica=capacity)(held)
-        # On the CPU, batches of different styles run side by side, one per reserved core, each on one
-        # thread (torch and ONNX Runtime release the GIL while they compute): one run at a time on all
-        # cores spent more CPU per image (OpenMP threads spin at every barrier, worse while the front,
-        # the proxy and decoding share the cores). On a GPU batches would only queue: one at a time.
-        on_cpu = self.device.type == "cpu"
-        if on_cpu:
-            torch.set_num_threads(1)  # process-wide: every run in this replica computes on its calling thread
-        slots = max(1, int(self.settings.num_cpus)) if on_cpu else 1
-        self.device_slots = asyncio.Semaphore(slots)
-        self.running = 0  # model runs in progress (a metric counts the ones that overlap)
         # Serve splits a batch by style and, by default, starts the next batch only when every style of
         # the last one is done: cores would idle behind a batch's last style. As many batches as slots.
-        self.run_batch = serve.batch(max_batch_size=self.settings.max_batch_size, max_concurrent_batches=slots,
-                                     batch_wait_timeout_s=self.settings.batch_wait_timeout_s)(self._run_batch)
-        await self._warm_up(pool.prewarm)
+        self.run_batch = serve.batch(max_batch_size=settings.max_batch_size, max_concurrent_batches=self.slots,
+                                     batch_wait_timeout_s=settings.batch_wait_timeout_s)(self._run_batch)
+
+    def _classify(self, error: Exception) -> str:
+        """A failed load as a client is answered: a version the registry no longer has is missing (404),
+        but a registry that cannot be read at all (a moved folder, storage down) is transient (503)."""
+        if isinstance(error, (registry.ModelNotFound, FileNotFoundError)):
+            return MISSING if _registry_readable(self.registry_uri) else TRANSIENT
+        if isinstance(error, (OSError, TimeoutError)) or type(error).__module__.startswith(("botocore", "urllib3")):
+            return TRANSIENT
+        return BROKEN
 
     async def _warm_up(self, styles: list[str]) -> None:
         """Before the replica takes traffic: the warm shapes compiled (GPU), the prewarm styles loaded."""
@@ -98,32 +129,44 @@ class StylePool:
         reference = parse_model_id(model_id)
         # Without ONNX Runtime's memory arena: a few hundred styles' sessions must fit the cache budget.
         # One thread: runs go side by side, one per core (cpu_threads only applies to ONNX Runtime, CPU only).
-        return StyleModel(self.registry_uri, reference.name, reference.version, device=self.device, fast=self.fast,
+        model = StyleModel(self.registry_uri, reference.name, reference.version, device=self.device, fast=self.fast,
                           max_batch_pixels=self.settings.max_batch_pixels, cpu_threads=1, memory_arena=False,
                           static_shapes=self.static_shapes, family=reference.is_family)
+        model.model_id = model_id
+        return model
 
     async def stylise(self, data: bytes, options: StyliseOptions,
                       mix: tuple[tuple[str, str, float], ...] = ()) -> tuple[int, bytes | str, dict[str, float]]:
-        """(200, image bytes, each step's milliseconds) or (status, message, {}): an HTTPError does not
-        survive Ray's pickling intact. mix: for a family's model, the (style, version, weight) to run."""
+        """(200, image bytes, each step's milliseconds) or (status, message, {"retry_after_s": ...} or {}): an
+        HTTPError does not survive Ray's pickling intact. mix: for a family's model, the (style, version,
+        weight) to run. A request that waited for its model to load says so: a "load" step first."""
         try:
+            started, cold = time.perf_counter(), serve.get_multiplexed_model_id() not in self.cache.models
             model = await self._model_for_request()
+            load_ms = {"load": round(1e3 * (time.perf_counter() - started), 1)} if cold else {}
             style = await self._style_vector(model, mix)
             image, timings_ms = await stylising.stylise_image(data, options, self.settings, lambda tensor: self.run_batch(model, tensor, style))
         except HTTPError as error:
-            return error.status, error.message, {}
+            return error.status, error.message, {"retry_after_s": error.retry_after_s} if error.retry_after_s else {}
         self.metrics.ran(timings_ms)
-        return 200, image, timings_ms
+        return 200, image, {**load_ms, **timings_ms}
 
     async def _model_for_request(self) -> StyleModel:
         requested = serve.get_multiplexed_model_id()
+        if requested not in self.cache.models and requested not in self.cache.failures:
+            # Told to the router before the load, as Serve's own multiplexing does (ray/serve/multiplex.py):
+            # the next requests for this style come here and share the load instead of each replica loading it.
+            await self.report_held(requested)
         try:
             model = await self.cache.get(requested)
         except ModelUnavailable as error:
-            if error.missing:
+            if error.kind == MISSING:
                 raise HTTPError(404, f"model {requested!r} is no longer in the registry; retry to get its current version") from None
-            raise HTTPError(500, f"model {requested!r} could not be loaded ({error.reason.split(':')[0]}); "
-                                 "it is retried in a little while") from None
+            if error.kind == TRANSIENT:
+                raise HTTPError(503, f"model {requested!r} cannot be read from the registry just now ({error.reason.split(':')[0]}); "
+                                     f"retry in {error.retry_after_s:.0f} s", retry_after_s=error.retry_after_s) from None
+            raise HTTPError(500, f"model {requested!r} is unusable ({error.reason[:160]}); it is refused for "
+                                 f"{error.retry_after_s:.0f} s, then tried again") from None
         await self.report_held(requested)
         return model
 
@@ -149,16 +192,50 @@ class StylePool:
             if self.running > 1:
                 self.metrics.side_by_side.inc()
             try:
-                styles = styles if models[0].style_vectors is not None else None
-                return await asyncio.to_thread(stylising.run_model, models[0], tensors, styles)
+                model = models[0]
+                runs = await asyncio.to_thread(stylising.run_model, model, tensors, styles if model.style_vectors is not None else None)
+                await asyncio.to_thread(self._judge, model, runs)
+                return runs
             finally:
                 self.running -= 1
 
+    def _judge(self, model: StyleModel, runs: list[stylising.ModelRun]) -> None:
+        """What a batch says about its model: a picture proves it good (the health check runs such a model);
+        a non-finite picture from a model whose own check fails too (a plain grey input, a family's neutral
+        style) condemns the model, not the replica: it is dropped and refused for failure_ttl_s."""
+        if any(not isinstance(run.output, RunFailure) for run in runs):
+            model.proven = True
+        elif any(not run.output.out_of_memory for run in runs):
+            try:
+                model.check_health()
+            except Exception as error:
+                logger.warning("%s is unusable and refused for %g s: %s", model.model_id, self.pool.failure_ttl_s, error)
+                self.cache.fail(model.model_id, str(error))
+
     async def check_health(self) -> None:
-        """Serve calls this every 10 s; raising three times in a row replaces the replica. A replica whose
-        device went bad (a sticky CUDA error) would otherwise answer 500 forever while routing keeps
-        sending it the styles it holds: a tiny forward through the most recent model must be finite."""
-        model = self.cache.most_recent()
+        """Serve calls this every health_check_period_s; raising three times in a row replaces the replica.
+        A replica whose device went bad (a sticky CUDA error) would otherwise answer 500 forever while
+        routing keeps sending it the styles it holds: a tiny forward through the most recent model that
+        has produced a picture must be finite. Never a model a client merely asked for: a broken one
+        would get replica after replica replaced, each losing its cache (its requests fail instead)."""
+        model = self.cache.most_recent(where=lambda model: getattr(model, "proven", False)) if self.cache else None
         if model is not None:
             async with self.device_slots:
                 await asyncio.to_thread(model.check_health)
+
+
+def _how_models_are_built(settings: EndpointSettings | None, pool: PoolSettings | None) -> tuple:
+    """The settings a loaded model depends on: when one changes, the cache starts again."""
+    if settings is None or pool is None:
+        return ()
+    return (pool.cpu_runtime, settings.max_batch_pixels, settings.compiled_shapes, settings.compile_after_requests,
+            settings.max_compiled_pixels, tuple(settings.warm_shapes))
+
+
+def _registry_readable(registry_uri: str) -> bool:
+    """Whether the registry's root can be read now (its index or its folder): a model file missing from a
+    readable registry was deleted; from an unreadable one, storage is down or moved."""
+    try:
+        return storage.exists(storage.join(registry_uri, registry.INDEX_FILE)) or storage.has_content(registry_uri)
+    except Exception:
+        return False

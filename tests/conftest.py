@@ -20,6 +20,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/vgg_files.py
 
 
+def pytest_configure(config):
+    """The Ray token, made as the README's first serving step makes it, once per machine, and token auth
+    on: before any test module imports Ray, which settles this process's authentication on what it finds
+    then. (In a whole-suite run an earlier ray.init happened to turn it on; a file run alone, or a fresh
+    machine, left the dashboard clients of the token-auth cluster tests without it.)"""
+    if not (Path.home() / ".ray" / "auth_token").exists() and not os.environ.get("RAY_AUTH_TOKEN"):
+        subprocess.run(ray_cli("get-auth-token", "--generate"), check=True, stdout=subprocess.DEVNULL, timeout=120)
+    # Every cluster here uses it, as Ray 2.60's do by default: Ray reads the mode once, so it is set first.
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

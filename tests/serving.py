@@ -73,8 +73,9 @@ def served(ray_head, serve_http_port, tmp_path_factory):
         "http": {"host": "127.0.0.1", "port": port},
         "pool": {"model_cache_mb": 16, "refresh_s": 1, "cpu_runtime": "onnxruntime"},  # torch runs versions without an export
         # One pool replica with two cores: it runs two styles side by side (test_pool.py).
+        # Health checked every 2 s (Serve's 10 s is the default): a replica that would be replaced is, within the tests.
         "defaults": {"num_cpus": 2, "max_replicas": 1, "max_body_bytes": MAX_BODY, "body_timeout_s": BODY_TIMEOUT_S,
-                     "max_ongoing_requests": 3, "max_queued_requests": 8},
+                     "max_ongoing_requests": 3, "max_queued_requests": 8, "health_check_period_s": 2},
         "styles": {"slow": {"dedicated": True, "num_cpus": 0.25, "max_replicas": 1, "max_ongoing_requests": 1,
                             "max_queued_requests": 1, "max_batch_size": 1}},
     }

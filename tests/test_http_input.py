@@ -9,7 +9,7 @@ import pytest
 from starlette.requests import Request
 
 from serve.errors import json_errors_api
-from serve.http_input import HTTPError, read_body
+from serve.http_input import HTTPError, read_body, refuse_routing_headers
 
 
 def trickling_request(chunks: list[bytes], pause_s: float) -> Request:
@@ -88,3 +88,15 @@ def test_an_unexpected_error_is_a_json_500_and_a_bad_parameter_a_json_400():
     assert call(api, "/boom") == (500, {"error": "internal error (RuntimeError); the server keeps serving", "status": 500})
     status, error = call(api, "/number/abc")
     assert status == 400 and error["status"] == 400 and "value" in error["error"]
+
+
+@pytest.mark.parametrize("header", ["serve_multiplexed_model_id", "Serve-Multiplexed-Model-Id", "SERVE_MULTIPLEXED-model_id"])
+def test_serves_routing_header_is_refused_in_any_spelling_the_proxy_reads(header):
+    """Ray 2.60's proxy routes by this header with - or _ in any case, and keeps a request per value."""
+    with pytest.raises(HTTPError) as error:
+        refuse_routing_headers({"content-type": "image/jpeg", header: "alpha:forged"})
+    assert error.value.status == 400 and "internal routing" in error.value.message
+
+
+def test_ordinary_headers_pass():
+    refuse_routing_headers({"content-type": "image/jpeg", "x-request-id": "abc", "serve-multiplexed": "x"})

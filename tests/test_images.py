@@ -146,3 +146,18 @@ def test_an_over_limit_canvas_is_refused_before_a_pixel_is_decoded(data):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 2_000_000, peak
+
+
+@pytest.mark.parametrize("data", [png_declaring(20_000, 20_000), encoded(Image.new("L", (10_000, 10_000)), "PNG"),
+                                  jpeg_declaring(20_000, 20_000)], ids=["png-header-only", "png-bomb", "jpeg-header-only"])
+def test_an_over_limit_canvas_is_refused_without_decoding_starting(data, monkeypatch):
+    """Pillow decodes in C, where tracemalloc sees nothing: a bomb decoded first and refused after would
+    pass the memory test above. Every decode goes through ImageFile.load, so none may be called."""
+    from PIL import ImageFile
+
+    loads = []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: loads.append(image.size) or original(image))
+    with pytest.raises(images.ImageRejected, match="over the limit"):
+        images.decode_rgb(data, max_pixels=40_000_000, max_side=1024)
+    assert loads == []

@@ -88,9 +88,9 @@ def test_the_least_recently_used_model_goes_only_once_the_new_one_is_in():
     assert cache.counts.hits == 1 and cache.counts.loads == 3 and cache.counts.evictions == 1
 
 
-def test_cold_loads_of_different_models_run_side_by_side_and_one_models_waiters_share_its_load():
+def test_cold_loads_of_different_models_run_side_by_side_within_their_bound_and_one_models_waiters_share_its_load():
     store = Store(seconds=0.3)
-    cache = ModelCache(store.load, capacity=8)
+    cache = ModelCache(store.load, capacity=8, max_concurrent_loads=3)
 
     async def scenario():
         started = time.perf_counter()
@@ -100,8 +100,72 @@ def test_cold_loads_of_different_models_run_side_by_side_and_one_models_waiters_
     models, seconds = run(scenario())
     assert models[0] == models[4] == "model style0:v1"
     assert sorted(store.loads) == [f"style{index}:v1" for index in range(4)]  # style0 loaded once for two requests
-    assert store.most_running == 4  # Serve's cache loads one at a time behind a lock (4 x 0.3 s)
+    # Serve's cache loads one at a time behind a lock (4 x 0.3 s); unbounded, a burst of cold styles
+    # would hold that many half-built models in memory at once.
+    assert store.most_running == 3
     print(f"four cold loads of 0.3 s each took {seconds:.2f} s")
+
+
+def test_loads_run_on_the_caches_own_threads_not_the_pool_that_decodes_and_runs_models():
+    threads = []
+    cache = ModelCache(lambda model_id: threads.append(threading.current_thread().name) or model_id, capacity=2)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        blocked = [loop.run_in_executor(None, time.sleep, 0.5) for _ in range(64)]  # the default pool, saturated
+        started = time.perf_counter()
+        await cache.get("a:v1")
+        waited = time.perf_counter() - started
+        await asyncio.gather(*blocked)
+        return waited
+
+    assert run(scenario()) < 0.5 and threads[0].startswith("model-load")
+
+
+def test_a_loaded_model_found_unusable_is_dropped_and_refused_for_the_ttl_while_the_others_stay():
+    store, clock = Store(), Clock()
+    cache = ModelCache(store.load, capacity=3, failure_ttl_s=30, clock=clock)
+
+    async def scenario():
+        await cache.get("good:v1")
+        await cache.get("broken:v1")
+        cache.fail("broken:v1", "model broken produces non-finite output")
+        assert list(cache.models) == ["good:v1"]
+        clock.now = 10
+        with pytest.raises(ModelUnavailable, match="non-finite") as error:
+            await cache.get("broken:v1")
+        assert error.value.kind == "broken" and error.value.retry_after_s == 20 and store.loads.count("broken:v1") == 1
+        clock.now = 31
+        assert await cache.get("broken:v1") == "model broken:v1"  # tried again after the TTL
+
+    run(scenario())
+    assert cache.counts.failed_models == 1
+
+
+def test_a_transient_failure_says_how_long_it_is_refused():
+    clock = Clock()
+    cache = ModelCache(Store(broken={"a:v1"}).load, capacity=2, failure_ttl_s=30, clock=clock, classify=lambda error: "transient")
+
+    async def scenario():
+        for now, left in ((0, 30), (12, 18)):
+            clock.now = now
+            with pytest.raises(ModelUnavailable) as error:
+                await cache.get("a:v1")
+            assert error.value.kind == "transient" and error.value.retry_after_s == left
+
+    run(scenario())
+
+
+def test_a_smaller_capacity_drops_the_least_recently_used_models_at_once():
+    cache = ModelCache(Store().load, capacity=3)
+
+    async def scenario():
+        for name in ("a", "b", "c", "a"):
+            await cache.get(f"{name}:v1")
+
+    run(scenario())
+    cache.resize(1, failure_ttl_s=5)
+    assert list(cache.models) == ["a:v1"] and cache.failure_ttl_s == 5
 
 
 def test_events_reach_the_metrics_hook():
@@ -133,3 +197,4 @@ def test_failures_are_remembered_only_for_their_ttl_not_for_the_life_of_the_repl
         assert list(cache.failures) == ["deleted:v99"]
 
     run(scenario())
+

@@ -1,10 +1,14 @@
 """What the front door sees of a registry on S3 (moto's server on 127.0.0.1), and what the pool loads from it."""
 
+import threading
+import time
+
 import boto3
+import pytest
 import torch
 
 from factory import registry
-from serve.registry_view import RegistryView, parse_model_id
+from serve.registry_view import ListingCopy, RegistryUnreadable, RegistryView, parse_model_id
 from serve.style_model import StyleModel
 from serving import publish_random_style
 
@@ -117,3 +121,82 @@ def test_a_withdrawn_style_leaves_the_listing_at_the_next_refresh(tmp_path):
     registry.withdraw(root, "drop")
     view.refresh()
     assert sorted(view.styles) == ["keep"] and registry.list_styles(root) == ["keep"]
+
+
+def test_a_registry_folder_that_is_not_there_is_an_outage_not_an_empty_registry(tmp_path):
+    """The folder moved away (an unmounted volume, a wrong path): every warm style stays served, its age
+    grows, and once the folder is back a style published meanwhile is listed at the next refresh."""
+    root = tmp_path / "registry"
+    for index, name in enumerate(["alpha", "beta", "gamma"]):
+        publish_random_style(root, name, seed=index)
+    clock = [0.0]
+    heard = []
+    view = RegistryView(str(root), refresh_s=1, clock=lambda: clock[0], on_refresh=heard.append)
+    root.rename(tmp_path / "elsewhere")
+    for now in (10.0, 80.0):
+        clock[0] = now
+        with pytest.raises(RegistryUnreadable, match="not there"):
+            view.refresh()
+        assert sorted(view.styles) == ["alpha", "beta", "gamma"] and view.age_s() == now
+    (tmp_path / "elsewhere").rename(root)
+    publish_random_style(root, "delta", seed=3)
+    clock[0] = 81.0
+    view.refresh()
+    assert sorted(view.styles) == ["alpha", "beta", "delta", "gamma"] and view.age_s() == 0
+
+
+def test_a_listing_that_loses_most_styles_at_once_is_held_back_until_storage_says_so_for_the_hold(tmp_path):
+    root = str(tmp_path / "registry")
+    for index, name in enumerate(["alpha", "beta", "gamma", "delta"]):
+        publish_random_style(root, name, seed=index)
+    clock, heard = [0.0], []
+    view = RegistryView(root, refresh_s=1, full_refresh_s=3600, mass_removal_hold_s=600, clock=lambda: clock[0], on_refresh=heard.append)
+    for name in ("beta", "gamma", "delta"):  # three of four at once: a wrong prefix looks like this
+        registry.withdraw(root, name)
+    publish_random_style(root, "epsilon", seed=5)
+    view.refresh()
+    assert sorted(view.styles) == ["alpha", "beta", "delta", "epsilon", "gamma"] and heard == ["held"]  # new ones go live
+    clock[0] = 599.0
+    view.refresh()
+    assert "beta" in view.styles
+    clock[0] = 600.0
+    view.refresh()
+    assert sorted(view.styles) == ["alpha", "epsilon"]
+
+
+def test_withdrawing_one_style_of_a_few_is_not_held(tmp_path):
+    root = str(tmp_path / "registry")
+    for index, name in enumerate(["alpha", "beta"]):
+        publish_random_style(root, name, seed=index)
+    heard = []
+    view = RegistryView(root, refresh_s=1, full_refresh_s=3600, on_refresh=heard.append)
+    registry.withdraw(root, "beta")
+    view.refresh()
+    assert sorted(view.styles) == ["alpha"] and heard == []
+
+
+def test_a_view_that_starts_while_storage_is_down_serves_the_last_listing_another_view_kept(tmp_path):
+    root = tmp_path / "registry"
+    versions = {name: publish_random_style(root, name, seed=index) for index, name in enumerate(["alpha", "beta"])}
+    copy = ListingCopy()
+    RegistryView(str(root), refresh_s=1, copy=copy)  # the replica that ran before
+    root.rename(tmp_path / "elsewhere")
+    replacement = RegistryView(str(root), refresh_s=1, copy=copy)  # starts during the outage: no exception
+    assert {name: style.version for name, style in replacement.styles.items()} == versions
+    assert replacement.styles["alpha"].metadata["steps"] == 0 and replacement.age_s() == float("inf")
+    assert RegistryView(str(root), refresh_s=1).styles == {}  # no copy: empty, but started all the same
+
+
+def test_a_failing_refresh_is_not_stuck_but_a_dead_refreshing_thread_is(tmp_path):
+    root = tmp_path / "registry"
+    publish_random_style(root, "alpha", seed=0)
+    view = RegistryView(str(root), refresh_s=0.05)
+    view.refresh = lambda: (_ for _ in ()).throw(OSError("storage down"))
+    view.start_refreshing()
+    time.sleep(0.3)
+    assert view.stuck_s() < 0.3 and sorted(view.styles) == ["alpha"]
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    view._thread = dead  # as after an error the loop did not catch
+    assert view.stuck_s() == float("inf")

@@ -53,7 +53,8 @@ def test_the_answer_says_where_its_time_went(served, style):
     response = requests.post(f"{served['base']}/styles/{style}", data=photo_bytes((96, 64)), timeout=60)
     assert response.status_code == 200, response.text
     steps = server_timing_ms(response)
-    assert list(steps) == ["decode", "queue", "model", "encode"]
+    # "load" first when the request waited for its model (the pool caches two, and evicts all the time)
+    assert list(steps) in (["decode", "queue", "model", "encode"], ["load", "decode", "queue", "model", "encode"])
     assert all(milliseconds >= 0 for milliseconds in steps.values()) and steps["model"] > 0
 
 

@@ -28,10 +28,10 @@ def test_generated_config_is_the_pool_plus_one_application_per_dedicated_style_a
     apps = {app["name"]: app for app in config["applications"]}
     assert list(apps) == ["front", "style-rare"]  # alpha and hot are pooled; "unpublished" has nothing to serve yet
     assert apps["front"]["route_prefix"] == "/" and apps["style-rare"]["route_prefix"] == "/styles/rare"
-    assert apps["front"]["args"]["pool"]["model_cache_mb"] == 64
     assert "alpha" not in yaml.safe_dump(apps["front"])  # pooled styles are found at run time, not listed in the config
     front, pool = apps["front"]["deployments"]
     assert (front["name"], pool["name"]) == ("Front", "StylePool")
+    assert pool["user_config"]["pool"]["model_cache_mb"] == 64 and front["user_config"]["dedicated"] == ["rare", "unpublished"]
     assert front["max_ongoing_requests"] > pool["max_ongoing_requests"] * pool["autoscaling_config"]["max_replicas"]
     rare = apps["style-rare"]["deployments"][0]
     assert rare["autoscaling_config"]["min_replicas"] == 0  # scale to zero
@@ -160,3 +160,17 @@ def test_the_grafana_dashboard_charts_every_exported_metric_and_nothing_else():
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     queried = {re.sub(r"_bucket$", "", name) for expr in expressions for name in re.findall(r"ray_style_factory_\w+", expr)}
     assert queried == set(EXPORTED.values())
+
+
+def test_the_request_metric_names_only_the_most_requested_styles():
+    """Per-style series stay bounded however many styles there are: the top few by name, the rest 'other'."""
+    from serve.metrics import OTHER_STYLES, StyleLabels
+
+    now = [0.0]
+    labels = StyleLabels(top=2, every_s=60, clock=lambda: now[0])
+    assert [labels.label(style) for style in ("a", "b", "c")] == ["a", "b", OTHER_STYLES]
+    for _ in range(5):
+        labels.label("c")
+    now[0] = 61  # re-ranked: c is now among the two most requested, b is not
+    assert labels.label("c") == "c" and labels.label("b") == OTHER_STYLES
+    assert {labels.label(f"style-{index}") for index in range(1000)} == {OTHER_STYLES}
