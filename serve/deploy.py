@@ -84,7 +84,8 @@ def front_application(config: ServingConfig, registry_uri: str) -> dict:
         "args": {"registry": registry_uri},
         "deployments": [
             # The dedicated styles: the listing says which ones answer on an application of their own (no blends there).
-            {"name": "Front", **deployment_options(front, timeout_s), "user_config": {**copy.deepcopy(shared), "dedicated": config.dedicated_styles()}},
+            {"name": "Front", **deployment_options(front, timeout_s),
+             "user_config": {**copy.deepcopy(shared), "dedicated": config.dedicated_styles(), "request_timeout_s": timeout_s}},
             {"name": "StylePool", **deployment_options(pool, timeout_s), "user_config": copy.deepcopy(shared)},
         ],
     }
@@ -166,6 +167,21 @@ def refuse_to_empty(registry_uri: str, published: list[str], address: str) -> No
         )
 
 
+def warn_of_fixed_http_options(config: ServingConfig, address: str) -> None:
+    """Serve starts its proxies with the http options of the first deploy and keeps them: a new port or
+    request timeout is ignored (with only a line in the dashboard's log) until Serve is restarted."""
+    details = _client(address).get_serve_details()
+    if not details.get("applications"):  # Serve not started yet: this deploy's options are the ones it starts with
+        return
+    running = details.get("http_options") or {}
+    for name in ("host", "port", "request_timeout_s", "keep_alive_timeout_s"):
+        wanted, kept = getattr(config.http, name), running.get(name)
+        if kept is not None and kept != wanted:
+            print(f"warning: http.{name} is {wanted!r} in the serving config but Serve keeps {kept!r} until it is restarted "
+                  "(`serve shutdown`, then deploy again); replicas' graceful shutdown follows the config's request timeout",
+                  file=sys.stderr)
+
+
 def deploy(config: ServingConfig, address: str, write: Path | None = None, wait: bool = True,
            allow_empty: bool = False) -> tuple[dict, list[str]]:
     """Apply the serving config; returns the Serve config and the registry's styles (listed once:
@@ -173,6 +189,7 @@ def deploy(config: ServingConfig, address: str, write: Path | None = None, wait:
     published = registry.list_styles(storage.absolute(config.registry))
     if not allow_empty:
         refuse_to_empty(storage.absolute(config.registry), published, address)
+    warn_of_fixed_http_options(config, address)
     serve_config = build_serve_config(config, published)
     if write:
         write.write_text(yaml.safe_dump(serve_config, sort_keys=False))

@@ -34,13 +34,12 @@ from factory import registry
 from factory.style_names import validate_style_name
 from serve import http_input
 from serve.errors import json_errors_api
-from serve.http_input import HTTPError
+from serve.http_input import CLIENT_CLOSED, HTTPError
 from serve.registry_view import PICTURES, ListingCopy, PublishedStyle, RegistryView
 from serve.routing import ForgetfulRouter
-from serve.settings import EndpointSettings, PoolSettings
+from serve.settings import EndpointSettings, HttpSettings, PoolSettings
 
 PAGE = Path(__file__).with_name("page.html")
-CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
 CACHED = {"Cache-Control": "max-age=300"}
 api = json_errors_api()
 
@@ -81,12 +80,14 @@ class Front:
 
     def reconfigure(self, config: dict) -> None:
         """Serve calls this after the constructor and whenever user_config changes: {"settings":
-        EndpointSettings' fields, "pool": PoolSettings', "dedicated": [styles]}."""
+        EndpointSettings' fields, "pool": PoolSettings', "dedicated": [styles], "request_timeout_s": the
+        proxy's}."""
         from serve.metrics import FrontMetrics
 
         self.settings = EndpointSettings(**config.get("settings", {}))
         self.pool_settings = PoolSettings(**config.get("pool", {}))
         self.dedicated = frozenset(config.get("dedicated", ()))
+        self.request_timeout_s = config.get("request_timeout_s", HttpSettings.request_timeout_s)
         if self.view is None:
             self.metrics = FrontMetrics(self.pool_settings.metric_top_styles)
             self.view = RegistryView(self.registry_uri, self.pool_settings.refresh_s, self.pool_settings.full_refresh_s,
@@ -168,8 +169,10 @@ class Front:
         except HTTPError as error:
             status = error.status
             raise
-        except asyncio.CancelledError:  # the client went away (Serve cancels the request): not a server error
-            status = CLIENT_CLOSED
+        except asyncio.CancelledError:
+            # Serve cancels a request whose client went away (499, not a server error), and one past the
+            # proxy's request timeout, which the client was answered 408.
+            status = 408 if time.perf_counter() - started >= self.request_timeout_s - 0.5 else CLIENT_CLOSED
             raise
         finally:
             self.metrics.answered(name if published else None, status, time.perf_counter() - started)

@@ -22,6 +22,9 @@ ACCEPTED_INPUT_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
+CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str, retry_after_s: float | None = None):
         """retry_after_s: for a 503, when trying again may work (the default Retry-After otherwise)."""
@@ -88,6 +91,8 @@ async def read_body(request, max_bytes: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise HTTPError(413, f"request body of {declared} bytes is over the limit of {max_bytes} bytes")
+    from starlette.requests import ClientDisconnect  # here: the GPU kit imports this module without Starlette
+
     chunks, size = [], 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -100,6 +105,8 @@ async def read_body(request, max_bytes: int, timeout_s: float) -> bytes:
         except asyncio.TimeoutError:
             raise HTTPError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes came): send it "
                                  "faster, or a smaller image") from None
+        except ClientDisconnect:  # nobody to answer: counted as the client's doing, not a server error
+            raise HTTPError(CLIENT_CLOSED, f"the client closed the connection after {size} bytes of the body") from None
         size += len(chunk)
         if size > max_bytes:
             raise HTTPError(413, f"request body is over the limit of {max_bytes} bytes")

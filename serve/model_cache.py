@@ -92,7 +92,8 @@ class ModelCache:
             model = await asyncio.get_running_loop().run_in_executor(self.loaders, self.load, model_id)
         except Exception as error:
             # Only a description is kept: the exception's traceback would hold the failed load's memory.
-            kind, reason = self.classify(error), f"{type(error).__name__}: {str(error)[:200]}"
+            # Classified off the event loop: it may ask storage, which is slow exactly when it is failing.
+            kind, reason = await asyncio.to_thread(self.classify, error), f"{type(error).__name__}: {str(error)[:200]}"
             self._remember_failure(model_id, reason, kind)
             self._event("failed_loads", self.clock() - started)
             raise ModelUnavailable(model_id, reason, kind, self.failure_ttl_s) from None

@@ -110,7 +110,10 @@ class RegistryView:
     stays), or "held" (most styles vanished at once: they stay, see mass_removal_hold_s)."""
 
     def __init__(self, registry_uri: str, refresh_s: float, full_refresh_s: float = 300.0, clock=time.monotonic,
-                 mass_removal_hold_s: float = 900.0, copy: ListingCopy | None = None, on_refresh=lambda result: None):
+                 mass_removal_hold_s: float = 900.0, copy: ListingCopy | None = None, on_refresh=lambda result: None,
+                 first_read_timeout_s: float = 30.0):
+        """The first read of the registry is waited for at most first_read_timeout_s (storage that hangs
+        rather than fails): past it, or if it fails, the view starts from the last listing kept."""
         self.registry_uri = registry_uri
         self.refresh_s, self.full_refresh_s, self.clock = refresh_s, full_refresh_s, clock
         self.mass_removal_hold_s, self.copy, self.on_refresh = mass_removal_hold_s, copy or ListingCopy(), on_refresh
@@ -122,13 +125,22 @@ class RegistryView:
         self.attempt_started: float | None = None  # while a refresh runs: when it began
         self._thread: threading.Thread | None = None
         self.refreshed_at = self.clock()  # of the last refresh that read the registry without an error
-        try:
-            self.refresh()
-        except Exception as error:  # storage down as the replica starts: begin from the last listing kept
+        failure: list[Exception] = []
+        self._first_read = threading.Thread(target=self._read_first, args=(failure,), name="registry-first-read", daemon=True)
+        self._first_read.start()
+        self._first_read.join(first_read_timeout_s)
+        if self._first_read.is_alive() or failure:  # storage down or hanging as the replica starts
             self.styles = self._from_copy()
             self.refreshed_at = -float("inf")  # never read by this view: stale from the start
+            why = failure[0] if failure else f"no answer within {first_read_timeout_s:g} s"
             logger.warning("registry %s unreadable as this view starts (%s); serving the last listing kept (%d styles) "
-                           "until it can be read", self.registry_uri, error, len(self.styles))
+                           "until it can be read", self.registry_uri, why, len(self.styles))
+
+    def _read_first(self, failure: list) -> None:
+        try:
+            self.refresh()
+        except Exception as error:
+            failure.append(error)
 
     def age_s(self) -> float:
         """Seconds since the registry was last read successfully: a stale listing shows here."""
@@ -140,7 +152,8 @@ class RegistryView:
         new replica would read it no better."""
         if self._thread is not None and not self._thread.is_alive():
             return float("inf")
-        return 0.0 if self.attempt_started is None else self.clock() - self.attempt_started
+        started = self.attempt_started  # read once: the refreshing thread sets it to None when done
+        return 0.0 if started is None else self.clock() - started
 
     def refresh(self) -> None:
         """Re-read which version of each style is current; read metadata only for versions not seen before.
@@ -166,31 +179,50 @@ class RegistryView:
         if added or changed or removed:
             logger.info("registry %s: %d style(s); new: %s; new versions: %s; withdrawn: %s", self.registry_uri, len(styles),
                         added or "none", changed or "none", removed or "none")
-            self.copy.save(json.dumps({name: [style.version, style.metadata, style.pointed_at] for name, style in styles.items()}).encode())
+            self._keep_copy(styles)
         self.styles = styles
         self.refreshed_at = self.clock()
 
     def _hold_mass_removal(self, styles: dict[str, PublishedStyle]) -> dict[str, PublishedStyle]:
-        """The new listing, except when it lacks more than half of the served styles (two at least): far more
-        likely a storage fault or a wrong path than a withdrawal, so the vanished styles stay (new and
-        retrained ones go live) until storage has said the same for mass_removal_hold_s."""
+        """The new listing, except when it lacks more than half of the served styles (two at least) without
+        their having been withdrawn (a withdrawal deletes current.json and leaves the versions): far more
+        likely a storage fault or a wrong path, so the vanished styles stay (new and retrained ones go live)
+        until storage has said the same for mass_removal_hold_s."""
         vanished = set(self.styles) - set(styles)
         if len(vanished) < 2 or len(vanished) * 2 <= len(self.styles):
             self.removal_held_since = None
             return styles
+        unexplained = {name for name in vanished if not self._withdrawn(name)}
+        if len(unexplained) < 2 or len(unexplained) * 2 <= len(self.styles):
+            self.removal_held_since = None
+            return {**styles, **{name: self.styles[name] for name in unexplained}}  # a few: checked again next time
         now = self.clock()
         if self.removal_held_since is None:
             self.removal_held_since = now
         if now - self.removal_held_since >= self.mass_removal_hold_s:
-            logger.warning("registry %s: %d of %d styles withdrawn, as it has said for %.0f s", self.registry_uri,
-                           len(vanished), len(self.styles), now - self.removal_held_since)
+            logger.warning("registry %s: %d of %d styles gone, as it has said for %.0f s", self.registry_uri,
+                           len(unexplained), len(self.styles), now - self.removal_held_since)
             self.removal_held_since = None
             return styles
-        logger.warning("registry %s lists %d of the %d served styles; keeping %d that vanished at once (storage fault or "
-                       "wrong path?) for up to %.0f s more", self.registry_uri, len(styles), len(self.styles), len(vanished),
-                       self.mass_removal_hold_s - (now - self.removal_held_since))
+        logger.warning("registry %s lists %d of the %d served styles; keeping %d that vanished at once without a withdrawal "
+                       "(storage fault or wrong path?) for up to %.0f s more", self.registry_uri, len(styles), len(self.styles),
+                       len(unexplained), self.mass_removal_hold_s - (now - self.removal_held_since))
         self.on_refresh("held")
-        return {**styles, **{name: self.styles[name] for name in vanished}}
+        return {**styles, **{name: self.styles[name] for name in unexplained}}
+
+    def _withdrawn(self, name: str) -> bool:
+        """Withdrawn on purpose: its pointer is gone and its versions are still there (registry.withdraw)."""
+        try:
+            return (not storage.exists(storage.join(self.registry_uri, name, registry.POINTER_FILE))
+                    and storage.has_content(storage.join(self.registry_uri, name, "versions")))
+        except Exception:  # storage cannot say: not a withdrawal we can see
+            return False
+
+    def _keep_copy(self, styles: dict[str, PublishedStyle]) -> None:
+        try:
+            self.copy.save(json.dumps({name: [style.version, style.metadata, style.pointed_at] for name, style in styles.items()}).encode())
+        except Exception as error:  # the copy is for a later replica: its failure must not stop this listing going live
+            logger.warning("the listing of registry %s could not be kept for later replicas: %s", self.registry_uri, error)
 
     def _from_copy(self) -> dict[str, PublishedStyle]:
         try:
@@ -246,6 +278,7 @@ class RegistryView:
         self._thread.start()
 
     def _refresh_forever(self) -> None:
+        self._first_read.join()  # a first read still hanging: one refresh at a time
         while True:
             time.sleep(self.refresh_s)
             self.attempt_started = self.clock()

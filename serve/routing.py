@@ -17,17 +17,33 @@ from __future__ import annotations
 import inspect
 
 import ray
-from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+from ray import serve
+from ray.serve import api as serve_api
+from ray.serve import multiplex
 from ray.serve._private.request_router import request_router
+from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 
-# The private names this relies on. Gone or renamed in another Ray, the leak may be back or the fix
-# may break routing: fail where it is imported, saying so, rather than serve with either.
-_RELIED_ON = ("_remove_pending_request_from_indices", "_pending_requests_by_model_id", "_multiplexed_model_id_fallback_match")
-_missing = [name for name in _RELIED_ON if name not in inspect.getsource(request_router)]
-if _missing:
-    raise ImportError(f"serve/routing.py was written against Ray 2.60's request router, and Ray {ray.__version__}'s lacks "
-                      f"{', '.join(_missing)}: check whether Serve still keeps a request per multiplexed model id "
-                      "(ray/serve/_private/request_router/request_router.py) and update ForgetfulRouter, or pin ray==2.60.0")
+
+def _require_private_names(module, names: tuple[str, ...], what: str) -> None:
+    """Fail where this is imported, saying so, if another Ray lacks the private names relied on here: the
+    leak may be back or the fix may break routing, and neither should be served silently."""
+    try:
+        source = inspect.getsource(module)
+    except OSError:  # an install without sources: the names cannot be read, only the classes tried
+        return
+    missing = [name for name in names if name not in source]
+    if missing:
+        raise ImportError(f"serve/routing.py was written against Ray 2.60, and Ray {ray.__version__}'s {module.__name__} lacks "
+                          f"{', '.join(missing)}: check {what} and update serve/routing.py, or pin ray==2.60.0")
+
+
+_require_private_names(request_router, ("_remove_pending_request_from_indices", "_pending_requests_by_model_id",
+                                        "_multiplexed_model_id_fallback_match"),
+                       "whether Serve's router still keeps a request per multiplexed model id")
+_require_private_names(multiplex, ("self.models", "_push_multiplexed_replica_info", "max_num_models_per_replica"),
+                       "how serve.multiplexed tells the router what a replica holds")
+_require_private_names(serve_api, ('"__serve_multiplex_wrapper"',), "where serve.multiplexed keeps its state")
+MULTIPLEX_WRAPPER_ATTRIBUTE = "__serve_multiplex_wrapper"  # where serve.multiplexed keeps its state (ray/serve/api.py)
 
 
 class ForgetfulRouter(PowerOfTwoChoicesRequestRouter):
@@ -50,3 +66,36 @@ class ForgetfulRouter(PowerOfTwoChoicesRequestRouter):
         if not waiting:
             del self._pending_requests_by_model_id[model_id]
             self._multiplexed_model_id_fallback_match.discard(model_id)
+
+
+class HeldModels:
+    """What Serve's router believes a replica holds, told through serve.multiplexed's bookkeeping (the only
+    channel there is): announced when a load starts, so the next requests for a cold style come to the
+    replica loading it, and withdrawn when the load fails, as Serve's own loader does
+    (ray/serve/multiplex.py). Serve's loader itself would serialise every load behind one lock, so the
+    replica loads with its own cache and tells the router here. One per replica: each serve.multiplexed
+    wrapper starts a metrics pusher that runs for the life of the process."""
+
+    def __init__(self, capacity: int):
+        async def held(model_id: str) -> str:  # a plain function: serve.multiplexed keeps its state on it
+            return model_id
+
+        self._function = held
+        self._report = serve.multiplexed(max_num_models_per_replica=capacity)(held)
+        self._capacity = capacity
+
+    async def announce(self, model_id: str) -> None:
+        await self._report(model_id)
+        self.resize(self._capacity)  # the wrapper is made on the first call, with the capacity it was given then
+
+    def withdraw(self, model_id: str) -> None:
+        wrapper = getattr(self._function, MULTIPLEX_WRAPPER_ATTRIBUTE, None)
+        if wrapper is not None and wrapper.models.pop(model_id, None) is not None:
+            wrapper._push_multiplexed_replica_info = True  # pushed at its next tick (0.1 s)
+
+    def resize(self, capacity: int) -> None:
+        """The router's list follows the cache's capacity (its least recently used ids drop as it fills)."""
+        self._capacity = capacity
+        wrapper = getattr(self._function, MULTIPLEX_WRAPPER_ATTRIBUTE, None)
+        if wrapper is not None:
+            wrapper.max_num_models_per_replica = capacity

@@ -49,14 +49,14 @@ class StyleEndpoint:
     def reconfigure(self, config: dict) -> None:
         """{"settings": EndpointSettings' fields}: limits and batching change in place; the model is built
         again only when how it is built changes (compiling, batch pixels, compiled shapes)."""
-        settings = EndpointSettings(**config.get("settings", {}))
-        if self.model is None or _how_the_model_is_built(settings) != _how_the_model_is_built(self.settings):
+        settings, model = EndpointSettings(**config.get("settings", {})), self.model
+        if model is None or _how_the_model_is_built(settings) != _how_the_model_is_built(self.settings):
+            # Built beside the one serving (requests keep flowing during a reconfigure), then swapped in.
             model = StyleModel(self.registry_uri, self.style, self.version, device=self.device, compile_on_cpu=settings.compile_on_cpu,
                                max_batch_pixels=settings.max_batch_pixels, static_shapes=static_shapes_for(self.device, settings))
             if model.static_shapes is not None:  # the warm shapes compiled before the replica takes traffic
                 model.static_shapes.wait_until_idle()
-            self.model, self.metadata = model, model.metadata
-        self.settings = settings
+        self.model, self.metadata, self.settings = model, model.metadata, settings
         self.run_batch.set_max_batch_size(settings.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 

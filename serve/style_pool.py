@@ -19,6 +19,7 @@ GPU, one at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import ray
@@ -31,7 +32,7 @@ from serve import get_logger, stylising
 from serve.http_input import HTTPError, StyliseOptions
 from serve.model_cache import BROKEN, MISSING, TRANSIENT, ModelCache, ModelUnavailable
 from serve.registry_view import PublishedStyle, parse_model_id, public_metadata
-from serve.routing import ForgetfulRouter
+from serve.routing import ForgetfulRouter, HeldModels
 from serve.settings import EndpointSettings, PoolSettings
 from serve.style_model import RunFailure, StyleModel, model_bytes, reserved_device, static_shapes_for
 
@@ -67,39 +68,38 @@ class StylePool:
         """Serve calls this after the constructor and whenever the deployment's user_config changes
         ({"settings": EndpointSettings' fields, "pool": PoolSettings'}). Limits, batching, the cache's size
         and the prewarm list change in place; a change to how models are built (the CPU runtime, batch
-        pixels, compiled shapes) starts a new cache, the process and its other state staying."""
+        pixels, compiled shapes, concurrent loads) starts a new cache, the process and its other state
+        staying. Requests keep flowing meanwhile: each takes the cache and settings it started with."""
         settings, pool = EndpointSettings(**config.get("settings", {})), PoolSettings(**config.get("pool", {}))
         runtime = "cuda" if self.device.type == "cuda" else pool.cpu_runtime
         # One model more than the budget is held for a moment: the old one goes once the new one loaded.
         capacity = max(2, pool.model_cache_mb * 2**20 // model_bytes(runtime) - 1)
+        if self.cache is None:
+            # Made once for the replica's life: each serve.multiplexed wrapper and serve.batch queue starts a
+            # task that runs as long as the process (ray/serve/multiplex.py, ray/serve/batching.py).
+            self.held = HeldModels(capacity)
+            # Serve splits a batch by style and, by default, starts the next batch only when every style of
+            # the last one is done: cores would idle behind a batch's last style. As many batches as slots.
+            self.run_batch = serve.batch(max_batch_size=settings.max_batch_size, max_concurrent_batches=self.slots,
+                                         batch_wait_timeout_s=settings.batch_wait_timeout_s)(self._run_batch)
         if self.cache is None or _how_models_are_built(settings, pool) != _how_models_are_built(self.settings, self.pool):
-            self._new_cache(settings, pool, runtime, capacity)
+            self.cache = self._new_cache(settings, pool, runtime, capacity)
         else:
-            # The router's list of held ids keeps the replica's first capacity: a smaller cache only means
-            # that some requests routed here for an evicted style load it again.
             self.cache.resize(capacity, pool.failure_ttl_s)
-            self.run_batch.set_max_batch_size(settings.max_batch_size)
-            self.run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.held.resize(capacity)
+        self.run_batch.set_max_batch_size(settings.max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self.settings, self.pool = settings, pool
         await self._warm_up(pool.prewarm)
 
-    def _new_cache(self, settings: EndpointSettings, pool: PoolSettings, runtime: str, capacity: int) -> None:
+    def _new_cache(self, settings: EndpointSettings, pool: PoolSettings, runtime: str, capacity: int) -> ModelCache:
         # StyleModel's fast path: fp16 on a GPU, ONNX Runtime on the CPU (for versions that have the export).
-        self.fast = runtime != "torch"
-        self.static_shapes = static_shapes_for(self.device, settings)  # GPU: compiled once, shared by every style
-        self.cache = ModelCache(self._load, capacity, failure_ttl_s=pool.failure_ttl_s, max_concurrent_loads=pool.max_concurrent_loads,
-                                on_event=self.metrics.cache_event, classify=self._classify)
-        # The router learns which ids a replica holds only through serve.multiplexed's bookkeeping: it is
-        # handed every id our cache served, in the same order, and evicts in step with it. (A plain
-        # function: serve.multiplexed keeps its state on the function, or on the instance of a method.)
-        async def held(model_id: str) -> str:
-            return model_id
-
-        self.report_held = serve.multiplexed(max_num_models_per_replica=capacity)(held)
-        # Serve splits a batch by style and, by default, starts the next batch only when every style of
-        # the last one is done: cores would idle behind a batch's last style. As many batches as slots.
-        self.run_batch = serve.batch(max_batch_size=settings.max_batch_size, max_concurrent_batches=self.slots,
-                                     batch_wait_timeout_s=settings.batch_wait_timeout_s)(self._run_batch)
+        # What a load builds with is bound here: a reconfigure while a load runs cannot mix two settings.
+        static_shapes = static_shapes_for(self.device, settings)  # GPU: compiled once, shared by every style
+        load = functools.partial(self._load, fast=runtime != "torch", static_shapes=static_shapes,
+                                 max_batch_pixels=settings.max_batch_pixels)
+        return ModelCache(load, capacity, failure_ttl_s=pool.failure_ttl_s, max_concurrent_loads=pool.max_concurrent_loads,
+                          on_event=self.metrics.cache_event, classify=self._classify)
 
     def _classify(self, error: Exception) -> str:
         """A failed load as a client is answered: a version the registry no longer has is missing (404),
@@ -112,26 +112,27 @@ class StylePool:
 
     async def _warm_up(self, styles: list[str]) -> None:
         """Before the replica takes traffic: the warm shapes compiled (GPU), the prewarm styles loaded."""
-        if self.static_shapes is not None:
-            await asyncio.to_thread(self.static_shapes.wait_until_idle)
+        static_shapes = self.cache.load.keywords["static_shapes"]
+        if static_shapes is not None:
+            await asyncio.to_thread(static_shapes.wait_until_idle)
         for style in styles:
             try:
                 metadata = await asyncio.to_thread(registry.read_metadata, self.registry_uri, style)
                 published = PublishedStyle(style, metadata["version"], public_metadata(metadata))
                 model = await self.cache.get(published.model_id)
-                await self.report_held(published.model_id)
+                await self.held.announce(published.model_id)
                 if model.style_vectors is not None:
                     await asyncio.to_thread(model.style_vectors.vector, style, published.version)
             except Exception as error:  # a style that cannot be prewarmed must not keep the replica from starting
                 logger.warning("pool.prewarm names %r, which cannot be loaded: %s", style, error)
 
-    def _load(self, model_id: str) -> StyleModel:
+    def _load(self, model_id: str, *, fast: bool, static_shapes, max_batch_pixels: int) -> StyleModel:
         reference = parse_model_id(model_id)
         # Without ONNX Runtime's memory arena: a few hundred styles' sessions must fit the cache budget.
         # One thread: runs go side by side, one per core (cpu_threads only applies to ONNX Runtime, CPU only).
-        model = StyleModel(self.registry_uri, reference.name, reference.version, device=self.device, fast=self.fast,
-                          max_batch_pixels=self.settings.max_batch_pixels, cpu_threads=1, memory_arena=False,
-                          static_shapes=self.static_shapes, family=reference.is_family)
+        model = StyleModel(self.registry_uri, reference.name, reference.version, device=self.device, fast=fast,
+                           max_batch_pixels=max_batch_pixels, cpu_threads=1, memory_arena=False,
+                           static_shapes=static_shapes, family=reference.is_family)
         model.model_id = model_id
         return model
 
@@ -140,26 +141,28 @@ class StylePool:
         """(200, image bytes, each step's milliseconds) or (status, message, {"retry_after_s": ...} or {}): an
         HTTPError does not survive Ray's pickling intact. mix: for a family's model, the (style, version,
         weight) to run. A request that waited for its model to load says so: a "load" step first."""
+        cache, settings = self.cache, self.settings  # a reconfigure meanwhile does not change this request's
         try:
-            started, cold = time.perf_counter(), serve.get_multiplexed_model_id() not in self.cache.models
-            model = await self._model_for_request()
+            started, cold = time.perf_counter(), serve.get_multiplexed_model_id() not in cache.models
+            model = await self._model_for_request(cache)
             load_ms = {"load": round(1e3 * (time.perf_counter() - started), 1)} if cold else {}
             style = await self._style_vector(model, mix)
-            image, timings_ms = await stylising.stylise_image(data, options, self.settings, lambda tensor: self.run_batch(model, tensor, style))
+            image, timings_ms = await stylising.stylise_image(data, options, settings, lambda tensor: self.run_batch(model, tensor, style))
         except HTTPError as error:
             return error.status, error.message, {"retry_after_s": error.retry_after_s} if error.retry_after_s else {}
         self.metrics.ran(timings_ms)
         return 200, image, {**load_ms, **timings_ms}
 
-    async def _model_for_request(self) -> StyleModel:
+    async def _model_for_request(self, cache: ModelCache) -> StyleModel:
         requested = serve.get_multiplexed_model_id()
-        if requested not in self.cache.models and requested not in self.cache.failures:
+        if requested not in cache.models and requested not in cache.failures:
             # Told to the router before the load, as Serve's own multiplexing does (ray/serve/multiplex.py):
             # the next requests for this style come here and share the load instead of each replica loading it.
-            await self.report_held(requested)
+            await self.held.announce(requested)
         try:
-            model = await self.cache.get(requested)
+            model = await cache.get(requested)
         except ModelUnavailable as error:
+            self.held.withdraw(requested)
             if error.kind == MISSING:
                 raise HTTPError(404, f"model {requested!r} is no longer in the registry; retry to get its current version") from None
             if error.kind == TRANSIENT:
@@ -167,7 +170,7 @@ class StylePool:
                                      f"retry in {error.retry_after_s:.0f} s", retry_after_s=error.retry_after_s) from None
             raise HTTPError(500, f"model {requested!r} is unusable ({error.reason[:160]}); it is refused for "
                                  f"{error.retry_after_s:.0f} s, then tried again") from None
-        await self.report_held(requested)
+        await self.held.announce(requested)  # most recently used, in the router's list as in the cache
         return model
 
     async def _style_vector(self, model: StyleModel, mix: tuple[tuple[str, str, float], ...]) -> torch.Tensor | None:
@@ -194,23 +197,25 @@ class StylePool:
             try:
                 model = models[0]
                 runs = await asyncio.to_thread(stylising.run_model, model, tensors, styles if model.style_vectors is not None else None)
-                await asyncio.to_thread(self._judge, model, runs)
+                await self._judge(model, runs)
                 return runs
             finally:
                 self.running -= 1
 
-    def _judge(self, model: StyleModel, runs: list[stylising.ModelRun]) -> None:
+    async def _judge(self, model: StyleModel, runs: list[stylising.ModelRun]) -> None:
         """What a batch says about its model: a picture proves it good (the health check runs such a model);
         a non-finite picture from a model whose own check fails too (a plain grey input, a family's neutral
-        style) condemns the model, not the replica: it is dropped and refused for failure_ttl_s."""
+        style) condemns the model, not the replica: it is dropped and refused for failure_ttl_s. (The check
+        runs on a thread; the cache is changed here, on the event loop, where every other change happens.)"""
         if any(not isinstance(run.output, RunFailure) for run in runs):
             model.proven = True
         elif any(not run.output.out_of_memory for run in runs):
             try:
-                model.check_health()
+                await asyncio.to_thread(model.check_health)
             except Exception as error:
                 logger.warning("%s is unusable and refused for %g s: %s", model.model_id, self.pool.failure_ttl_s, error)
                 self.cache.fail(model.model_id, str(error))
+                self.held.withdraw(model.model_id)
 
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; raising three times in a row replaces the replica.
@@ -228,8 +233,8 @@ def _how_models_are_built(settings: EndpointSettings | None, pool: PoolSettings 
     """The settings a loaded model depends on: when one changes, the cache starts again."""
     if settings is None or pool is None:
         return ()
-    return (pool.cpu_runtime, settings.max_batch_pixels, settings.compiled_shapes, settings.compile_after_requests,
-            settings.max_compiled_pixels, tuple(settings.warm_shapes))
+    return (pool.cpu_runtime, pool.max_concurrent_loads, settings.max_batch_pixels, settings.compiled_shapes,
+            settings.compile_after_requests, settings.max_compiled_pixels, tuple(settings.warm_shapes))
 
 
 def _registry_readable(registry_uri: str) -> bool:

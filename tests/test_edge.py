@@ -18,7 +18,7 @@ from serving import served  # noqa: F401 (a fixture)
 from test_serve import photo_bytes
 
 pytestmark = pytest.mark.slow
-DOC = REPO_ROOT / "README.md"  # the page whose ```nginx block operators copy
+DOC = REPO_ROOT / "docs" / "operations.md"  # the page whose ```nginx block operators copy
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 

@@ -100,3 +100,15 @@ def test_serves_routing_header_is_refused_in_any_spelling_the_proxy_reads(header
 
 def test_ordinary_headers_pass():
     refuse_routing_headers({"content-type": "image/jpeg", "x-request-id": "abc", "serve-multiplexed": "x"})
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_not_a_server_error():
+    messages = [{"type": "http.request", "body": b"abc", "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive():
+        return messages.pop(0)
+
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}, receive)
+    with pytest.raises(HTTPError) as error:
+        asyncio.run(read_body(request, max_bytes=1024, timeout_s=5))
+    assert error.value.status == 499 and "after 3 bytes" in error.value.message

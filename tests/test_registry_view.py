@@ -1,7 +1,9 @@
 """What the front door sees of a registry on S3 (moto's server on 127.0.0.1), and what the pool loads from it."""
 
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -150,9 +152,9 @@ def test_a_listing_that_loses_most_styles_at_once_is_held_back_until_storage_say
     for index, name in enumerate(["alpha", "beta", "gamma", "delta"]):
         publish_random_style(root, name, seed=index)
     clock, heard = [0.0], []
-    view = RegistryView(root, refresh_s=1, full_refresh_s=3600, mass_removal_hold_s=600, clock=lambda: clock[0], on_refresh=heard.append)
-    for name in ("beta", "gamma", "delta"):  # three of four at once: a wrong prefix looks like this
-        registry.withdraw(root, name)
+    view = RegistryView(root, refresh_s=1, full_refresh_s=0, mass_removal_hold_s=600, clock=lambda: clock[0], on_refresh=heard.append)
+    for name in ("beta", "gamma", "delta"):  # three of four gone from storage, not withdrawn: a wrong prefix looks like this
+        shutil.rmtree(Path(root) / name)
     publish_random_style(root, "epsilon", seed=5)
     view.refresh()
     assert sorted(view.styles) == ["alpha", "beta", "delta", "epsilon", "gamma"] and heard == ["held"]  # new ones go live
@@ -162,6 +164,19 @@ def test_a_listing_that_loses_most_styles_at_once_is_held_back_until_storage_say
     clock[0] = 600.0
     view.refresh()
     assert sorted(view.styles) == ["alpha", "epsilon"]
+
+
+def test_withdrawing_most_styles_at_once_is_not_held(tmp_path):
+    """registry.withdraw deletes the pointer and leaves the versions: on purpose, so applied at once."""
+    root = str(tmp_path / "registry")
+    for index, name in enumerate(["alpha", "beta", "gamma", "delta"]):
+        publish_random_style(root, name, seed=index)
+    heard = []
+    view = RegistryView(root, refresh_s=1, full_refresh_s=3600, on_refresh=heard.append)
+    for name in ("beta", "gamma", "delta"):
+        registry.withdraw(root, name)
+    view.refresh()
+    assert sorted(view.styles) == ["alpha"] and heard == []
 
 
 def test_withdrawing_one_style_of_a_few_is_not_held(tmp_path):
@@ -200,3 +215,26 @@ def test_a_failing_refresh_is_not_stuck_but_a_dead_refreshing_thread_is(tmp_path
     dead.join()
     view._thread = dead  # as after an error the loop did not catch
     assert view.stuck_s() == float("inf")
+
+
+def test_a_view_whose_first_read_hangs_starts_from_the_last_listing_within_its_bound(tmp_path):
+    """Storage that hangs instead of failing (a black-holed connection) must not hold a replica's start."""
+    root = tmp_path / "registry"
+    versions = {"alpha": publish_random_style(root, "alpha", seed=0)}
+    copy = ListingCopy()
+    RegistryView(str(root), refresh_s=1, copy=copy)
+    release = threading.Event()
+
+    class HangingStorage(RegistryView):
+        def refresh(self):
+            release.wait(30)
+            super().refresh()
+
+    started = time.monotonic()
+    view = HangingStorage(str(root), refresh_s=1, copy=copy, first_read_timeout_s=0.5)
+    assert time.monotonic() - started < 5 and {name: style.version for name, style in view.styles.items()} == versions
+    assert view.age_s() == float("inf")
+    publish_random_style(root, "beta", seed=1)
+    release.set()  # storage answers: the hanging read completes and the view is current
+    view._first_read.join(30)
+    assert sorted(view.styles) == ["alpha", "beta"] and view.age_s() < 5

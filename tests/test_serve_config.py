@@ -174,3 +174,23 @@ def test_the_request_metric_names_only_the_most_requested_styles():
     now[0] = 61  # re-ranked: c is now among the two most requested, b is not
     assert labels.label("c") == "c" and labels.label("b") == OTHER_STYLES
     assert {labels.label(f"style-{index}") for index in range(1000)} == {OTHER_STYLES}
+
+
+def test_the_documented_prometheus_config_drops_serves_per_model_id_gauge_and_keeps_ours():
+    """Serve's gauge gets one series per style:version ever held; the scrape config in docs/operations.md
+    drops it (Prometheus anchors the regex, as fullmatch does), and nothing of ours."""
+    import inspect
+    import re
+
+    from ray.serve import multiplex
+
+    from conftest import REPO_ROOT
+    from serve.metrics import EXPORTED
+
+    blocks = re.findall(r"```yaml\n(scrape_configs:.*?)```", (REPO_ROOT / "docs" / "operations.md").read_text(), re.DOTALL)
+    assert len(blocks) == 1
+    rules = yaml.safe_load(blocks[0])["scrape_configs"][0]["metric_relabel_configs"]
+    dropped = [rule["regex"] for rule in rules if rule["action"] == "drop" and rule["source_labels"] == ["__name__"]]
+    gauge = re.search(r'"(serve_registered_multiplexed_model_id)"', inspect.getsource(multiplex)).group(1)  # as Ray names it
+    assert any(re.fullmatch(regex, "ray_" + gauge) for regex in dropped)
+    assert not [name for name in EXPORTED.values() for regex in dropped if re.fullmatch(regex, name)]
