@@ -1,5 +1,6 @@
-"""Rehearses the README's AWS path ("From an AWS account to live endpoints") as a user walks it: its
-bash blocks, in order, from a plain shell with a fresh HOME, against local stand-ins for AWS.
+"""Rehearses the AWS path (docs/aws.md, "From an AWS account to live endpoints") as a user walks it: its
+bash blocks, in order, from a plain shell with a fresh HOME, against local stand-ins for AWS. The page
+lists what runs as written, what is rewritten here and why, and what is skipped: keep the two in step.
 
     .venv/bin/python .ci/readme_aws_rehearsal.py     # CI runs it after the tests; needs ports 6379, 8265, 8000
 
@@ -41,7 +42,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "## From an AWS account to live endpoints"
+PAGE = ROOT / "docs" / "aws.md"
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BUCKET = "rehearsal-style-factory"
 BUCKET_REGION = "eu-central-1"  # not cluster.yaml's region: the factory must find the bucket's
@@ -54,10 +55,8 @@ CREATED_FILES = ("configs/my_coco_s3.yaml", "rocket-starry.jpg")
 
 
 def readme_commands() -> list[str]:
-    """The AWS section's bash blocks as one list of commands (continued lines joined)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(SECTION):]
-    section = section[:section.index("\n## ", 1)]
+    """The AWS page's bash blocks as one list of commands (continued lines joined)."""
+    section = PAGE.read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.DOTALL):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():

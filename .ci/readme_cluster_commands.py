@@ -1,7 +1,8 @@
-"""Runs the README's local-cluster block ("On a Ray cluster", the first bash block) exactly as written,
-from a plain shell: no venv on PATH, a fresh HOME (so a fresh Ray token), as a new user would. Then
-checks that the job published its styles. Needs Ray's default ports (6379, 8265) free, so CI runs it
-on its own, before the test suite.
+"""Runs the local-cluster blocks exactly as written, from a plain shell (no venv on PATH, a fresh HOME, so
+a fresh Ray token), as a new user would: docs/clusters.md's first bash block (a training job submitted to
+a local cluster), then the README's "Serve every style" block (the registry it published, served, and a
+photo stylised with curl). Then checks that the job published both styles and that curl got a picture.
+Needs Ray's default ports (6379, 8265, 8000) free, so CI runs it after the suite.
 
     python3 .ci/readme_cluster_commands.py
 """
@@ -14,33 +15,44 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "## On a Ray cluster"
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STYLISED = ROOT / "rocket-starry.jpg"  # what the README's curl writes
 
 
-def readme_block() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(SECTION):]
-    return re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+def first_bash_block(page: Path, after: str = "") -> str:
+    text = page.read_text()
+    return re.search(r"```bash\n(.*?)```", text[text.index(after):] if after else text, re.DOTALL).group(1)
+
+
+def run_as_written(block: str, what: str, env: dict) -> bool:
+    print(f"running {what}, as written:\n{block}", flush=True)
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, timeout=900)
+    if done.returncode != 0:
+        subprocess.run([str(ROOT / ".venv" / "bin" / "ray"), "stop", "--force"], env={**env, "PATH": os.environ["PATH"]})
+        print(f"{what} failed with exit code {done.returncode}", file=sys.stderr)
+    return done.returncode == 0
 
 
 def main() -> int:
-    block = readme_block()
-    print(f"running, as written:\n{block}", flush=True)
+    STYLISED.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="readme-home-") as home:
         env = {"HOME": home, "PATH": PLAIN_PATH, "LANG": "C.UTF-8", "TERM": "dumb"}
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, timeout=900)
-        if done.returncode != 0:
-            subprocess.run([str(ROOT / ".venv" / "bin" / "ray"), "stop", "--force"], env={**env, "PATH": os.environ["PATH"]})
-            print(f"the README's cluster block failed with exit code {done.returncode}", file=sys.stderr)
+        if not run_as_written(first_bash_block(ROOT / "docs" / "clusters.md"), "docs/clusters.md's local-cluster block", env):
             return 1
-    check = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c",
-                            "from factory import registry; print(registry.list_styles('data/registry'))"],
-                           cwd=ROOT, capture_output=True, text=True)
-    if check.returncode != 0 or "starry_night" not in check.stdout or "the_scream" not in check.stdout:
-        print(f"the job did not publish both styles to data/registry: {check.stdout}{check.stderr}", file=sys.stderr)
+        check = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c",
+                                "from factory import registry; print(registry.list_styles('data/registry'))"],
+                               cwd=ROOT, capture_output=True, text=True)
+        if check.returncode != 0 or "starry_night" not in check.stdout or "the_scream" not in check.stdout:
+            print(f"the job did not publish both styles to data/registry: {check.stdout}{check.stderr}", file=sys.stderr)
+            return 1
+        if not run_as_written(first_bash_block(ROOT / "README.md", "## Serve every style"), "the README's serving block", env):
+            return 1
+    picture = STYLISED.read_bytes() if STYLISED.exists() else b""
+    STYLISED.unlink(missing_ok=True)
+    if not picture.startswith(b"\xff\xd8"):
+        print(f"the README's curl did not write a JPEG ({len(picture)} bytes)", file=sys.stderr)
         return 1
-    print(f"the README's cluster block ran as written and published {check.stdout.strip()}")
+    print(f"the local-cluster blocks ran as written: published {check.stdout.strip()}, and curl got a {len(picture)}-byte JPEG back")
     return 0
 
 

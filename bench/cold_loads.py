@@ -3,7 +3,7 @@ arrive within one load's time, with the router told that a replica holds a style
 (the pool now) and only when it has finished (the pool before; Serve's own multiplexing tells it at
 the start), side by side in one run.
 
-    python bench/cold_loads.py --styles 6 --concurrent 8 --spread-s 0.6
+    python bench/cold_loads.py --styles 8 --concurrent 8 --spread-s 1.0 --rounds 3   # about 4 minutes on 2 cores
 
 A local Ray (4 logical CPUs), a registry of random styles with their ONNX exports in a temporary folder,
 the pool deployed twice under two application names (the "before" one a subclass whose only change is
@@ -44,17 +44,21 @@ LOADS = 'ray_style_factory_model_cache_events_total'
 class ReportAfterLoad(StylePool.func_or_class):
     """The pool as it was: the router hears of a style only once this replica has loaded it."""
 
-    async def _model_for_request(self):
+    async def _model_for_request(self, cache):
         requested = serve.get_multiplexed_model_id()
-        model = await self.cache.get(requested)
-        await self.report_held(requested)
+        model = await cache.get(requested)
+        await self.held.announce(requested)
         return model
+
+
+def application_name(way: str) -> str:
+    return "cold-" + way.replace("_", "-")
 
 
 def deploy(pool_class, name: str, registry_uri: str, replicas: int):
     config = {"settings": {"max_batch_size": 1}, "pool": {"cpu_runtime": "onnxruntime", "refresh_s": 5}}
     pool = serve.deployment(pool_class, name="StylePool").options(
-        num_replicas=replicas, ray_actor_options={"num_cpus": 1}, user_config=config,
+        num_replicas=replicas, ray_actor_options={"num_cpus": 0.5}, user_config=config,
         request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
     return serve.run(pool.bind(registry_uri), name=name, route_prefix=None)
 
@@ -93,10 +97,11 @@ def loads_counted(metrics_port: int, application: str, expected_at_least: int, t
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--styles", type=int, default=6, help="cold styles, each asked for by --concurrent first requests")
+    parser.add_argument("--styles", type=int, default=8, help="cold styles, each asked for by --concurrent first requests")
     parser.add_argument("--concurrent", type=int, default=8)
-    parser.add_argument("--spread-s", type=float, default=0.6, help="the first requests of a style arrive over this long")
+    parser.add_argument("--spread-s", type=float, default=1.0, help="the first requests of a style arrive over this long")
     parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="fresh styles for each way, this many times, alternating")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -107,28 +112,36 @@ def main() -> int:
         metrics_port = probe.getsockname()[1]
     ray.init(address="local", num_cpus=4, _metrics_export_port=metrics_port,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, include_dashboard=False)
-    figures = {}
+    ways = {"reported_when_the_load_starts": StylePool.func_or_class, "reported_when_it_ends": ReportAfterLoad}
+    loads = {way: [] for way in ways}
+    seconds = {way: [] for way in ways}
     with tempfile.TemporaryDirectory(prefix="cold-loads-") as folder:
         photo = images.encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)))
-        for way, pool_class in (("reported_when_the_load_starts", StylePool.func_or_class), ("reported_when_it_ends", ReportAfterLoad)):
-            root = Path(folder) / way
-            model_ids = [f"cold-{index}:{publish_random_style(root, f'cold-{index}', seed=index, with_onnx=True)}"
-                         for index in range(args.styles)]
-            application = f"cold-{way.replace('_', '-')}"
-            handle = deploy(pool_class, application, str(root), args.replicas)
-            seconds = first_requests(handle, model_ids, args.concurrent, args.spread_s, photo)
-            loads = loads_counted(metrics_port, application, expected_at_least=args.styles)
-            serve.delete(application)
-            figures[way] = {"loads": loads, "loads_per_style": round(loads / args.styles, 2),
-                            "first_request_seconds_median": round(statistics.median(seconds), 3),
-                            "first_request_seconds_max": round(max(seconds), 3)}
-            print(f"{way:>30}: {loads} loads for {args.styles} styles ({loads / args.styles:.2f} a style, ideal 1.00, "
-                  f"at most {args.replicas:.2f}); first requests median {statistics.median(seconds):.2f} s, max {max(seconds):.2f} s")
+        handles = {}
+        for way, pool_class in ways.items():
+            handles[way] = deploy(pool_class, application_name(way), str(Path(folder) / way), args.replicas)
+        counted = {way: 0 for way in ways}
+        for round_index in range(args.rounds):
+            # Both ways each round, in turn, each with styles it has never seen: the spread shows round to round.
+            for way in (list(ways) if round_index % 2 == 0 else list(reversed(ways))):
+                root = Path(folder) / way
+                model_ids = [f"r{round_index}-{index}:{publish_random_style(root, f'r{round_index}-{index}', seed=index, with_onnx=True)}"
+                             for index in range(args.styles)]
+                seconds[way] += first_requests(handles[way], model_ids, args.concurrent, args.spread_s, photo)
+                total = loads_counted(metrics_port, application_name(way), expected_at_least=counted[way] + args.styles)
+                loads[way].append(total - counted[way])
+                counted[way] = total
+                print(f"round {round_index + 1}, {way:>30}: {loads[way][-1]} loads for {args.styles} styles", flush=True)
     serve.shutdown()
     ray.shutdown()
-    before, after = figures["reported_when_it_ends"]["loads"], figures["reported_when_the_load_starts"]["loads"]
-    print(f"duplicate loads: {before - args.styles} before, {after - args.styles} now")
-    path = results.record("cold_loads", {**figures, "styles": args.styles, "concurrent": args.concurrent,
+    figures = {way: {"loads_per_round": loads[way], "loads_per_style": round(sum(loads[way]) / (args.styles * args.rounds), 2),
+                     "first_request_seconds_median": round(statistics.median(seconds[way]), 3),
+                     "first_request_seconds_max": round(max(seconds[way]), 3)} for way in ways}
+    for way, figure in figures.items():
+        print(f"{way:>30}: loads per round {figure['loads_per_round']} for {args.styles} styles each "
+              f"({figure['loads_per_style']:.2f} a style; ideal 1.00, at most {args.replicas}); first requests median "
+              f"{figure['first_request_seconds_median']:.2f} s, max {figure['first_request_seconds_max']:.2f} s")
+    path = results.record("cold_loads", {**figures, "styles": args.styles, "concurrent": args.concurrent, "rounds": args.rounds,
                                          "spread_s": args.spread_s, "replicas": args.replicas, "runtime": "onnxruntime"})
     print(f"figures: {path}")
     return 0

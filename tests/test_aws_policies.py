@@ -1,4 +1,4 @@
-"""The IAM policies aws/prepare_account.py grants hold every AWS call the cluster makes, and the README's
+"""The IAM policies aws/prepare_account.py grants hold every AWS call the cluster makes, and docs/aws.md's
 list for users who write the policy themselves is the same list. moto does not enforce IAM, so this
 is where a dropped permission would show before a real account refuses it."""
 
@@ -73,8 +73,7 @@ def test_the_head_passes_only_the_worker_role():
 
 
 def test_the_readme_lists_every_action_the_script_grants():
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("## From an AWS account to live endpoints"):readme.index("## On Kubernetes")]
+    section = (REPO_ROOT / "docs" / "aws.md").read_text()
     listed = set(re.findall(r"`((?:s3|ec2|ssm|iam):[A-Za-z*]+)`", section))
     granted = set().union(*(actions(policy) for policy in HEAD))
-    assert granted <= listed, f"the README's head policy lacks {sorted(granted - listed)}"
+    assert granted <= listed, f"docs/aws.md's head policy lacks {sorted(granted - listed)}"

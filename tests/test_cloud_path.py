@@ -1,7 +1,7 @@
 """What the cloud path needs before and while a pack trains: one S3 layout for the download, the
-configs and the README; a bucket in any region; read errors that stop a pack instead of being
+configs and docs/aws.md; a bucket in any region; read errors that stop a pack instead of being
 skipped; a limit on skipped files; retrains that really train; and bad input stopped before any
-worker is asked for. The README's AWS steps themselves are run by .ci/readme_aws_rehearsal.py."""
+worker is asked for. docs/aws.md's AWS steps themselves are run by .ci/readme_aws_rehearsal.py."""
 
 import re
 import sys
@@ -28,15 +28,15 @@ def test_the_download_the_configs_and_the_readme_follow_one_layout():
     assert local.loss_network.weights == (layout.under(layout.LOCAL_ROOT, layout.VGG19_MAT),)
     cloud = load_config(REPO_ROOT / "configs" / "coco_s3.yaml")
     root = layout.EXAMPLE_BUCKET_ROOT
-    assert cloud.data.source == layout.under(root, layout.COCO_SHARDS)  # the fast path, prepared in the README's step 4
+    assert cloud.data.source == layout.under(root, layout.COCO_SHARDS)  # the fast path, prepared in docs/aws.md's step 4
     assert cloud.loss_network.weights == (layout.under(root, layout.VGG19_MAT),)
     assert cloud.registry == layout.under(root, layout.REGISTRY)
     assert cloud.training.storage_path == layout.under(root, layout.CHECKPOINTS)
     assert all(style.image.startswith(layout.under(root, layout.STYLE_IMAGES) + "/") for style in cloud.styles)
     # What factory.download writes under --dest.
     assert (download.ITEMS["coco"].unpack_to, download.ITEMS["vgg19-mat"].filename) == (layout.COCO_IMAGES, layout.VGG19_MAT)
-    # The README's AWS commands put the files there.
-    readme = (REPO_ROOT / "README.md").read_text()
+    # The AWS page's commands put the files there.
+    readme = (REPO_ROOT / "docs" / "aws.md").read_text()
     assert "factory.download coco vgg19-mat --dest s3://$BUCKET " in readme
     assert (f"factory.prepare_shards --source s3://$BUCKET/{layout.COCO_IMAGES} --dest s3://$BUCKET/{layout.COCO_SHARDS} "
             f"--image-size {cloud.data.image_size}") in readme

@@ -1,0 +1,257 @@
+"""The measured tables in README.md and docs/, written from bench/results/*.json: the one source of every
+figure they show, so that a table cannot drift from what was measured.
+
+    python bench/tables.py            # rewrite every table between its markers
+    python bench/tables.py --check    # exit 1, naming the tables, where a page differs (tests/test_docs.py)
+
+A page holds a table between `<!-- table: NAME -->` and `<!-- /table -->`; NAME is a renderer below,
+which reads one section of one results file and says which (machine, date, file, section) under the
+table. A bench writes its section (bench/results.py); running this script then updates the pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+MARKED = re.compile(r"(<!-- table: (?P<name>[a-z_0-9]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+
+
+def section(name: str) -> tuple[dict, str, str]:
+    """(the section, its file's name, the machine) from the newest results file that has it."""
+    for path in sorted(RESULTS.glob("*.json"), key=lambda path: path.stem[-10:], reverse=True):
+        document = json.loads(path.read_text())
+        if name in document:
+            return document[name], path.name, document.get("device", "?")
+    raise LookupError(f"no results file under bench/results has a section {name!r}: run the bench that writes it")
+
+
+def source(name: str, file: str, device: str, measured_at: str) -> str:
+    return f"*{device}, {measured_at[:10]}; `bench/results/{file}`, section `{name}`.*\n"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s"
+
+
+def two_commands() -> str:
+    figures, file, device = section("two_commands")
+    main, tests = figures["main_job"], figures["tests"]
+    styles = ", ".join(f"{style} {values['colour_shift']:.2f} / {values['structure_kept']:.2f}"
+                       for style, values in sorted(main["quality"].items()))
+    return table(["command (after the install)", "time", "what it printed"], [
+        ["the main job", minutes(main["seconds"]), f"colour shift / structure kept: {styles} (photo: {main['quality_photo']})"],
+        ["the tests", minutes(tests["seconds"]), tests["summary"]],
+    ]) + "\n" + source("two_commands", file, device, figures["measured_at"])
+
+
+def ci_time() -> str:
+    figures, file, device = section("ci_time")
+    rows = [[step, minutes(seconds)] for step, seconds in figures["steps"].items()]
+    rows.append(["**all of `.ci/run`**", f"**{minutes(figures['seconds'])}**"])
+    return table(["CI step", "time"], rows) + "\n" + source("ci_time", file, device, figures["measured_at"])
+
+
+def cold_loads() -> str:
+    figures, file, device = section("cold_loads")
+    rows = []
+    for way, label in (("reported_when_it_ends", "told when the load ends (before)"), ("reported_when_the_load_starts", "told when the load starts (now)")):
+        result = figures[way]
+        rows.append([label, " / ".join(str(count) for count in result["loads_per_round"]), f"{result['loads_per_style']:.2f}",
+                     f"{result['first_request_seconds_median']:.2f} s / {result['first_request_seconds_max']:.2f} s"])
+    return table([f"the router is ({figures['replicas']} replicas, {figures['styles']} cold styles a round, "
+                  f"{figures['concurrent']} first requests each over {figures['spread_s']:g} s)",
+                  f"loads, rounds 1 to {figures['rounds']}", "loads a style (ideal 1)", "first requests: median / max"], rows) \
+        + "\n" + source("cold_loads", file, device, figures["measured_at"])
+
+
+def cpu_stylise() -> str:
+    figures, file, device = section("cpu_stylise")
+    rows = [[f"{row['side']}x{row['side']}", f"{row['ours_onnxruntime_ms']:,.0f} ms", f"{row['ours_torch_ms']:,.0f} ms",
+             f"{row['examples_torch_ms']:,.0f} ms", f"{row['ours_torch_ms'] / row['ours_onnxruntime_ms']:.2f}x",
+             f"{row['max_abs_difference']:.4f}"] for row in figures["rows"]]
+    return table(["size", "ONNX Runtime", "eager torch", "pytorch/examples' net, eager torch", "ONNX Runtime's speed-up",
+                  "largest difference from torch"], rows) + "\n" + source("cpu_stylise", file, device, figures["measured_at"])
+
+
+def serve_many() -> str:
+    torch_run, file, device = section("serve_many_torch")
+    onnx_run, _, _ = section("serve_many_onnxruntime")
+    runs = [(torch_run, "pool"), (torch_run, "per_style_apps"), (onnx_run, "pool"), (onnx_run, "per_style_apps")]
+
+    def cell(run, way, render):
+        return render(run[way], run)
+
+    rows = [
+        ["styles (mixed traffic over)", *[f"{run[way]['styles']} ({run[way]['mixed_styles']})" for run, way in runs]],
+        ["deploy", *[f"{run[way]['deploy_s']:.1f} s" for run, way in runs]],
+        ["Serve's processes: RSS / PSS", *[f"{run[way]['memory']['processes']}: {run[way]['memory']['rss_mb'] / 1024:.2f} / "
+                                           f"{run[way]['memory']['pss_mb'] / 1024:.2f} GB" for run, way in runs]],
+        ["machine's used memory rise", *[f"{run[way]['machine_used_mb_rise'] / 1024:.2f} GB" for run, way in runs]],
+        ["first answer from a never-requested style (second)", *[f"{run[way]['first_answer_s']:.2f} s ({run[way]['second_answer_s']:.2f} s)"
+                                                                 for run, way in runs]],
+        ["one request to each mixed style in turn", *[f"{run[way]['first_request_to_each_mixed_style_s']:.1f} s" for run, way in runs]],
+        ["mixed traffic, requests/s", *[f"{run[way]['requests_per_second']:.2f}" for run, way in runs]],
+        ["p50 / p99", *[f"{run[way]['p50_ms'] / 1e3:.2f} s / {run[way]['p99_ms'] / 1e3:.2f} s" for run, way in runs]],
+        ["CPU per request, all processes", *[f"{sum(run[way]['cpu_ms_per_request'].values()):.0f} ms" for run, way in runs]],
+        ["a style published while serving answers after", *[f"{run[way]['published_while_serving_answers_after_s']:.1f} s, no deploy"
+                                                             if "published_while_serving_answers_after_s" in run[way] else "needs a deploy"
+                                                             for run, way in runs]],
+    ]
+    header = ["", "pool, torch", "per-style apps (torch run)", "pool, `cpu_runtime: onnxruntime`", "per-style apps (ONNX Runtime run)"]
+    return table(header, rows) + "\n" + source("serve_many_torch` and `serve_many_onnxruntime", file, device, torch_run["measured_at"])
+
+
+def serve_soak() -> str:
+    serve_default, file, device = section("serve_soak_serve_300x3")
+    forgetful, _, _ = section("serve_soak_forgetful_300x3")
+
+    def front(run):
+        return [round["memory"]["rss_mb_by_role"]["front replica"] for round in run["rounds"]]
+
+    def growth(run, role):
+        return run["rounds"][-1]["memory"]["rss_mb_by_role"][role] - run["rounds"][0]["memory"]["rss_mb_by_role"][role]
+
+    def statuses(run):
+        total = sum(round["requests"] for round in run["rounds"])
+        return f"{run['non_200']} of {total}"
+
+    def latency(run):
+        p50 = [round["p50_ms"] / 1e3 for round in run["rounds"]]
+        p99 = [round["p99_ms"] / 1e3 for round in run["rounds"]]
+        return f"{min(p50):.2f}-{max(p50):.2f} s / {min(p99):.2f}-{max(p99):.2f} s"
+
+    rows = [
+        ["front replica RSS after each round", ", ".join(f"{mb:,} MB" for mb in front(serve_default)), ", ".join(f"{mb:,} MB" for mb in front(forgetful))],
+        ["front replica growth, first to last round", f"{growth(serve_default, 'front replica'):+,} MB", f"{growth(forgetful, 'front replica'):+,} MB"],
+        ["HTTP proxy growth", f"{growth(serve_default, 'HTTP proxy'):+,} MB", f"{growth(forgetful, 'HTTP proxy'):+,} MB"],
+        ["non-200 answers", statuses(serve_default), statuses(forgetful)],
+        ["p50 / p99 per round", latency(serve_default), latency(forgetful)],
+    ]
+    return table(["300 styles x 3 versions", "Serve's default router", "`serve/routing.py` (ForgetfulRouter)"], rows) \
+        + "\n" + source("serve_soak_serve_300x3` and `serve_soak_forgetful_300x3", file, device, serve_default["measured_at"])
+
+
+FAMILY_ARMS = (("separate", "separate networks"), ("family_equal_compute", "family, equal compute"),
+               ("family_quarter_compute", "family, 1/4 compute"))
+
+
+def families() -> str:
+    figures, file, device = section("families")
+    styles = figures["styles"]
+    runs = figures["runs"]
+
+    def per_style(arm, key):
+        return " / ".join(f"{runs[arm][style][key]:.2f}" for style in styles)
+
+    rows = [
+        [f"colour shift ({' / '.join(styles)})", *[per_style(arm, "colour_shift") for arm, _ in FAMILY_ARMS]],
+        ["structure kept", *[per_style(arm, "structure_kept") for arm, _ in FAMILY_ARMS]],
+        ["mean share of the separate networks' figures", *[f"{figures['mean_share_of_separate'][arm]:.0%}" for arm, _ in FAMILY_ARMS]],
+        ["how different the styles' previews are (mean abs. pixel difference, 0-255)",
+         *[f"{figures['preview_distinctness'][arm]:.1f}" for arm, _ in FAMILY_ARMS]],
+        ["loss ratio, mean of the styles (lower is better; " + figures["loss_ratio_note"] + ")",
+         *[f"{sum(figures['loss_ratio'][arm].values()) / len(styles):.2f}" for arm, _ in FAMILY_ARMS]],
+        ["train seconds (all styles)", *[f"{max(run['train_seconds'] for run in runs[arm].values()):.0f}" for arm, _ in FAMILY_ARMS]],
+    ]
+    return table(["", *[label for _, label in FAMILY_ARMS]], rows) + "\n" + source("families", file, device, figures["measured_at"])
+
+
+def family_join() -> str:
+    figures, file, device = section("family_join")
+    separate = figures["separate"]
+    rows = [[f"its own network, {separate['steps']} steps", f"{separate['train_seconds']:.0f} (100%)", f"{separate['final_loss']:.3f}",
+             f"{separate['colour_shift']:.2f}", f"{separate['structure_kept']:.2f}"]]
+    for label, joined in figures["joined"].items():
+        rows.append([label, f"{joined['train_seconds']:.0f} ({figures['join_share_of_separate_seconds'][label]:.0%})",
+                     f"{joined['final_loss']:.3f}", f"{joined['colour_shift']:.2f}", f"{joined['structure_kept']:.2f}"])
+    return table([f"the fifth style ({figures['fifth']})", "train seconds (share of its own network's)", "final loss", "colour shift",
+                  "structure kept"], rows) + "\n" + source("family_join", file, device, figures["measured_at"])
+
+
+def family_serving() -> str:
+    figures, file, device = section("family_serving")
+    rows = []
+    for runtime, label in (("torch", "torch (the pool's CPU default)"), ("onnxruntime", "ONNX Runtime")):
+        speeds = figures["images_per_second"][runtime]
+        rows.append([label, f"{speeds['separate']:.2f}", f"{speeds['family']:.2f} ({speeds['family'] / speeds['separate']:.2f}x)",
+                     f"{speeds['family_small_runs']:.2f} ({speeds['family_small_runs'] / speeds['separate']:.2f}x)"])
+    return table(["images/s", f"{figures['styles']} separate networks", f"one family, one batch of {figures['styles'] * figures['per_style']}",
+                  "one family, runs of 2"], rows) + "\n" + source("family_serving", file, device, figures["measured_at"])
+
+
+def widths() -> str:
+    figures, file, device = section("widths")
+    latency = {row["side"]: row for row in figures["latency"]}
+    rows = []
+    for width in ("1.0", "0.5", "0.25"):
+        quality = figures["quality"][width]
+        cells = [width, f"{figures['gmac_at_256'][width]:.2f}"]
+        cells += [f"{quality[style]['colour_shift']:.2f} / {quality[style]['structure_kept']:.2f}" for style in sorted(quality)]
+        for side in (512, 1024):
+            ms = latency[side][f"onnxruntime_ms_width_{width}"]
+            cells.append(f"{ms:,.0f} ({latency[side]['examples_torch_ms'] / ms:.2f}x)")
+        rows.append(cells)
+    styles = sorted(figures["quality"]["1.0"])
+    return table(["width", "GMAC at 256²", *[f"{style} colour / structure" for style in styles],
+                  "512² ms, ONNX Runtime (examples' eager torch ÷ this)", "1024² ms (the same)"], rows) \
+        + "\n" + source("widths", file, device, figures["measured_at"])
+
+
+RENDERERS = {render.__name__: render for render in (two_commands, ci_time, cold_loads, cpu_stylise, serve_many, serve_soak, families,
+                                                      family_join, family_serving, widths)}
+
+
+def rendered(text: str) -> str:
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in RENDERERS:
+            raise KeyError(f"a page marks a table {name!r} that bench/tables.py cannot write; it writes {', '.join(RENDERERS)}")
+        return match.group(1) + RENDERERS[name]() + match.group(4)
+
+    return MARKED.sub(replace, text)
+
+
+def stale_pages() -> list[str]:
+    """The pages whose tables differ from what the results files say, with the tables' names."""
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        if rendered(text) != text:
+            names = [match.group("name") for match in MARKED.finditer(text) if rendered(match.group(0)) != match.group(0)]
+            stale.append(f"{page.relative_to(ROOT)} ({', '.join(names)})")
+    return stale
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 where a page's table is not what the results say")
+    args = parser.parse_args()
+    if args.check:
+        stale = stale_pages()
+        if stale:
+            print("tables that differ from bench/results: " + "; ".join(stale) + " (run python bench/tables.py)", file=sys.stderr)
+            return 1
+        return 0
+    for page in PAGES:
+        text = page.read_text()
+        if rendered(text) != text:
+            page.write_text(rendered(text))
+            print(f"rewrote the tables of {page.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
