@@ -31,6 +31,36 @@ def pytest_configure(config):
     os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def uses(item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Each cluster alone on the CPU: first the tests that need no cluster, then every user of the local
+    Ray (Ray Train runs), then every user of the `ray start` cluster and its Serve. Otherwise the Train
+    runs shared two cores with a second cluster and an idle Serve's controller, proxy and health checks.
+    Within a group the files keep their order (module fixtures stay contiguous)."""
+    items.sort(key=lambda item: 2 if uses(item, "ray_head") else 1 if uses(item, "ray_local") else 0)
+    local = [item for item in items if uses(item, "ray_local")]
+    config.stash[LAST_LOCAL_RAY_USER] = local[-1].nodeid if local else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """The local Ray ends after its last user, not at the session's end: the ray_head group runs alone."""
+    if item.nodeid == item.config.stash.get(LAST_LOCAL_RAY_USER, None):
+        import ray
+
+        if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+
+
+LAST_LOCAL_RAY_USER = pytest.StashKey[str]()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -43,9 +73,23 @@ def ray_local(s3_server):
     beside two training workers. Started after the S3 server so its workers inherit the endpoint."""
     import ray
 
-    ray.init(address="local", num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    # No dashboard: nothing here asks it (job submission runs against the ray_head cluster).
+    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_serve(ray_local):
+    """Serve on the local Ray, handles only (no HTTP proxy), started once for the tests that deploy a
+    small deployment of their own; each deletes its application when done."""
+    from ray import serve
+    from ray.serve.config import ProxyLocation
+
+    serve.start(proxy_location=ProxyLocation.Disabled)
+    yield serve
+    if ray_local.is_initialized():  # else the local Ray ended after its last user (pytest_runtest_teardown)
+        serve.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -73,15 +73,12 @@ class Slow:
         return "answered"
 
 
-def test_a_replica_replaced_with_a_request_in_flight_finishes_it_first(ray_local):
+def test_a_replica_replaced_with_a_request_in_flight_finishes_it_first(local_serve):
     """serve.deploy's deployment options give a replica being replaced the request timeout to finish."""
-    from ray.serve.config import ProxyLocation
-
     options = serve_deploy.deployment_options(EndpointSettings(min_replicas=1, max_replicas=1), request_timeout_s=40)
     drain = {key: options[key] for key in ("graceful_shutdown_timeout_s", "health_check_period_s", "health_check_timeout_s")}
-    serve.start(proxy_location=ProxyLocation.Disabled)
+    handle = serve.run(serve.deployment(Slow).options(ray_actor_options={"num_cpus": 0}, **drain).bind(), name="drain", route_prefix=None)
     try:
-        handle = serve.run(serve.deployment(Slow).options(ray_actor_options={"num_cpus": 0}, **drain).bind(), name="drain", route_prefix=None)
         answer = handle.wait.remote(25)
         time.sleep(2)  # the request is running on the first replica
         # A new resource request replaces the replica (a heavyweight change), as an upgrade or a scale-down would.
@@ -89,7 +86,7 @@ def test_a_replica_replaced_with_a_request_in_flight_finishes_it_first(ray_local
                   route_prefix=None, blocking=False)
         assert answer.result(timeout_s=120) == "answered"  # with Serve's default of 20 s it was cut at 20 s
     finally:
-        serve.shutdown()
+        serve.delete("drain")
 
 
 def test_the_registry_folder_moved_away_for_longer_than_any_health_check_waits_takes_no_style_down(served):

@@ -41,19 +41,16 @@ class Caller:
 
 
 @pytest.mark.parametrize("router, kept_ids", [(None, 40), (ForgetfulRouter, 0)], ids=["serve's default", "forgetful"])
-def test_the_caller_keeps_no_finished_request_per_model_id(ray_local, router, kept_ids):
+def test_the_caller_keeps_no_finished_request_per_model_id(local_serve, router, kept_ids):
     """Serve's default router keeps the last request (and its argument, here a 1 MB photo) of every
     model id until that id is routed again: every retrain leaves one behind in the front door."""
-    from ray.serve.config import ProxyLocation
-
-    serve.start(proxy_location=ProxyLocation.Disabled)  # handles only: no HTTP proxy to start or stop
+    options = {"request_router_config": RequestRouterConfig(request_router_class=router)} if router else {}
+    sink = serve.deployment(Sink).options(ray_actor_options={"num_cpus": 0}, **options).bind()
+    caller = serve.run(serve.deployment(Caller).options(ray_actor_options={"num_cpus": 0}).bind(sink), name="router", route_prefix=None)
     try:
-        options = {"request_router_config": RequestRouterConfig(request_router_class=router)} if router else {}
-        sink = serve.deployment(Sink).options(ray_actor_options={"num_cpus": 0}, **options).bind()
-        caller = serve.run(serve.deployment(Caller).options(ray_actor_options={"num_cpus": 0}).bind(sink), name="router", route_prefix=None)
         ids, retained = caller.send.remote(40, 1_000_000).result(timeout_s=120)
     finally:
-        serve.shutdown()
+        serve.delete("router")
     assert ids == kept_ids and retained == kept_ids * 1_000_000
 
 
