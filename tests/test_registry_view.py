@@ -210,6 +210,7 @@ def test_a_failing_refresh_is_not_stuck_but_a_dead_refreshing_thread_is(tmp_path
     view.start_refreshing()
     time.sleep(0.3)
     assert view.stuck_s() < 0.3 and sorted(view.styles) == ["alpha"]
+    view.refresh = threading.Event().wait  # quiet from here on: the thread outlives the test
     dead = threading.Thread(target=lambda: None)
     dead.start()
     dead.join()
