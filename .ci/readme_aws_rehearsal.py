@@ -11,7 +11,7 @@ and for `ray up -y cluster.yaml`, cluster.yaml's own head and worker start comma
 the head and one node of each worker type, with the type's custom resources (train_node, serve_node).
 
 What it changes in the commands, and nothing else:
-- `export BUCKET=my-style-factory` names the rehearsal's bucket: the README's one edit;
+- `export BUCKET=my-style-factory` names the rehearsal's bucket: the page's one edit;
 - `pip install -e .` and `aws configure` are skipped (CI made the venv; moto takes any credentials);
   `aws s3 mb` / `aws s3 cp --recursive` run through boto3 (no AWS CLI here);
 - `ray up`, `ray dashboard`, `ray get-head-ip` and `ray down` act on the local cluster;
@@ -50,7 +50,7 @@ CPU_TRAINING = ["--set training.accelerator=cpu", "--set data.image_size=32", f"
                 "--steps 20", "--set training.batch_size=2", "--set loss.style_size=64", "--set training.checkpoint_every=10",
                 "--set training.log_every=5"]
 STEPS = 20
-TEARDOWN = "ray down -y cluster.yaml"  # the README's last step, run as `ray stop` once the checks are done
+TEARDOWN = "ray down -y cluster.yaml"  # docs/aws.md's last step, run as `ray stop` once the checks are done
 CREATED_FILES = ("configs/my_coco_s3.yaml", "rocket-starry.jpg")
 
 
@@ -134,7 +134,7 @@ def ray_up() -> int:
     cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     token = Path.home() / ".ray" / "auth_token"
     if not token.is_file():  # cluster.yaml's file_mounts copies it to every node: ray up fails without it
-        print(f"cluster.yaml mounts {token}, which does not exist: the README must create it before ray up", file=sys.stderr)
+        print(f"cluster.yaml mounts {token}, which does not exist: docs/aws.md must create it before ray up", file=sys.stderr)
         return 1
     # The nodes run where cluster.yaml puts them: their region is the provider's, not the bucket's.
     env = {**os.environ, "AWS_DEFAULT_REGION": cluster["provider"]["region"]}
@@ -245,7 +245,7 @@ def check_what_a_user_sees(env: dict) -> list[str]:
     if styles != ["shipwreck", "starry_night", "the_scream", "udnie"]:
         problems.append(f"the registry lists {styles}, not the config's four styles")
     if not (ROOT / "rocket-starry.jpg").is_file() or not (ROOT / "rocket-starry.jpg").read_bytes().startswith(b"\xff\xd8"):
-        problems.append("the README's curl did not get a JPEG back")
+        problems.append("docs/aws.md's curl did not get a JPEG back")
     versions = sorted(registry.storage.list_subfolders(f"{registry_uri}/starry_night/versions"))
     if len(versions) != 2:
         return problems + [f"starry_night has versions {versions}: the retrain did not publish a second one"]
@@ -295,23 +295,23 @@ def main() -> int:
                "STYLE_FACTORY_MIRROR": mirror.url, "STYLE_FACTORY_TEST_ONLY_RELEASES": str(temp / "releases.json")}
         moto = start_moto(env)
         script = shell_script(cpu_serving_config(temp))
-        print(f"running the README's AWS steps:\n{script}", flush=True)
+        print(f"running docs/aws.md's steps:\n{script}", flush=True)
         try:
             done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, timeout=1800)
-            problems = [f"the README's AWS steps failed with exit code {done.returncode}"] if done.returncode else check_what_a_user_sees(env)
+            problems = [f"docs/aws.md's steps failed with exit code {done.returncode}"] if done.returncode else check_what_a_user_sees(env)
             if TEARDOWN not in readme_commands():
-                problems.append(f"the README's AWS steps no longer end with `{TEARDOWN}`")
+                problems.append(f"docs/aws.md's steps no longer end with `{TEARDOWN}`")
         finally:
             subprocess.run([str(ROOT / ".venv" / "bin" / "ray"), "stop", "--force"], env=env, capture_output=True)
             moto.terminate()
             for name in CREATED_FILES:
                 (ROOT / name).unlink(missing_ok=True)
-            shutil.rmtree("/tmp/style-factory-downloads", ignore_errors=True)  # the README's download cache
+            shutil.rmtree("/tmp/style-factory-downloads", ignore_errors=True)  # docs/aws.md's download cache
             shutil.rmtree(temp / "home", ignore_errors=True)
     if problems:
-        print("the README's AWS path, rehearsed:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print("docs/aws.md's AWS path, rehearsed:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    print("the README's AWS path ran as written against the local stand-ins, and every check passed")
+    print("docs/aws.md's AWS path ran as written against the local stand-ins, and every check passed")
     return 0
 
 

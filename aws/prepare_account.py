@@ -3,7 +3,7 @@
     python aws/prepare_account.py --region us-west-2 --ssh-cidr 203.0.113.0/24 --bucket my-style-factory
 
 - Security group `style-factory` (default VPC, or --vpc-id): SSH only from --ssh-cidr, Serve's port
-  8000 from --serve-cidr (default: the same range), port 80 (the README's nginx front door) from
+  8000 from --serve-cidr (default: the same range), port 80 (the nginx front door of docs/operations.md) from
   --public-cidr (default: closed), and all traffic between the cluster's own nodes.
   cluster.yaml names it in every node type's SecurityGroupIds, so Ray's launcher creates no group of
   its own: the one it would create opens SSH to 0.0.0.0/0 whatever cluster.yaml asks for.
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssh-cidr", required=True, help="the range SSH may come from (your office or VPN)")
     parser.add_argument("--serve-cidr", help="the range Serve's port 8000 may be reached from (default: --ssh-cidr; "
                                              "0.0.0.0/0 only for a public service behind your own proxy)")
-    parser.add_argument("--public-cidr", help="the range port 80 (nginx in front of Serve, see the README) may be "
+    parser.add_argument("--public-cidr", help="the range port 80 (nginx in front of Serve, see docs/operations.md) may be "
                                               "reached from: 0.0.0.0/0 for a public service (default: port 80 closed)")
     parser.add_argument("--bucket", required=True, help="the S3 bucket of data, checkpoints and registry")
     parser.add_argument("--vpc-id", help="a VPC other than the region's default")

@@ -105,7 +105,7 @@ def list_image_files(settings: DataSettings) -> tuple[pyarrow.fs.FileSystem, lis
     if info.type != pyarrow.fs.FileType.Directory and not storage.is_s3(settings.source):
         raise FileNotFoundError(
             f"no image folder at {settings.source!r}: put the content images there (for COCO, unzip "
-            "train2014.zip into data/, see the README) or set data.source to a folder or s3://bucket/prefix"
+            "train2014.zip into data/, see docs/data-and-weights.md) or set data.source to a folder or s3://bucket/prefix"
         )
     entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
     paths, oversized = [], {}

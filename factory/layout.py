@@ -1,7 +1,7 @@
 """Where the factory's files live under one root: `data/` on one machine, `s3://<bucket>` on a cluster.
 
 One layout, followed by the download (factory/download.py), the shard preparation, the configs
-(configs/coco.yaml under data/, configs/coco_s3.yaml under s3://my-style-factory) and the README's
+(configs/coco.yaml under data/, configs/coco_s3.yaml under s3://my-style-factory) and docs/aws.md's
 commands; tests/test_layout.py holds them to it. The local root keeps the seed's layout.
 """
 
@@ -19,7 +19,7 @@ CHECKPOINTS = "checkpoints"  # Ray Train runs: checkpoints and TensorBoard event
 CONFIGS = "configs"  # factory configs a job reads from S3 (KubeRay's RayJob: --config s3://...)
 
 LOCAL_ROOT = "data"
-EXAMPLE_BUCKET_ROOT = "s3://my-style-factory"  # what the README and configs/coco_s3.yaml name; users put their bucket
+EXAMPLE_BUCKET_ROOT = "s3://my-style-factory"  # what docs/aws.md and configs/coco_s3.yaml name; users put their bucket
 
 
 def under(root: str, relative: str) -> str:

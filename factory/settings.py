@@ -75,7 +75,7 @@ LOSS_NORMALISATIONS = ("none", "per_layer")
 NORMALISATIONS = ("auto", *LOSS_NORMALISATIONS)
 # Each normalisation's default weights (content, style, TV). "none": lengstrom/fast-style-transfer's,
 # tuned for the MatConvNet file. "per_layer": measured on the random and MatConvNet-format networks
-# (README, "Loss scale"): style 10 moves a photo most of the way to the painting's colours in a few
+# (docs/loss-scale.md): style 10 moves a photo most of the way to the painting's colours in a few
 # hundred steps while content 3 keeps its edges; TV 0.1 only trims noise finer than the photo's own.
 DEFAULT_LOSS_WEIGHTS = {
     "none": {"content_weight": 7.5, "style_weight": 100.0, "tv_weight": 200.0},

@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if weights.is_random:
         print("WARNING: these models were trained with a RANDOM loss network (loss_network.weights: random); they carry "
               "their paintings' colours and texture, not the brushwork a pretrained VGG-19 teaches, and are marked so in "
-              "the registry. See the README's 'VGG-19 weights' for the real ones.", flush=True)
+              "the registry. See docs/data-and-weights.md, 'VGG-19 weights', for the real ones.", flush=True)
     code = 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
     if given_up:  # their threads still wait inside Ray Train for workers that never came: end them with the process
         sys.stdout.flush(), sys.stderr.flush()

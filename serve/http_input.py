@@ -55,7 +55,7 @@ ROUTING_HEADERS = {"serve_multiplexed_model_id"}
 
 
 def refuse_routing_headers(headers) -> None:
-    """400 for a request that carries a header of Serve's internal routing (the README's nginx strips them)."""
+    """400 for a request that carries a header of Serve's internal routing (docs/operations.md's nginx strips them)."""
     for header in headers:
         if header.lower().replace("-", "_") in ROUTING_HEADERS:
             raise HTTPError(400, f"the {header} header is Ray Serve's internal routing and may not be sent; drop it")

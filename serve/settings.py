@@ -174,7 +174,7 @@ class HttpSettings:
     port: int = 8000
     # Serve's end-to-end limit per request (its proxy answers 408 past it): bounds a request that waits
     # in queues and runs too long. A client can lift it with an x-request-timeout-seconds header, so
-    # a front proxy should strip that header (README); body_timeout_s bounds uploads regardless.
+    # a front proxy should strip that header (docs/operations.md); body_timeout_s bounds uploads regardless.
     request_timeout_s: float = 120.0
     # Seconds an idle keep-alive connection stays open (Serve's default is 5).
     keep_alive_timeout_s: int = 5

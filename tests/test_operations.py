@@ -5,6 +5,7 @@ cable cut), a model that gives non-finite pictures, a rollback while serving. Ea
 replica processes answer throughout where nothing should have replaced them."""
 
 import copy
+import os
 import socket
 import subprocess
 import sys
@@ -25,6 +26,10 @@ from tcp_relay import TcpRelay
 from test_serve import good_request_works, photo_bytes, server_timing_ms
 
 pytestmark = pytest.mark.slow
+# The outages: 20 s with stale_after_s at its least (2 s) by default, so that the old behaviour would have
+# lost the front door within about 8 s; TEST_OUTAGE_S=75 TEST_STALE_AFTER_S=20 runs the issue's own numbers.
+OUTAGE_S = float(os.environ.get("TEST_OUTAGE_S", 20))
+STALE_AFTER_S = float(os.environ.get("TEST_STALE_AFTER_S", 2))
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this module
 
 
@@ -90,7 +95,7 @@ def test_a_replica_replaced_with_a_request_in_flight_finishes_it_first(local_ser
 
 
 def test_the_registry_folder_moved_away_for_longer_than_any_health_check_waits_takes_no_style_down(served):
-    """With stale_after_s at its least and health checks every 2 s, the registry is unreadable for 20 s:
+    """With stale_after_s at its least and health checks every 2 s, the registry is unreadable for 20 s (OUTAGE_S):
     warm styles answer 200 throughout, saying how old the listing is; a cold one is 503 with Retry-After;
     no replica is replaced; a style published once storage is back is live within refresh_s."""
     base, address, root = served["base"], served["address"], served["root"] / "registry"
@@ -100,7 +105,7 @@ def test_the_registry_folder_moved_away_for_longer_than_any_health_check_waits_t
         assert time.time() < deadline
         time.sleep(0.5)
     strict = copy.deepcopy(served["config"])
-    strict["pool"]["stale_after_s"] = 2 * strict["pool"]["refresh_s"]  # the least allowed: a few seconds
+    strict["pool"]["stale_after_s"] = STALE_AFTER_S  # by default the least allowed: twice refresh_s
     done = deploy(strict, served["root"] / "strict.yaml", address, served["env"])
     assert done.returncode == 0, done.stderr[-3000:]
     before = replica_actors(address, "front")
@@ -109,7 +114,7 @@ def test_the_registry_folder_moved_away_for_longer_than_any_health_check_waits_t
     try:
         answers, ages = [], []
         started = time.time()
-        while time.time() - started < 20:
+        while time.time() - started < OUTAGE_S:
             response = stylise(base, "alpha")
             answers.append(response.status_code)
             ages.append(response.headers.get("x-registry-age-seconds"))
@@ -117,8 +122,9 @@ def test_the_registry_folder_moved_away_for_longer_than_any_health_check_waits_t
         cold = stylise(base, "cold")
     finally:
         moved.rename(root)
+    print(f"registry folder away {OUTAGE_S:g} s: {answers.count(200)} of {len(answers)} warm requests answered 200, last age {ages[-1]} s")
     assert set(answers) == {200}, answers
-    assert int(ages[-1]) >= 15  # the listing's age grew, and the answers said so
+    assert int(ages[-1]) >= OUTAGE_S - 5  # the listing's age grew, and the answers said so
     assert cold.status_code == 503 and int(cold.headers["retry-after"]) >= 1, cold.text
     assert replica_actors(address, "front") == before
     publish_random_style(root, "after-outage", seed=22)
@@ -143,7 +149,7 @@ def s3_front(served, s3_server, tmp_path):
         publish_random_style(uri, name, seed=30 + seed)
     relay = TcpRelay(int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
     config = load_serving_config(None, registry=uri, http=served["config"]["http"],
-                                              pool={"refresh_s": 1, "stale_after_s": 2},
+                                              pool={"refresh_s": 1, "stale_after_s": STALE_AFTER_S},
                                               defaults={"num_cpus": 0.5, "max_replicas": 1, "health_check_period_s": 2})
     application = serve_deploy.build_serve_config(config)["applications"][0]
     application.update(name="front-s3", route_prefix="/s3", runtime_env={"env_vars": {**s3_server, "AWS_ENDPOINT_URL": relay.url}})
@@ -163,12 +169,13 @@ def test_the_s3_server_unreachable_for_longer_than_any_health_check_waits_takes_
     relay.cut()
     try:
         answers, started = [], time.time()
-        while time.time() - started < 20:
+        while time.time() - started < OUTAGE_S:
             answers.append(stylise(base, "warm").status_code)
             time.sleep(1)
         cold = stylise(base, "cold")
     finally:
         relay.restore()
+    print(f"S3 unreachable {OUTAGE_S:g} s: {answers.count(200)} of {len(answers)} warm requests answered 200")
     assert set(answers) == {200}, answers
     assert cold.status_code == 503 and "retry-after" in cold.headers, cold.text
     assert replica_actors(served["address"], "front-s3") == before
