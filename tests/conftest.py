@@ -35,12 +35,21 @@ def uses(item, fixture: str) -> bool:
     return fixture in getattr(item, "fixturenames", ())
 
 
+def cluster_group(item) -> int:
+    """0: no cluster; 1: the local Ray; 2: the `ray start` cluster without the served applications (a
+    submitted job, which also deploys its own and must not replace them); 3: the served applications."""
+    if uses(item, "served"):
+        return 3
+    return 2 if uses(item, "ray_head") else 1 if uses(item, "ray_local") else 0
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Each cluster alone on the CPU: first the tests that need no cluster, then every user of the local
-    Ray (Ray Train runs), then every user of the `ray start` cluster and its Serve. Otherwise the Train
-    runs shared two cores with a second cluster and an idle Serve's controller, proxy and health checks.
-    Within a group the files keep their order (module fixtures stay contiguous)."""
-    items.sort(key=lambda item: 2 if uses(item, "ray_head") else 1 if uses(item, "ray_local") else 0)
+    Ray (Ray Train runs), then every user of the `ray start` cluster, its submitted jobs before its served
+    applications (a job's training must not share the cluster's CPUs with them). Otherwise the Train runs
+    shared two cores with a second cluster and an idle Serve's controller, proxy and health checks. Within
+    a group the files keep their order (module fixtures stay contiguous)."""
+    items.sort(key=cluster_group)
     local = [item for item in items if uses(item, "ray_local")]
     config.stash[LAST_LOCAL_RAY_USER] = local[-1].nodeid if local else None
 
