@@ -62,7 +62,7 @@ def ci_time() -> str:
         figures, file, device = section("ci_time")
     except LookupError:
         return "*Not measured yet: run `bash .ci/run > ci.log`, then `python bench/two_commands.py ci --log ci.log`.*\n"
-    rows = [[step, minutes(seconds)] for step, seconds in figures["steps"].items()]
+    rows = [[step, minutes(seconds)] for step, seconds in figures["steps"]]
     rows.append(["**all of `.ci/run`**", f"**{minutes(figures['seconds'])}**"])
     return table(["CI step", "time"], rows) + "\n" + source("ci_time", file, device, figures["measured_at"])
 

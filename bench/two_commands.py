@@ -61,10 +61,11 @@ def tests_from_log(log: Path) -> dict:
 
 
 def ci_from_log(log: Path) -> dict:
-    steps = {match.group("step"): int(match.group("seconds")) for match in CI_STEP.finditer(log.read_text(errors="replace"))}
+    # In the order they ran: a list, since the results file sorts its objects' keys.
+    steps = [[match.group("step"), int(match.group("seconds"))] for match in CI_STEP.finditer(log.read_text(errors="replace"))]
     if not steps:
         raise SystemExit(f"no '== ci step: ... took N s' lines in {log}: the output of .ci/run is needed")
-    return {"steps": steps, "seconds": sum(steps.values())}
+    return {"steps": steps, "seconds": sum(seconds for _, seconds in steps)}
 
 
 def main() -> int:
