@@ -1,6 +1,6 @@
 """The README's two commands, timed: the main job on the embedded default, and the test suite; and CI.
 
-    python bench/two_commands.py main-job                # runs it (about 5 minutes on 2 cores) and records it
+    python bench/two_commands.py main-job                # runs it (3 to 5 minutes on 2 cores) and records it
     python bench/two_commands.py tests --log ci.log      # records a finished pytest run from its output
     python bench/two_commands.py ci --log ci.log         # records each step of a `.ci/run` from its output
 

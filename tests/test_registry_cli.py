@@ -3,6 +3,7 @@ and does without Python, and every refusal saying why. Run as the operator runs 
 
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 import pytest
@@ -110,3 +111,22 @@ def test_every_refusal_says_why_and_changes_nothing(tmp_path, args, says):
 def test_a_registry_that_is_not_there_is_named(tmp_path):
     done = cli(str(tmp_path / "nowhere"), "list")
     assert done.returncode == 2 and "no registry at" in done.stderr and "--registry" in done.stderr
+
+
+def test_the_documented_commands_run_as_written_on_a_registry(tmp_path):
+    """docs/operations.md's block, in order, from bash: its export names this test's registry and its
+    named version is starry_night's older one (the page's two edits); every command must succeed."""
+    import re
+
+    from conftest import REPO_ROOT
+
+    root = str(tmp_path / "registry")
+    versions = [publish_random_style(root, "starry_night", seed=seed) for seed in range(3)]
+    block = re.search(r"## The registry from a shell\n\n```bash\n(.*?)```", (REPO_ROOT / "docs" / "operations.md").read_text(), re.DOTALL).group(1)
+    block = re.sub(r"^export REGISTRY=\S+", f"export REGISTRY={root}", block, flags=re.MULTILINE)
+    block = re.sub(r"rollback starry_night \d{8}T\d{6}Z-[0-9a-f]{6}", f"rollback starry_night {versions[2]}", block)
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"{versions[2]} -> {versions[1]}" in done.stdout and "would delete" not in done.stdout  # one style, withdrawn: nothing past 3
+    assert registry.list_styles(root) == [] and registry_cli.versions_oldest_first(root, "starry_night") == versions
