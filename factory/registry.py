@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from factory import storage
-from factory.style_names import validate_style_name
+from factory.style_names import is_style_name, validate_style_name
 
 if TYPE_CHECKING:
     import torch
@@ -179,15 +179,7 @@ def list_family_versions(registry: str, family: str) -> list[str]:
 
 
 def list_families(registry: str) -> list[str]:
-    return [name for name in storage.list_subfolders(storage.join(registry, FAMILIES_FOLDER)) if _is_style_name(name)]
-
-
-def _is_style_name(name: str) -> bool:
-    try:
-        validate_style_name(name)
-        return True
-    except ValueError:
-        return False
+    return [name for name in storage.list_subfolders(storage.join(registry, FAMILIES_FOLDER)) if is_style_name(name)]
 
 
 def make_current(registry: str, style: str, version: str) -> dict:

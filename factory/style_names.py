@@ -16,3 +16,8 @@ def validate_style_name(name: object) -> str:
             "becomes a URL path and a storage key"
         )
     return name
+
+
+def is_style_name(name: object) -> bool:
+    """Whether `name` is a valid style name (for names found in storage, skipped rather than refused)."""
+    return isinstance(name, str) and STYLE_NAME_PATTERN.fullmatch(name) is not None

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory import registry, storage
-from factory.style_names import validate_style_name
+from factory.style_names import is_style_name, validate_style_name
 from serve import get_logger
 
 logger = get_logger(__name__)
@@ -228,7 +228,7 @@ class RegistryView:
         try:
             data = self.copy.load()
             return {name: PublishedStyle(name, version, metadata, pointed_at=pointed_at)
-                    for name, (version, metadata, pointed_at) in json.loads(data).items() if _valid_name(name)} if data else {}
+                    for name, (version, metadata, pointed_at) in json.loads(data).items() if is_style_name(name)} if data else {}  # its names become URLs
         except Exception as error:  # a copy that cannot be read is no worse than none
             logger.warning("the last listing of registry %s could not be read: %s", self.registry_uri, error)
             return {}
@@ -299,10 +299,3 @@ class RegistryView:
             style.pictures[filename] = registry.read_file(self.registry_uri, name, filename, style.version)
         return style.pictures[filename]
 
-
-def _valid_name(name: str) -> bool:
-    try:
-        validate_style_name(name)  # the copy's names become URLs, as the index's do
-        return True
-    except ValueError:
-        return False
