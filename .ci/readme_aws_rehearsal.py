@@ -256,7 +256,7 @@ def check_what_a_user_sees(env: dict) -> list[str]:
         problems.append(f"the retrain did not train from step 0 to {STEPS}: steps {new['steps']}, resumed at {new['resumed_at_steps']}")
     if new["model_sha256"] == old["model_sha256"]:
         problems.append("the retrain published the old weights again (same model.pt sha256)")
-    photo = (ROOT / "data" / "samples" / "content" / "rocket.jpg").read_bytes()
+    photo = (ROOT / "data" / "samples" / "held_out" / "rocket.jpg").read_bytes()
     deadline, served = time.time() + 60, None
     while time.time() < deadline:
         response = requests.post("http://127.0.0.1:8000/styles/starry_night?max_side=64", data=photo, timeout=60)

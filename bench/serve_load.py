@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="Serve's base URL")
     parser.add_argument("--style", required=True)
     parser.add_argument("--registry", default="data/registry", help="for the in-process comparison")
-    parser.add_argument("--image", default="data/samples/content/chelsea.png")
+    parser.add_argument("--image", default="data/samples/held_out/chelsea.png")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20)

@@ -180,7 +180,7 @@ def main() -> int:
     parser.add_argument("--app-cpus", type=float, default=0.1, help="CPUs each per-style application's replica reserves")
     args = parser.parse_args()
 
-    photo = images.fit_within(images.decode_rgb(Path("data/samples/content/chelsea.png").read_bytes(), max_pixels=10**8), args.image_side)
+    photo = images.fit_within(images.decode_rgb(Path("data/samples/held_out/chelsea.png").read_bytes(), max_pixels=10**8), args.image_side)
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=90)
     body, base = buffer.getvalue(), f"http://127.0.0.1:{args.port}"

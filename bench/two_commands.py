@@ -46,7 +46,7 @@ def main_job() -> dict:
         seconds = time.perf_counter() - started
         quality = {style: registry.read_metadata(f"{folder}/registry", style)["quality"]
                    for style in registry.list_styles(f"{folder}/registry")}
-    photos = {figures.get("photo", "?") for figures in quality.values()}
+    photos = {", ".join(figures.get("photos", {})) or figures.get("photo", "?") for figures in quality.values()}  # the held-out evaluation photos
     return {"seconds": round(seconds, 1), "quality_photo": ", ".join(sorted(photos)),
             "quality": {style: {"colour_shift": figures["colour_shift"], "structure_kept": figures["structure_kept"]}
                         for style, figures in quality.items()}}

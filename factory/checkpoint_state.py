@@ -30,6 +30,13 @@ class Progress:
     data_positions: list = field(default_factory=list)
 
 
+def new_family(plan: PackPlan) -> StyleFamily:
+    """The pack's family network, untrained: with the output conv's norm, unless its styles join a family
+    published before the norm was there (they must fit that family's network)."""
+    output_norm = plan.family_base.output_norm if plan.family_base is not None else True
+    return StyleFamily(plan.style_names, width=plan.styles[0].width, output_norm=output_norm)
+
+
 def build_pack(plan: PackPlan, device: torch.device, channels_last: bool, state: dict | None):
     """The pack on its device and its optimiser, restored from `state` when resuming: (pack, optimizer, progress).
 
@@ -38,7 +45,7 @@ def build_pack(plan: PackPlan, device: torch.device, channels_last: bool, state:
     every resumed run failed on a GPU.
     """
     if plan.family:  # one network for the pack's styles (factory/family.py)
-        pack = StyleFamily(plan.style_names, width=plan.styles[0].width)
+        pack = new_family(plan)
         if plan.family_base is not None:  # styles joining a published family: its network frozen, only their vectors train
             pack.net.load_state_dict(plan.family_base.network)
             pack.net.requires_grad_(False)

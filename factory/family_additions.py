@@ -26,6 +26,7 @@ class FamilyBase:
 
     reference: dict
     width: float
+    output_norm: bool  # whether its output conv has a conditional norm (families published before it have none)
     network: dict  # the conditional TransformNet's state dict
     initial_vector: torch.Tensor
 
@@ -82,7 +83,7 @@ def family_base(registry_uri: str, published: dict) -> FamilyBase:
     if network is None:  # no style left on this version: its network alone, and a neutral start
         network = registry.load_family_net(registry_uri, reference, published["architecture"])
     initial = torch.stack(vectors).mean(0) if vectors else neutral_style_vector(network)
-    return FamilyBase(reference, published["architecture"]["width"], {key: value.clone() for key, value in network.state_dict().items()}, initial)
+    return FamilyBase(reference, published["architecture"]["width"], network.output_norm is not None, {key: value.clone() for key, value in network.state_dict().items()}, initial)
 
 
 def addition_hashes(styles: list[ResolvedStyle], hashes: dict[str, str]) -> dict[str, str]:

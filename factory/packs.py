@@ -79,9 +79,8 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
                        "compile", "channels_last", "checkpoint_every", "log_every", "storage_path", "max_failures", "worker_resources",
                        "waiting_log_s", "start_deadline_s", "pack_mode"):
         training.pop(irrelevant)
-    family_setting = training.pop("family_styles_per_step")
     if style.family:  # how a family trains; a family's own recipe (family_hashes) also holds its members'
-        training["family_styles_per_step"] = family_setting
+        training["family_method"] = FAMILY_METHOD
     style_fields = {key: value for key, value in dataclasses.asdict(style).items() if key != "image_bytes"}
     # Settings that came after the first catalogue was published are left out at their defaults: a
     # full-width style of its own hashes as before, so upgrading does not retrain a whole catalogue.
@@ -99,6 +98,12 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
     }
 
 
+# How a family trains, in its recipe: a change of method is a new recipe, and its families train again.
+# "per-image-draws+output-norm": every image its own style, equal shares each pass, undrawn vectors
+# left alone, the output conv normalised (factory/family.py); before it, one style a step, unnormalised.
+FAMILY_METHOD = "per-image-draws+output-norm"
+
+
 def recipe_hash(recipe_dict: dict) -> str:
     return hashlib.sha256(json.dumps(recipe_dict, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -113,15 +118,16 @@ def families(styles: list[ResolvedStyle]) -> dict[str, list[ResolvedStyle]]:
     return grouped
 
 
-def check_families(styles: list[ResolvedStyle], styles_per_step: int = 1) -> None:
+def check_families(styles: list[ResolvedStyle], batch_size: int) -> None:
     """A family is one network trained in one run: its styles must agree on what that run is, and the
-    run must have room to train each of them."""
+    run must have room to train each of them: every image carries one style, each style once in each
+    pass over the styles (factory/family.py), so a style trains on steps * batch_size / S images."""
     for family, members in families(styles).items():
-        draws = members[0].steps * min(styles_per_step, len(members))
-        if draws < 2 * len(members):
-            raise ValueError(f"family {family!r} has {len(members)} styles but {members[0].steps} steps of "
-                             f"{min(styles_per_step, len(members))} style(s) each: some styles would hardly be trained, if at all. "
-                             "Raise training.steps (a family's steps are for all its styles) or training.family_styles_per_step")
+        images = members[0].steps * batch_size
+        if images < 2 * len(members):
+            raise ValueError(f"family {family!r} has {len(members)} styles but {members[0].steps} steps of {batch_size} image(s): "
+                             f"{images} images in all, fewer than two a style, so some styles would hardly be trained, if at all. "
+                             "Raise training.steps (a family's steps are for all its styles) or training.batch_size")
         for setting in ("steps", "learning_rate", "width"):
             values = {style.name: getattr(style, setting) for style in members}
             if len(set(values.values())) > 1:

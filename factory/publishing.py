@@ -14,12 +14,13 @@ import torch
 from factory import contact_sheet, images, onnx_model, quality, registry, storage
 from factory.packs import PackPlan, recipe
 from factory.settings import FactoryConfig, ResolvedStyle
-from factory.checkpoint_state import CHECKPOINT_FILE
-from factory.family import FamilyStyle, StyleFamily
+from factory.checkpoint_state import CHECKPOINT_FILE, new_family
+from factory.family import FamilyStyle, StyleFamily, images_per_style
+from factory.held_out import HeldOutPhotos
 from factory.transform_net import TransformNet
 from factory.vgg_weights import VGGWeights
 
-PREVIEW_MAX_SIDE, THUMBNAIL_MAX_SIDE = 512, 256
+THUMBNAIL_MAX_SIDE = 256
 logger = logging.getLogger("factory")
 
 
@@ -32,7 +33,7 @@ class Outcome:
     images_per_second: float | None = None
     version: str = ""
     detail: str = ""
-    # factory/quality.py's figures for the model's preview: colour_shift, structure_kept.
+    # factory/quality.py's figures, the mean over the held-out evaluation photos: colour_shift, structure_kept.
     quality: dict = dataclasses.field(default_factory=dict)
 
 
@@ -48,16 +49,25 @@ def trained_net(state_dict: dict, width: float = 1.0) -> TransformNet:
     return net.eval()
 
 
-def architecture(style: ResolvedStyle) -> dict:
+def architecture(style: ResolvedStyle, output_norm: bool = True) -> dict:
+    """output_norm: whether a family's output conv has its conditional norm (families published before it did not)."""
     if style.family:
-        return {"name": "dumoulin2017-conditional-instancenorm", "upsample": "nearest", "width": style.width, "family": style.family}
+        return {"name": "dumoulin2017-conditional-instancenorm", "upsample": "nearest", "width": style.width, "family": style.family,
+                "output_norm": output_norm}
     return {"name": "johnson2016-instancenorm", "upsample": "nearest", "width": style.width}
 
 
 def trained_family(state: dict, plan: PackPlan) -> StyleFamily:
-    family = StyleFamily(plan.style_names, width=plan.styles[0].width)
+    family = new_family(plan)
     family.load_state_dict(state["family"])
     return family.eval()
+
+
+def held_out_figures(net, photos: HeldOutPhotos, style_image) -> dict:
+    """factory/quality.py's figures on every evaluation photo: their mean, and each photo's own."""
+    per_photo = {name: quality.figures(stylise_preview(net, photo), photo, style_image) for name, photo in photos.evaluation.items()}
+    means = {key: round(sum(figures[key] for figures in per_photo.values()) / len(per_photo), 4) for key in ("colour_shift", "structure_kept")}
+    return {**means, "photos": per_photo}
 
 
 def publish_family(config: FactoryConfig, plan: PackPlan, net: TransformNet, state: dict, weights: VGGWeights, hashes: dict) -> dict:
@@ -65,12 +75,12 @@ def publish_family(config: FactoryConfig, plan: PackPlan, net: TransformNet, sta
     metadata records of it."""
     metadata = {
         "styles": plan.style_names,
-        "architecture": architecture(plan.styles[0]),
+        "architecture": architecture(plan.styles[0], net.output_norm is not None),
         "style_size": net.style_size,
         "loss_network": {"source": weights.source, "random_weights": weights.is_random},
         "recipe_hash": hashes[plan.styles[0].name],  # the family's: every member's is the same (packs.family_hashes)
         "steps": state["progress"]["step"],
-        "styles_per_step": plan.training.family_styles_per_step,
+        "style_draws": "per image, every style once in each pass over the styles (factory/family.py)",
         "run_name": plan.run_name,
         "seed": plan.training.seed,
     }
@@ -85,7 +95,7 @@ def stylise_preview(net: TransformNet, photo: "images.Image.Image") -> "images.I
     return images.to_image(output)
 
 
-def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeights, hashes: dict, photo) -> list[Outcome]:
+def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeights, hashes: dict, photos: HeldOutPhotos) -> list[Outcome]:
     """Every style of a finished pack, published from the run's last checkpoint."""
     metrics = result.metrics or {}
     if metrics.get("stopped"):  # the workers stopped the run (a loss that went NaN): nothing to publish
@@ -94,7 +104,10 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
         state = torch.load(Path(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     progress = state["progress"]
     train_seconds = max(float(progress["train_seconds"]), 1e-9)
-    images_per_second = progress["step"] * config.training.batch_size / train_seconds
+    photos_trained = progress["step"] * config.training.batch_size
+    # A separate network sees every photo of every step; a family's style, the images drawn for it.
+    images_trained = (images_per_style(plan.training.seed, photos_trained, len(plan.styles)) if plan.family
+                      else [photos_trained] * len(plan.styles))
     trained, family = None, None
     if plan.family:
         trained = trained_family(state, plan)
@@ -110,8 +123,9 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
         else:
             model_state = state["nets"][style.name]
             net = trained_net(model_state, style.width)
-        preview = stylise_preview(net, photo)
-        figures = quality.figures(preview, photo, style_image)
+        preview = stylise_preview(net, photos.preview)
+        figures = held_out_figures(net, photos, style_image)
+        images_per_second = images_trained[index] / train_seconds
         metadata = {
             "style_image_sha256": style.image_sha256,
             "loss_network": {"source": weights.source, "random_weights": weights.is_random},
@@ -121,26 +135,27 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
             "final_losses": losses,
             "loss_history": progress["loss_history"].get(style.name, []),
             "resumed_at_steps": progress["resumed_at_steps"],
-            "throughput": {"images_per_second_per_style": images_per_second, "styles_in_pack": len(plan.styles),
-                           "workers": config.training.num_workers, "train_seconds": train_seconds},
+            "throughput": {"images_per_second_per_style": images_per_second, "images_trained": images_trained[index],
+                           "styles_in_pack": len(plan.styles), "workers": config.training.num_workers, "train_seconds": train_seconds},
             "run_name": plan.run_name,
             "seed": plan.training.seed,  # the config's, or a retrain's own (factory/packs.py)
-            "architecture": architecture(style),
+            "architecture": architecture(style, trained is None or trained.net.output_norm is not None),
             **({"family": family} if family else {}),
             **({"added_to_family": True} if style.adds_to else {}),
-            # How the preview of config.preview_image looks, in numbers (factory/quality.py).
-            "quality": {**figures, "photo": Path(config.preview_image).name},
+            # How the model stylises photos it never trained on, in numbers (factory/quality.py, factory/held_out.py).
+            "quality": {**figures, "preview_photo": photos.preview_name},
         }
         thumbnail = images.encode(images.fit_within(style_image, THUMBNAIL_MAX_SIDE))
         version = registry.publish(config.registry, style.name, model_state, metadata, thumbnail, images.encode(preview, "jpeg"),
                                    onnx_model=None if family else onnx_model.export(net))  # a family's export serves its styles
         logger.info("published %s version %s to %s (colour shift %.2f, structure kept %.2f)", style.name, version,
                     config.registry, figures["colour_shift"], figures["structure_kept"])
-        outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version, quality=figures))
+        outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version,
+                                quality={key: figures[key] for key in ("colour_shift", "structure_kept")}))
     return outcomes
 
 
-def write_contact_sheet(config: FactoryConfig, photo, outcomes: list[Outcome], weights: VGGWeights) -> str | None:
+def write_contact_sheet(config: FactoryConfig, photos: HeldOutPhotos, outcomes: list[Outcome], weights: VGGWeights) -> str | None:
     """<registry>/contact_sheet.jpg from the registry's current thumbnails and previews of this run's styles."""
     entries = []
     for outcome in outcomes:
@@ -157,8 +172,9 @@ def write_contact_sheet(config: FactoryConfig, photo, outcomes: list[Outcome], w
         return None
     loss = config.loss
     title = (f"{config.name}: {len(entries)} style(s), {config.data.image_size} px\nloss network: {weights.source}"
-             f"\nnormalisation {loss.normalisation}, weights {loss.content_weight:g} / {loss.style_weight:g} / {loss.tv_weight:g}")
-    sheet = contact_sheet.render(photo, entries, title)
+             f"\nnormalisation {loss.normalisation}, weights {loss.content_weight:g} / {loss.style_weight:g} / {loss.tv_weight:g}"
+             f"\nfigures: mean over {len(photos.evaluation)} held-out photo(s) ({', '.join(photos.evaluation)})")
+    sheet = contact_sheet.render(photos.preview, entries, title)
     uri = storage.join(config.registry, "contact_sheet.jpg")
     storage.write_bytes(uri, images.encode(sheet, "jpeg"))
     return uri
@@ -173,7 +189,7 @@ def print_table(outcomes: list[Outcome], skipped: dict) -> None:
         colour, structure = (f"{outcome.quality[key]:.2f}" if key in outcome.quality else "-" for key in ("colour_shift", "structure_kept"))
         print(f"{outcome.style:<24} {outcome.status:<18} {outcome.steps:>7} {loss:>11} {rate:>12} {colour:>7} {structure:>7}  "
               f"{' '.join(part for part in (outcome.version, outcome.detail) if part)}")
-    print("colour: how far each preview's colours moved from the photo's toward the painting's (1 = all the way); "
-          "struct: how much of the photo's edges it keeps (1 = all)")
+    print("colour: how far each model moved a photo's colours toward the painting's (1 = all the way); "
+          "struct: how much of the photo's edges it keeps (1 = all); both the mean over evaluation_photos, photos no model trained on")
     print(f"skipped content files: {skipped.get('count', 0)} {skipped.get('by_reason', {})}")
     print("=" * 100, flush=True)

@@ -284,7 +284,7 @@ def load_net(registry: str, metadata: dict) -> "TransformNet | FamilyStyle":
         return FamilyStyle(load_family_net(registry, metadata["family"], metadata.get("architecture", {}), metadata["style"]),
                            state_dict["style_vector"]).eval()
     architecture = metadata.get("architecture", {})  # versions from before widths existed are full width
-    net = TransformNet(upsample=architecture.get("upsample", "nearest"), width=architecture.get("width", 1.0))
+    net = TransformNet.from_architecture(architecture)
     _load_weights(net, state_dict, metadata)
     return net.eval()
 
@@ -304,7 +304,7 @@ def load_family_net(registry: str, family: dict, architecture: dict, style: str 
         if net is None:
             uri = family_uri(registry, family["name"], family["version"], MODEL_FILE)
             state_dict = torch.load(io.BytesIO(_read_checked(uri, family["model_sha256"], what)), map_location="cpu", weights_only=True)
-            net = TransformNet(upsample=architecture.get("upsample", "nearest"), width=architecture.get("width", 1.0), conditional=True)
+            net = TransformNet.from_architecture(architecture, conditional=True)
             _load_weights(net, state_dict, what)
             _FAMILY_NETS[key] = net = net.eval()
     return net

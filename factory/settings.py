@@ -181,8 +181,6 @@ class TrainingSettings:
     # shifts. A family trains for training.steps in all (not per style), so its styles must agree on
     # steps, learning_rate and model width. Styles may also name a family of their own (styles[].family).
     pack_mode: str = "separate"
-    # Styles of its family each step of a family trains (Magenta's: 1), drawn at random per step.
-    family_styles_per_step: int = 1
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "num_workers", "cpus_per_worker", "styles_per_pack", "checkpoint_every", "log_every"):
@@ -196,7 +194,6 @@ class TrainingSettings:
         require(self.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {self.precision!r}")
         require(self.accelerator in ACCELERATORS, f"training.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
         require(self.pack_mode in PACK_MODES, f"training.pack_mode must be one of {', '.join(PACK_MODES)}, got {self.pack_mode!r}")
-        require(self.family_styles_per_step >= 1, f"training.family_styles_per_step must be >= 1, got {self.family_styles_per_step}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,8 +264,11 @@ class FactoryConfig:
     name: str = "factory"
     # Where finished models are published: a folder or s3://bucket/prefix.
     registry: str = "data/registry"
-    # Photo stylised for each model's preview image (local path or s3://).
-    preview_image: str = "data/samples/content/chelsea.png"
+    # Photo stylised for each model's preview image (local path or s3://); never one under data.source.
+    preview_image: str = "data/samples/held_out/chelsea.png"
+    # Photos each model's quality figures are the mean over (factory/held_out.py): photos no model
+    # trained on, so never under data.source. The figures on each are kept in the model's metadata too.
+    evaluation_photos: tuple[str, ...] = ("data/samples/held_out/chelsea.png", "data/samples/held_out/rocket.jpg")
     data: DataSettings = field(default_factory=DataSettings)
     loss_network: LossNetworkSettings = field(default_factory=LossNetworkSettings)
     loss: LossSettings = field(default_factory=LossSettings)
@@ -278,10 +278,18 @@ class FactoryConfig:
 
     def __post_init__(self):
         validate_style_name(self.name)  # the run name becomes a storage key too
+        require(len(self.evaluation_photos) > 0, "evaluation_photos is empty: list at least one photo outside data.source")
         require(len(self.styles) > 0, "the config lists no styles: add at least one under 'styles:' with a name and an image")
         names = [style.name for style in self.styles]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         require(not duplicates, f"style names must be unique; repeated: {', '.join(duplicates)}")
+
+
+# Settings that were, and why they went: a config that still has one is told so, not just "unknown".
+RETIRED_SETTINGS = {
+    "family_styles_per_step": "every image of a family's step now carries its own style, each style once in every pass over "
+                              "the styles (Magenta's method, factory/family.py). Delete the line",
+}
 
 
 def build_settings(cls, values: object, where: str):
@@ -290,6 +298,8 @@ def build_settings(cls, values: object, where: str):
         raise ValueError(f"{where or 'the config'} must be a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    for key in set(values) & set(RETIRED_SETTINGS):
+        raise ValueError(f"{where + '.' if where else ''}{key} is no longer a setting: {RETIRED_SETTINGS[key]}")
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(repr(k) for k in unknown)} in {where or 'the config'}; known: {', '.join(sorted(known))}")

@@ -15,7 +15,8 @@ from torch import nn
 
 from factory import images
 from factory.loss_network import LossNetwork
-from factory.losses import NORMALISATIONS, gram_matrix, loss_terms
+from factory.family import UndrawnStylesKept
+from factory.losses import NORMALISATIONS, gram_matrix, per_image_loss_terms
 from factory.settings import LossSettings, ResolvedStyle
 from factory.transform_net import TransformNet
 
@@ -55,35 +56,49 @@ class PerceptualObjective:
         self.loss_network = loss_network
         self.settings = settings
         self.styles = styles
-        self.targets = [style_targets(loss_network, style.image_bytes, settings, device) for style in styles]
+        targets = [style_targets(loss_network, style.image_bytes, settings, device) for style in styles]
+        # Per style layer, every style's Gram target (S, C, C): an image's target is a row of it.
+        self.target_grams = [torch.cat([style_targets[layer] for style_targets in targets]) for layer in range(len(settings.style_layers))]
+        self.weights = torch.tensor([[style.content_weight, style.style_weight, style.tv_weight] for style in styles], device=device)
 
     def __call__(self, content: torch.Tensor, stylised: torch.Tensor,
-                 styles: list[int] | None = None) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-        """content (B, 3, H, W), stylised (S, B, 3, H, W) -> (sum of total losses, per-style parts).
-        styles: which of the objective's styles stylised holds, in order (a family's step: a few of
-        them); None: all of them."""
-        count, batch = stylised.shape[:2]
-        styles = list(range(len(self.styles))) if styles is None else styles
+                 image_styles: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """-> (the step's loss, each style's parts: its content, style, TV and total losses, the means over
+        its images, and "images", how many it had; a style with none has zeros).
+
+        content (B, 3, H, W). stylised: (S, B, 3, H, W), every photo by every style of the objective (a
+        pack of separate networks); or (B, 3, H, W) with image_styles (B,), each photo by its own style
+        (a family's step). The step's loss is the sum of every stylised image's weighted loss over B:
+        a separate network's gradient is its style's batch mean, as before families had per-image styles."""
+        batch = content.shape[0]
+        if image_styles is None:
+            count = stylised.shape[0]
+            image_styles = torch.arange(count, device=content.device).repeat_interleave(batch)
+            photo_rows = torch.arange(batch, device=content.device).repeat(count)
+            stylised = stylised.flatten(0, 1)  # style-major: every style in one loss-network pass
+        else:
+            image_styles, photo_rows = image_styles.to(content.device), torch.arange(batch, device=content.device)
         with torch.no_grad():
-            content_features = self.loss_network(content)[self.settings.content_layer]
-        features = self.loss_network(stylised.flatten(0, 1))  # every style in one pass: (S*B, C, h, w)
-        parts = {}
-        total = stylised.new_zeros((), dtype=torch.float32)
-        for index, style_index in enumerate(styles):
-            style = self.styles[style_index]
-            rows = slice(index * batch, (index + 1) * batch)
-            terms = loss_terms(
-                self.settings.normalisation,
-                stylised[index],
-                content,
-                features[self.settings.content_layer][rows],
-                content_features,
-                [gram_matrix(features[layer][rows]) for layer in self.settings.style_layers],
-                self.targets[style_index],
-            )
-            style_total = style.content_weight * terms["content"] + style.style_weight * terms["style"] + style.tv_weight * terms["tv"]
-            parts[style.name] = {**terms, "total": style_total}
-            total = total + style_total
+            content_features = self.loss_network(content)[self.settings.content_layer]  # once per photo, whatever the styles
+        features = self.loss_network(stylised)
+        terms = per_image_loss_terms(
+            self.settings.normalisation,
+            stylised,
+            content[photo_rows],
+            features[self.settings.content_layer],
+            content_features[photo_rows],
+            [gram_matrix(features[layer]) for layer in self.settings.style_layers],
+            [targets[image_styles] for targets in self.target_grams],
+        )
+        weights = self.weights[image_styles]  # (N, 3)
+        terms["total"] = weights[:, 0] * terms["content"] + weights[:, 1] * terms["style"] + weights[:, 2] * terms["tv"]
+        total = terms["total"].sum() / batch
+        # Each style's means over its own images, computed on the device without a sync.
+        images = torch.zeros(len(self.styles), device=content.device).index_add_(0, image_styles, torch.ones_like(terms["total"]))
+        means = {key: torch.zeros(len(self.styles), device=content.device).index_add_(0, image_styles, value.detach().float()) / images.clamp_min(1)
+                 for key, value in terms.items()}
+        parts = {style.name: {**{key: value[index] for key, value in means.items()}, "images": images[index]}
+                 for index, style in enumerate(self.styles)}
         return total, parts
 
 
@@ -99,6 +114,8 @@ class StepRunner:
     # Feed batches in channels_last layout (NHWC), which tensor cores want; the caller converts the
     # pack and loss network too.
     channels_last: bool = False
+    # A family's: keeps the vectors of styles a step did not draw where they were (factory/family.py).
+    undrawn_kept: UndrawnStylesKept | None = None
 
     def __post_init__(self):
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
@@ -123,17 +140,26 @@ class StepRunner:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device_type, dtype=dtype)
 
-    def step(self, content: torch.Tensor, styles: list[int] | None = None) -> dict[str, dict[str, torch.Tensor]]:
-        """content: (B, 3, H, W) float 0..255 on the device; styles: the family's styles this step trains
-        (factory/family.py), None for a pack of separate networks. Returns detached per-style losses."""
+    def step(self, content: torch.Tensor, image_styles: list[int] | None = None,
+             drawn: list[int] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """content: (B, 3, H, W) float 0..255 on the device. A family's step: image_styles, each photo's
+        style, and drawn, the styles of the whole global batch (every worker's: factory/family.py); the
+        others' vectors stay as they are (undrawn_kept). None for a pack of separate networks. Returns
+        detached per-style losses (PerceptualObjective's parts)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.channels_last:
             content = content.contiguous(memory_format=torch.channels_last)
+        styles = None if image_styles is None else torch.tensor(image_styles, device=content.device)
         with self.autocast():
-            stylised = self.pack(content) if styles is None else self.pack(content, torch.tensor(styles, device=content.device))
+            stylised = self.pack(content) if styles is None else self.pack(content, styles)
             total, parts = self.objective(content, stylised, styles)
         self.scaler.scale(total).backward()
-        self.scaler.step(self.optimizer)
+        if self.undrawn_kept is None or drawn is None:
+            self.scaler.step(self.optimizer)
+        else:
+            mask = torch.zeros(self.undrawn_kept.style_vectors.shape[0], dtype=torch.bool)
+            mask[drawn] = True
+            self.undrawn_kept.step(mask, lambda: self.scaler.step(self.optimizer))
         self.scaler.update()
         return {name: {key: value.detach() for key, value in values.items()} for name, values in parts.items()}
 

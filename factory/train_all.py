@@ -32,7 +32,8 @@ from factory.content_stream import ContentSource, shard_chunks
 from factory.loss_network import relu_index
 from factory.family_additions import addition_hashes, find_additions
 from factory.packs import PackPlan, check_families, family_hashes, family_of, plan_packs, recipe, recipe_hash, resolve_style
-from factory.publishing import PREVIEW_MAX_SIDE, Outcome, print_table, publish_pack, published_metadata, write_contact_sheet
+from factory.held_out import HeldOutPhotos, read_held_out
+from factory.publishing import Outcome, print_table, publish_pack, published_metadata, write_contact_sheet
 from factory.settings import FactoryConfig, ResolvedStyle, load_config
 from factory.train_loop import train_pack
 from factory.vgg_weights import VGGWeights, load_vgg19
@@ -235,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         weights = loss_network_weights(config)
         config = dataclasses.replace(config, loss=config.loss.resolved(weights.source))
         styles = read_styles(config)
-        photo = images.fit_within(images.decode_rgb(storage.read_bytes(config.preview_image), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS),
-                                  PREVIEW_MAX_SIDE)
+        photos = read_held_out(config)  # photos no model trains on: refuses one under data.source
         own_hashes = {style.name: recipe_hash(recipe(style, config, weights.source)) for style in styles}
         styles, family_bases = find_additions(config, styles, weights.source, own_hashes, args.retrain)
-        check_families(styles, config.training.family_styles_per_step)
+        check_families(styles, config.training.batch_size)
         hashes = addition_hashes(styles, family_hashes(styles, own_hashes))
         published = published_metadata(config, styles)
         outcomes, wanted = to_train(styles, hashes, published, args.retrain)
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     given_up, skipped = [], {}
     if plans:
-        outcomes += train_and_publish(config, plans, content, content_count, weights, hashes, photo, deployer, gpu, given_up)
+        outcomes += train_and_publish(config, plans, content, content_count, weights, hashes, photos, deployer, gpu, given_up)
         skipped = ray.get(content.ledger.summary.remote())
     if deployer:  # also styles that were already published, so the run ends with every style live
         deployed = deployer.deploy()
@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     order = {style.name: index for index, style in enumerate(styles)}
     outcomes.sort(key=lambda outcome: order[outcome.style])
     print_table(outcomes, skipped)
-    sheet_uri = write_contact_sheet(config, photo, outcomes, weights)
+    sheet_uri = write_contact_sheet(config, photos, outcomes, weights)
     if sheet_uri:
-        print(f"contact sheet (the photo, each painting above its model's output): {sheet_uri}", flush=True)
+        print(f"contact sheet (a held-out photo, each painting above its model's output): {sheet_uri}", flush=True)
     if weights.is_random:
         print("WARNING: these models were trained with a RANDOM loss network (loss_network.weights: random); they carry "
               "their paintings' colours and texture, not the brushwork a pretrained VGG-19 teaches, and are marked so in "
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_and_publish(config: FactoryConfig, plans: list[PackPlan], content: ContentSource, content_count: int, weights: VGGWeights,
-                      hashes: dict, photo, deployer: Deployer | None, gpu: bool, given_up: list) -> list[Outcome]:
+                      hashes: dict, photos: HeldOutPhotos, deployer: Deployer | None, gpu: bool, given_up: list) -> list[Outcome]:
     """Every pack trained and published, side by side as the cluster allows; packs given up past
     training.start_deadline_s are appended to `given_up`."""
     vgg_ref, board = ray.put(weights), pack_watch.PackBoard.remote()
@@ -296,7 +296,7 @@ def train_and_publish(config: FactoryConfig, plans: list[PackPlan], content: Con
         started = time.time()
         try:
             result = train_one_pack(config, plan, content, vgg_ref, board, gpu)
-            published = publish_pack(config, plan, result, weights, hashes, photo)
+            published = publish_pack(config, plan, result, weights, hashes, photos)
             if deployer:
                 deployed = deployer.deploy()
                 for outcome in published:

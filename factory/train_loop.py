@@ -16,7 +16,7 @@ import torch
 from factory import storage
 from factory.checkpoint_state import CHECKPOINT_FILE, Progress, build_pack, checkpoint_bytes, restore_run_state
 from factory.content_stream import StreamPosition, content_batches
-from factory.family import styles_for_step
+from factory.family import UndrawnStylesKept, image_styles
 from factory.loss_network import LossNetwork
 from factory.packs import PackPlan
 from factory.style_pack import FiniteLossWatch, NonFiniteLoss, PerceptualObjective, StepRunner, StylePack, resolve_precision
@@ -36,36 +36,45 @@ def _checkpoint_state() -> dict | None:
 
 
 class LossWindow:
-    """Every step's losses since the last log point, averaged over the steps and across workers.
+    """Every stylised image's losses since the last log point, each style's averaged over its images on
+    every worker.
 
-    One batch's losses are noisy; a published final loss or curve point should describe the model.
+    One batch's losses are noisy; a published final loss or curve point should describe the model. A
+    family's images each carry their own style, so a style's count of images differs between steps and
+    between workers: the window sums losses times images, and divides by the images only at the end.
     """
 
     def __init__(self):
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
-        self.steps: dict[str, int] = {}  # per style: a family's step trains only a few of its styles
+        self.images: dict[str, torch.Tensor] = {}
 
     def add(self, losses: dict[str, dict[str, torch.Tensor]]) -> None:
+        """losses: StepRunner.step's, every style of the pack with its "images" (0 for a style not drawn)."""
         for name, parts in losses.items():
+            count = parts["images"].float()
             sums = self.sums.setdefault(name, {})
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
-            self.steps[name] = self.steps.get(name, 0) + 1
+                if key != "images":
+                    sums[key] = sums.get(key, 0.0) + value.detach().float() * count
+            self.images[name] = self.images.get(name, 0.0) + count
 
     def mean(self, world_size: int) -> dict[str, dict[str, float]]:
         """Every rank must call this at the same step: it all-reduces across the pack's workers (whose
-        windows hold the same styles: a family's draw is the same on every rank)."""
-        keys = [(name, key) for name, parts in sorted(self.sums.items()) for key in sorted(parts)]
+        windows hold the same styles and keys: every style of the pack, drawn or not). A style no worker
+        drew since the last log point is left out."""
+        names = sorted(self.sums)
+        keys = [(name, key) for name in names for key in sorted(self.sums[name])]
         if not keys:
             return {}
-        values = torch.stack([self.sums[name][key] / self.steps[name] for name, key in keys])
+        values = torch.stack([self.sums[name][key] for name, key in keys] + [self.images[name] for name in names])
         if world_size > 1:
             torch.distributed.all_reduce(values)
-            values /= world_size
+        images = dict(zip(names, values[len(keys):].tolist()))
         means: dict[str, dict[str, float]] = {}
-        for (name, key), value in zip(keys, values.tolist()):
-            means.setdefault(name, {})[key] = value
-        self.sums, self.steps = {}, {}
+        for (name, key), value in zip(keys, values[:len(keys)].tolist()):
+            if images[name] > 0:
+                means.setdefault(name, {})[key] = value / images[name]
+        self.sums, self.images = {}, {}
         return means
 
 
@@ -121,7 +130,8 @@ def train_pack(config: dict) -> None:
     if channels_last:
         loss_network = loss_network.to(memory_format=torch.channels_last)
     objective = PerceptualObjective(loss_network, plan.loss, list(plan.styles), device)  # style targets, eagerly
-    runner = StepRunner(model, objective, optimizer, precision, device.type, channels_last)
+    undrawn_kept = UndrawnStylesKept(optimizer, pack.style_vectors) if plan.family else None
+    runner = StepRunner(model, objective, optimizer, precision, device.type, channels_last, undrawn_kept)
     if plan.training.compile and device.type == "cuda":  # compiling on CPU costs more than it gains
         runner.compile()
     if state is not None:
@@ -138,10 +148,11 @@ def train_pack(config: dict) -> None:
         images, position = next(stream)
         # (B, H, W, 3) uint8 -> (B, 3, H, W) 0..255 on the device; a copy, as Ray Data's arrays are read-only
         content = torch.tensor(images).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-        # Styles joining a published family train their own vectors side by side: each of them every step.
-        per_step = len(plan.styles) if plan.family_base is not None else plan.training.family_styles_per_step
-        styles = styles_for_step(plan.training.seed, progress.step, len(plan.styles), per_step) if plan.family else None
-        step_losses = runner.step(content, styles)
+        if plan.family:  # every image of the global batch its own style; this worker's are its share of them
+            drawn = image_styles(plan.training.seed, progress.step * plan.training.batch_size, plan.training.batch_size, len(plan.styles))
+            step_losses = runner.step(content, drawn[rank * per_worker_batch:(rank + 1) * per_worker_batch], sorted(set(drawn)))
+        else:
+            step_losses = runner.step(content)
         progress.step += 1
         step = progress.step
         window.add(step_losses)
@@ -161,7 +172,8 @@ def train_pack(config: dict) -> None:
             elapsed = time.perf_counter() - window_start
             progress.train_seconds += elapsed
             steps_per_second = window_steps / max(elapsed, 1e-9)
-            images_per_second = steps_per_second * plan.training.batch_size  # per style
+            # Per style: a separate network sees every photo of a step, a family's style its share of them.
+            images_per_second = steps_per_second * plan.training.batch_size / (len(plan.styles) if plan.family else 1)
             window_start, window_steps = time.perf_counter(), 0
             fresh = window.mean(world_size)
             losses = {**losses, **fresh}  # a family's style not drawn since the last log point keeps its figures

@@ -120,9 +120,13 @@ class TransformNet(nn.Module):
 
     conditional: a style family's network (factory/family.py): every instance norm takes its scale and
     shift from a style vector of `style_size` numbers per image, passed to forward and core.
+    output_norm: a conditional norm on the output convolution too, before the tanh, as Magenta's
+    `transform` has (its last conv takes the normaliser like every other): 6 numbers more a style
+    (3,206 at full width), so a style sets its own output contrast and colour balance. Families
+    published before it (3,200 numbers) load without it (from_architecture).
     """
 
-    def __init__(self, upsample: str = "nearest", width: float = 1.0, conditional: bool = False):
+    def __init__(self, upsample: str = "nearest", width: float = 1.0, conditional: bool = False, output_norm: bool = False):
         if width not in MODEL_WIDTHS:
             raise ValueError(f"unknown network width {width!r}; choose one of {', '.join(map(str, MODEL_WIDTHS))}")
         super().__init__()
@@ -135,14 +139,25 @@ class TransformNet(nn.Module):
             *(ResidualBlock(4 * c, conditional) for _ in range(5)),
             UpsampleConvNormReLU(4 * c, 2 * c, upsample, conditional),
             UpsampleConvNormReLU(2 * c, c, upsample, conditional),
-            ConvLayer(c, 3, 9),  # no norm or ReLU: the scaled tanh below bounds the output
+            ConvLayer(c, 3, 9),  # no ReLU: the scaled tanh below bounds the output
         )
+        if output_norm and not conditional:
+            raise ValueError("output_norm is a style family's (conditional) network's; a single style's output conv has no norm")
+        self.output_norm = ConditionalInstanceNorm2d(3) if output_norm else None
         # Each conditional norm's share of a style vector, in the order forward meets them.
         self.style_slice_sizes = [2 * m.channels for m in self.modules() if isinstance(m, ConditionalInstanceNorm2d)]
 
+    @classmethod
+    def from_architecture(cls, architecture: dict, conditional: bool = False) -> "TransformNet":
+        """The network a published version's metadata describes ("architecture"); keys a version predates
+        mean what they meant then: full width, nearest upsampling, and no output norm."""
+        return cls(upsample=architecture.get("upsample", "nearest"), width=architecture.get("width", 1.0),
+                   conditional=conditional, output_norm=conditional and architecture.get("output_norm", False))
+
     @property
     def style_size(self) -> int:
-        """Numbers per style of a conditional network (3,200 at full width): every norm's scales and shifts."""
+        """Numbers per style of a conditional network (3,206 at full width with the output norm, 3,200
+        without): every norm's scales and shifts."""
         return sum(self.style_slice_sizes)
 
     def forward(self, images: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
@@ -155,17 +170,21 @@ class TransformNet(nn.Module):
             raise ValueError("a family's network needs a style vector per image; a single style's takes none")
         slices = iter(style.split(self.style_slice_sizes, dim=1)) if style is not None else None
         features = self.layers[:-1](images / 127.5 - 1.0, slices)  # inputs centred in [-1, 1] train faster than raw 0..255
-        return self._output(features)  # (B, 3, H, W) in [0, 255]
+        return self._output(features, next(slices) if self.output_norm is not None else None)  # (B, 3, H, W) in [0, 255]
 
-    def _output(self, features: torch.Tensor) -> torch.Tensor:
+    def _output(self, features: torch.Tensor, output_style: torch.Tensor | None) -> torch.Tensor:
         """The last conv and the scaled tanh, in fp32 under autocast: bf16's 8-bit mantissa would put the
         0..255 image the losses see in steps of 1 above 128, and TV and content gradients would carry
         that rounding. Outside autocast (fp32, or serving's fp16 weights) it runs as it is."""
         device_type = features.device.type
         if not torch.is_autocast_enabled(device_type):
-            return 127.5 * (torch.tanh(self.layers[-1](features)) + 1.0)
+            return 127.5 * (torch.tanh(self._output_conv(features, output_style)) + 1.0)
         with torch.autocast(device_type, enabled=False):
-            return 127.5 * (torch.tanh(self.layers[-1](features.float())) + 1.0)
+            return 127.5 * (torch.tanh(self._output_conv(features.float(), output_style)) + 1.0)
+
+    def _output_conv(self, features: torch.Tensor, output_style: torch.Tensor | None) -> torch.Tensor:
+        out = self.layers[-1](features)
+        return out if self.output_norm is None else self.output_norm(out, output_style)
 
 
 def stylise_any_size(core, images: torch.Tensor) -> torch.Tensor:

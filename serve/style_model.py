@@ -133,7 +133,7 @@ class StyleModel:
         """The family's network: its ONNX export on the CPU fast path (every family version has one), else
         eager torch (fp16 on a GPU). Not through the static shapes: those are compiled for single styles."""
         family, architecture = self.metadata["family"], self.metadata["architecture"]
-        self.neutral_style = neutral_style_vector(TransformNet(architecture.get("upsample", "nearest"), architecture.get("width", 1.0), conditional=True))
+        self.neutral_style = neutral_style_vector(TransformNet.from_architecture(architecture, conditional=True))
         if fast and self.device.type == "cpu":
             self.net, self.runtime = registry.load_family_onnx_net(registry_uri, family, threads=cpu_threads, memory_arena=memory_arena), "onnxruntime"
             return

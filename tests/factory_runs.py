@@ -21,7 +21,8 @@ def write_config(path: Path, *, source: str, registry: str, storage_path: str, s
     config = {
         "name": "test",
         "registry": registry,
-        "preview_image": str(REPO_ROOT / "data" / "samples" / "content" / "chelsea.png"),
+        "preview_image": str(REPO_ROOT / "data" / "samples" / "held_out" / "chelsea.png"),
+        "evaluation_photos": [str(REPO_ROOT / "data" / "samples" / "held_out" / "chelsea.png")],
         # The dirty test folders hold 4 unusable files of 18 on purpose.
         "data": {"source": source, "image_size": 32, "max_skipped_fraction": 0.5},
         "loss_network": {"weights": list(weights)},

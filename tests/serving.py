@@ -36,13 +36,16 @@ def publish_random_style(root: Path, name: str, seed: int, style_image: str = "u
                             onnx_model=onnx_model.export(net) if with_onnx else None)
 
 
-def publish_random_family(root: Path, names=("a", "b"), seed: int = 0, family: str = "fam", recipe_hash: str = "-") -> dict[str, str]:
-    """A random style family published as training publishes one: {style: version}."""
+def publish_random_family(root: Path, names=("a", "b"), seed: int = 0, family: str = "fam", recipe_hash: str = "-",
+                          output_norm: bool = True) -> dict[str, str]:
+    """A random style family published as training publishes one: {style: version}. output_norm=False: as
+    families were published before the output conv had its norm (their architecture does not say)."""
     torch.manual_seed(seed)
-    network = StyleFamily(list(names)).eval()
+    network = StyleFamily(list(names), output_norm=output_norm).eval()
     with torch.no_grad():
         network.style_vectors.add_(0.5 * torch.randn_like(network.style_vectors))
-    architecture = {"name": "dumoulin2017-conditional-instancenorm", "upsample": "nearest", "width": 1.0, "family": family}
+    architecture = {"name": "dumoulin2017-conditional-instancenorm", "upsample": "nearest", "width": 1.0, "family": family,
+                    **({"output_norm": True} if output_norm else {})}
     family_metadata = {"styles": list(names), "architecture": architecture, "style_size": network.net.style_size,
                        "loss_network": {"source": "random", "random_weights": True}, "recipe_hash": recipe_hash}
     reference = registry.publish_family(str(root), family, network.net.state_dict(), family_metadata, onnx_model.export(network.net))

@@ -9,7 +9,7 @@ import torch
 
 from factory import registry
 from factory.checkpoint_state import build_pack, checkpoint_bytes
-from factory.family import FamilyStyle, StyleFamily, styles_for_step
+from factory.family import FamilyStyle, StyleFamily, UndrawnStylesKept, image_styles, images_per_style
 from factory.family_additions import find_additions
 from factory.loss_network import LossNetwork
 from factory.packs import check_families, family_hashes, plan_packs, resolve_style
@@ -24,25 +24,44 @@ from test_training_step import styles as resolved_styles
 CPU = torch.device("cpu")
 
 
-def test_a_style_is_only_its_norms_scales_and_shifts():
-    net = TransformNet(conditional=True)
-    assert net.style_size == 2 * sum(m.num_features for m in TransformNet().modules() if isinstance(m, torch.nn.InstanceNorm2d))
-    assert net.style_size / sum(p.numel() for p in net.parameters()) < 0.002  # 3,200 numbers beside 1.68M shared
-    assert TransformNet(conditional=True, width=0.5).style_size == net.style_size // 2
+def test_a_style_is_only_its_norms_scales_and_shifts_the_output_convs_included():
+    net = TransformNet(conditional=True, output_norm=True)
+    inner = 2 * sum(m.num_features for m in TransformNet().modules() if isinstance(m, torch.nn.InstanceNorm2d))
+    assert net.style_size == inner + 2 * 3  # Magenta's: the output conv normalised too, 3,206 numbers at full width
+    assert TransformNet(conditional=True).style_size == inner  # families published before it: 3,200
+    assert net.style_size / sum(p.numel() for p in net.parameters()) < 0.002  # beside 1.68M shared numbers
+    assert TransformNet(conditional=True, output_norm=True, width=0.5).style_size == inner // 2 + 6
+    with pytest.raises(ValueError, match="output_norm is a style family's"):
+        TransformNet(output_norm=True)
 
 
-def test_each_image_of_a_batch_can_carry_its_own_style():
+def test_the_output_norm_gives_each_style_its_own_output_colour_balance():
+    """Only the output norm's six numbers differ between two vectors: the pictures differ (the norm is
+    used), and its shift moves the channel it belongs to."""
+    torch.manual_seed(0)
+    family = StyleFamily(["a", "b"]).eval()
+    with torch.no_grad():
+        family.style_vectors[1, -3] = 2.0  # the output norm's shift of the red channel (its scales, then its shifts)
+    photos = torch.rand(1, 3, 32, 32) * 255
+    with torch.inference_mode():
+        a, b = family(photos, [0]), family(photos, [1])
+    red, others = (b - a)[:, 0].mean(), (b - a)[:, 1:].abs().mean()
+    assert red > 20 and others < 1e-3
+
+
+def test_each_image_of_a_batch_carries_its_own_style():
     torch.manual_seed(0)
     family = StyleFamily(["a", "b", "c"]).eval()
     with torch.no_grad():
         family.style_vectors.add_(0.5 * torch.randn_like(family.style_vectors))
     photos = torch.rand(2, 3, 36, 28) * 255
     with torch.inference_mode():
-        together = family(photos, [0, 2])  # (2 styles, 2 photos, ...), one pass
-        alone = [FamilyStyle(family.net, family.style_vectors[index])(photos) for index in (0, 2)]
-    assert together.shape == (2, 2, 3, 36, 28)
-    assert torch.allclose(together[0], alone[0], atol=1e-3) and torch.allclose(together[1], alone[1], atol=1e-3)
-    assert (alone[0] - alone[1]).abs().mean() > 1  # different vectors, different pictures
+        together = family(photos, [0, 2])  # photo 0 by style 0, photo 1 by style 2, in one pass
+        alone = [FamilyStyle(family.net, family.style_vectors[index])(photos[place:place + 1]) for place, index in enumerate((0, 2))]
+        swapped = family(photos, [2, 0])
+    assert together.shape == (2, 3, 36, 28)
+    assert torch.allclose(together[0], alone[0][0], atol=1e-3) and torch.allclose(together[1], alone[1][0], atol=1e-3)
+    assert (together - swapped).abs().mean() > 1  # different vectors, different pictures
 
 
 def test_a_network_is_refused_a_style_it_cannot_use():
@@ -52,14 +71,18 @@ def test_a_network_is_refused_a_style_it_cannot_use():
         TransformNet()(torch.rand(1, 3, 16, 16), torch.ones(1, 3200))
 
 
-def test_each_step_draws_the_same_styles_on_every_worker_and_after_a_resume():
-    draws = [styles_for_step(seed=5, step=step, family_size=6, per_step=2) for step in range(200)]
-    assert draws == [styles_for_step(seed=5, step=step, family_size=6, per_step=2) for step in range(200)]
-    assert all(len(set(draw)) == 2 and draw == sorted(draw) for draw in draws)
-    assert {index for draw in draws for index in draw} == set(range(6))  # every style gets trained
-    assert len({tuple(draw) for draw in draws}) > 5
-    assert draws != [styles_for_step(seed=6, step=step, family_size=6, per_step=2) for step in range(200)]
-    assert styles_for_step(seed=5, step=3, family_size=2, per_step=4) == [0, 1]
+def test_every_style_gets_an_equal_share_of_each_pass_drawn_alike_on_every_worker_and_after_a_resume():
+    run = image_styles(seed=0, first_image=0, count=300, family_size=4)  # the default run's 150 steps of 2 images, a family of 4
+    assert [run.count(style) for style in range(4)] == [75] * 4  # per-step draws gave 27 / 38 / 44 / 41
+    for images in range(1, 300):  # at any point of the run, at most one image apart
+        counts = [run[:images].count(style) for style in range(4)]
+        assert max(counts) - min(counts) <= 1
+        assert counts == images_per_style(0, images, 4)
+    assert len({tuple(run[start:start + 4]) for start in range(0, 300, 4)}) > 10  # each pass in its own order
+    # A worker's share, or a run resumed at step 37, draws what the whole run draws there.
+    assert image_styles(seed=0, first_image=37 * 2 + 1, count=1, family_size=4) == run[75:76]
+    assert image_styles(seed=0, first_image=74, count=40, family_size=4) == run[74:114]
+    assert image_styles(seed=1, first_image=0, count=300, family_size=4) != run
 
 
 def family_runner(names=("starry_night", "the_scream", "udnie")) -> StepRunner:
@@ -69,19 +92,57 @@ def family_runner(names=("starry_night", "the_scream", "udnie")) -> StepRunner:
     loss_network = LossNetwork(random_vgg19(seed=0).first(13), [settings.content_layer, *settings.style_layers])
     family = StyleFamily(list(names))
     objective = PerceptualObjective(loss_network, settings, family_styles, CPU)
-    return StepRunner(family, objective, make_optimizer(family, family_styles), "fp32", "cpu")
+    optimizer = make_optimizer(family, family_styles)
+    return StepRunner(family, objective, optimizer, "fp32", "cpu", undrawn_kept=UndrawnStylesKept(optimizer, family.style_vectors))
 
 
 def test_a_family_step_trains_the_shared_network_and_only_the_drawn_styles_vectors():
     runner = family_runner()
     before = {name: value.detach().clone() for name, value in runner.pack.state_dict().items()}
-    losses = runner.step(torch.rand(2, 3, 32, 32) * 255, [1])
+    losses = runner.step(torch.rand(2, 3, 32, 32) * 255, [1, 1], [1])
     after = runner.pack.state_dict()
-    assert set(losses) == {"the_scream"} and torch.isfinite(losses["the_scream"]["total"])
+    assert [float(losses[name]["images"]) for name in ("starry_night", "the_scream", "udnie")] == [0, 2, 0]
+    assert torch.isfinite(losses["the_scream"]["total"]) and float(losses["the_scream"]["total"]) > 0
     assert not torch.equal(after["net.layers.0.0.1.weight"], before["net.layers.0.0.1.weight"])
     vectors_before, vectors_after = before["style_vectors"], after["style_vectors"]
     assert not torch.equal(vectors_after[1], vectors_before[1])
     assert torch.equal(vectors_after[0], vectors_before[0]) and torch.equal(vectors_after[2], vectors_before[2])
+
+
+def test_each_styles_loss_is_the_mean_over_its_own_images():
+    runner = family_runner()
+    photos = torch.rand(3, 3, 32, 32) * 255
+    with torch.no_grad():
+        _, together = runner.objective(photos, runner.pack(photos, [0, 2, 0]), torch.tensor([0, 2, 0]))
+        _, first = runner.objective(photos[:1], runner.pack(photos[:1], [0]), torch.tensor([0]))
+        _, third = runner.objective(photos[2:], runner.pack(photos[2:], [0]), torch.tensor([0]))
+    expected = (first["starry_night"]["total"] + third["starry_night"]["total"]) / 2
+    assert torch.allclose(together["starry_night"]["total"], expected, rtol=1e-4)
+    assert float(together["udnie"]["images"]) == 1 and float(together["the_scream"]["images"]) == 0
+
+
+def test_styles_a_step_did_not_draw_stay_where_they_were_over_many_steps():
+    """Style 2 drawn at the first step only: over the next 20 steps its vector and Adam's moments for it
+    do not move at all. Plain Adam moves it on stale momentum (measured: 4.4e-3 over 20 steps), so the
+    same steps without UndrawnStylesKept must move it, or this test could not tell."""
+    photos = torch.rand(2, 3, 32, 32) * 255
+    for keep in (True, False):
+        runner = family_runner()
+        if not keep:
+            runner.undrawn_kept = None
+        runner.step(photos, [2, 0], [0, 2])
+        vector, moments = runner.pack.style_vectors[2].detach().clone(), {
+            name: value[2].clone() for name, value in runner.optimizer.state[runner.pack.style_vectors].items() if value.dim() == 2}
+        for step in range(20):
+            runner.step(photos, [step % 2, 1 - step % 2], [0, 1])
+        moved = (runner.pack.style_vectors[2].detach() - vector).abs().max().item()
+        if keep:
+            assert moved == 0.0
+            state = runner.optimizer.state[runner.pack.style_vectors]
+            assert all(torch.equal(state[name][2], value) for name, value in moments.items()) and moments
+            assert (runner.pack.style_vectors[0].detach() - vector).abs().max() > 0  # the drawn ones did train
+        else:
+            assert moved > 1e-4
 
 
 def test_a_family_learns_each_style_apart_from_the_others():
@@ -93,18 +154,20 @@ def test_a_family_learns_each_style_apart_from_the_others():
     torch.manual_seed(1)
     photos = torch.rand(4, 3, 32, 32) * 255
 
+    every_photo_by_each = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
     def losses() -> dict[str, float]:
         with torch.no_grad():
-            _, parts = runner.objective(photos, runner.pack(photos, [0, 1]), [0, 1])
+            _, parts = runner.objective(photos.repeat(2, 1, 1, 1), runner.pack(photos.repeat(2, 1, 1, 1), every_photo_by_each), every_photo_by_each)
         return {name: float(values["total"]) for name, values in parts.items()}
 
     untrained = losses()
-    for _ in range(60):  # measured: 4.5 -> 3.25 and 4.8 -> 2.1 (a network per style: 4.5 -> 3.2 in 30)
-        runner.step(photos, [0, 1])
+    for step in range(60):  # each image its own style, two of each a step
+        runner.step(photos, image_styles(0, step * 4, 4, 2), [0, 1])
     trained = losses()
     assert all(trained[name] < 0.8 * untrained[name] for name in untrained), (untrained, trained)
     with torch.inference_mode():
-        pictures = runner.pack.eval()(photos[:1], [0, 1])
+        pictures = runner.pack.eval()(photos[:1].repeat(2, 1, 1, 1), [0, 1])
     assert (pictures[0] - pictures[1]).abs().mean() > 2
 
 
@@ -116,8 +179,8 @@ def test_a_compiled_family_step_compiles_once_whatever_styles_it_draws():
     runner = family_runner(("starry_night", "the_scream", "udnie"))
     backend = CountingBackend()
     runner.compile(backend)
-    for draw in ([0], [1], [2], [1]):
-        runner.step(torch.rand(2, 3, 32, 32) * 255, draw)
+    for draw in ([0, 1], [2, 2], [1, 0], [2, 1]):
+        runner.step(torch.rand(2, 3, 32, 32) * 255, draw, sorted(set(draw)))
     assert backend.graphs == 3 and backend.symbolic == 0
 
 
@@ -141,7 +204,7 @@ def test_a_familys_styles_must_agree_on_steps_learning_rate_and_width():
                                     "training.pack_mode=family"])
         styles = [resolve_style(spec, config) for spec in config.styles]
         with pytest.raises(ValueError, match=f"styles of family 'factory' differ in {setting} .*b: {value}"):
-            check_families(styles)
+            check_families(styles, config.training.batch_size)
 
 
 def test_a_family_is_one_pack_whatever_its_size_and_a_change_to_one_member_retrains_all():
@@ -189,11 +252,11 @@ def joining_config(root, *extra: str):
 OWN_HASHES = {"a": "recipe-a", "b": "recipe-b", "c": "recipe-c"}
 
 
-def published_family_and_config(root):
+def published_family_and_config(root, output_norm: bool = True):
     """Family fam published with a and b (their recipes as OWN_HASHES says), and a config of a, b and c."""
     config = joining_config(root)
     styles = [resolve_style(spec, config) for spec in config.styles]
-    publish_random_family(root, ("a", "b"), recipe_hash=family_hashes(styles[:2], OWN_HASHES)["a"])
+    publish_random_family(root, ("a", "b"), recipe_hash=family_hashes(styles[:2], OWN_HASHES)["a"], output_norm=output_norm)
     return config, styles
 
 
@@ -245,7 +308,7 @@ def test_a_joining_style_trains_only_its_vector_against_the_frozen_family(tmp_pa
     loss_network = LossNetwork(random_vgg19(seed=0).first(13), [settings.content_layer, *settings.style_layers])
     runner = StepRunner(family, PerceptualObjective(loss_network, settings, resolved_styles(("udnie",)), CPU), optimizer, "fp32", "cpu")
     network_before = {key: value.clone() for key, value in family.net.state_dict().items()}
-    runner.step(torch.rand(2, 3, 32, 32) * 255, [0])
+    runner.step(torch.rand(2, 3, 32, 32) * 255, [0, 0], [0])
     assert all(torch.equal(value, network_before[key]) for key, value in family.net.state_dict().items())
     assert not torch.equal(family.style_vectors[0], bases["fam"].initial_vector)
 
@@ -255,6 +318,34 @@ def test_a_family_too_short_to_train_each_of_its_styles_is_refused():
     specs = ", ".join(f"{{name: s{index}, image: {image}}}" for index in range(6))
     config = load_config(None, [f"styles=[{specs}]", "training.pack_mode=family", "training.steps=10"])
     styles = [resolve_style(spec, config) for spec in config.styles]
-    with pytest.raises(ValueError, match="family 'factory' has 6 styles but 10 steps of 1 style"):
+    with pytest.raises(ValueError, match="family 'factory' has 6 styles but 10 steps of 1 image.*fewer than two a style"):
         check_families(styles, 1)
-    check_families(styles, 2)  # 20 draws for 6 styles
+    check_families(styles, 2)  # 20 images for 6 styles
+
+
+def test_a_short_family_is_judged_by_its_images_not_its_steps():
+    """A family of four with batch 4 trains every style twice in 2 steps (each image its own style)."""
+    image = STYLES / "udnie.jpg"
+    specs = ", ".join(f"{{name: s{index}, image: {image}}}" for index in range(4))
+    config = load_config(None, [f"styles=[{specs}]", "training.pack_mode=family", "training.steps=2", "training.batch_size=4"])
+    check_families([resolve_style(spec, config) for spec in config.styles], config.training.batch_size)
+    assert images_per_style(0, 2 * 4, 4) == [2, 2, 2, 2]
+
+
+def test_a_config_with_the_retired_per_step_setting_is_told_what_changed():
+    with pytest.raises(ValueError, match="training.family_styles_per_step is no longer a setting: every image of a family's step"):
+        load_config(None, [f"styles=[{{name: a, image: {STYLES / 'udnie.jpg'}}}]", "training.family_styles_per_step=2"])
+
+
+def test_a_family_published_before_the_output_norm_still_loads_and_a_style_can_join_it(tmp_path):
+    versions = publish_random_family(tmp_path, output_norm=False)
+    style, metadata = registry.load_model(str(tmp_path), "a")
+    assert style.net.output_norm is None and style.style_vector.shape == (3200,)
+    with torch.inference_mode():
+        assert style(torch.rand(1, 3, 24, 24) * 255).shape == (1, 3, 24, 24)
+    config, styles = published_family_and_config(tmp_path / "old", output_norm=False)
+    styles, bases = find_additions(config, styles, "random", OWN_HASHES)
+    plan = dataclasses.replace(pack_plan(("c",)), family="fam", family_base=bases["fam"])
+    family, _, _ = build_pack(plan, CPU, False, None)
+    assert family.net.output_norm is None and family.style_vectors.shape == (1, 3200)
+    assert versions["a"] == metadata["version"]

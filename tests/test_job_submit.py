@@ -55,7 +55,7 @@ def test_job_submit_trains_and_a_stopped_job_resubmitted_resumes_and_deploys(ray
     assert "deployed" in second.stdout
     base = f"http://127.0.0.1:{serve_http_port}"
     assert [entry["name"] for entry in requests.get(f"{base}/styles", timeout=30).json()] == ["the_scream"]
-    photo = (REPO_ROOT / "data" / "samples" / "content" / "rocket.jpg").read_bytes()
+    photo = (REPO_ROOT / "data" / "samples" / "held_out" / "rocket.jpg").read_bytes()
     response = requests.post(f"{base}/styles/the_scream?max_side=64", data=photo, timeout=60)
     assert response.status_code == 200 and response.headers["x-model-version"] == metadata["version"]
 

@@ -61,10 +61,18 @@ def test_auto_precision_takes_fp16_where_bf16_is_only_emulated(monkeypatch):
 def test_published_losses_are_the_mean_of_the_logging_window():
     window = LossWindow()
     for value in (1.0, 2.0, 6.0):
-        window.add({"a": {"total": torch.tensor(value), "style": torch.tensor(value / 2)}})
+        window.add({"a": {"total": torch.tensor(value), "style": torch.tensor(value / 2), "images": torch.tensor(2.0)}})
     assert window.mean(world_size=1) == {"a": {"style": 1.5, "total": 3.0}}
-    window.add({"a": {"total": torch.tensor(5.0), "style": torch.tensor(0.0)}})
+    window.add({"a": {"total": torch.tensor(5.0), "style": torch.tensor(0.0), "images": torch.tensor(2.0)}})
     assert window.mean(world_size=1)["a"]["total"] == 5.0  # a new window after each log point
+
+
+def test_a_family_styles_window_mean_weighs_each_step_by_its_images_and_leaves_out_undrawn_styles():
+    """A family's style may have 3 images one step and 1 the next: its loss is the mean over its 4 images."""
+    window = LossWindow()
+    window.add({"a": {"total": torch.tensor(1.0), "images": torch.tensor(3.0)}, "b": {"total": torch.tensor(0.0), "images": torch.tensor(0.0)}})
+    window.add({"a": {"total": torch.tensor(5.0), "images": torch.tensor(1.0)}, "b": {"total": torch.tensor(0.0), "images": torch.tensor(0.0)}})
+    assert window.mean(world_size=1) == {"a": {"total": 2.0}}
 
 
 def test_the_checkpoint_keeps_every_workers_data_position_and_each_worker_reads_on_from_its_own():

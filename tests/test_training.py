@@ -39,7 +39,9 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
         assert history[-1] < 0.7 * history[0], history
         preview = registry.read_file(str(tmp_path / "registry"), style, registry.PREVIEW_FILE)
         assert preview.startswith(b"\xff\xd8")
-        assert set(metadata["quality"]) == {"colour_shift", "structure_kept", "photo"}
+        assert set(metadata["quality"]) == {"colour_shift", "structure_kept", "photos", "preview_photo"}
+        assert list(metadata["quality"]["photos"]) == ["chelsea.png"]  # the held-out evaluation photo, never a training one
+        assert metadata["throughput"]["images_trained"] == 30 * 4  # a separate network: every photo of every step
         width = {"starry_night": 1.0, "the_scream": 0.5}[style]
         assert metadata["architecture"]["width"] == width and net.width == width
         assert next(net.parameters()).shape[0] == 32 * width  # the first conv's channels
@@ -56,7 +58,7 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
     # bench/quality.py reads these models back with their own loss settings (a few iterations: it runs, it does not rot).
     from bench import quality
 
-    photo = str(REPO_ROOT / "data" / "samples" / "content" / "rocket.jpg")
+    photo = str(REPO_ROOT / "data" / "samples" / "held_out" / "rocket.jpg")
     assert quality.main(["--config", str(config), "--photos", photo, "--size", "32", "--iterations", "3", "--no-record"]) == 0
     assert "iterations one forward pass is worth" in capsys.readouterr().out
 
@@ -76,12 +78,13 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
 
 
 def test_a_family_of_two_styles_trains_on_two_workers_and_publishes_one_shared_network(ray_local, dirty_images, tmp_path, capsys):
-    """training.pack_mode: family. The two workers draw the same style each step (or the all-reduces
-    would not match); one network is published for both styles, each style holding only its vector."""
+    """training.pack_mode: family. Every image of a step carries its own style, the two workers' images
+    their share of one draw over the global batch (so the all-reduced losses and the undrawn styles agree);
+    one network is published for both styles, each style holding only its vector."""
     folder, _ = dirty_images
     root = str(tmp_path / "registry")
     config = write_config(tmp_path / "config.yaml", source=str(folder), registry=root, storage_path=str(tmp_path / "checkpoints"),
-                          steps=20, pack_mode="family", family_styles_per_step=1)
+                          steps=20, pack_mode="family")
 
     assert train_all.main(["--config", str(config)]) == 0
 
@@ -93,7 +96,9 @@ def test_a_family_of_two_styles_trains_on_two_workers_and_publishes_one_shared_n
         nets[style], metadata = registry.load_model(root, style)
         assert metadata["family"] == family["family"] and metadata["architecture"]["family"] == "test"
         assert metadata["steps"] == 20 and metadata["loss_history"] and "total" in metadata["final_losses"]
-        assert set(metadata["quality"]) == {"colour_shift", "structure_kept", "photo"}
+        assert set(metadata["quality"]) == {"colour_shift", "structure_kept", "photos", "preview_photo"}
+        assert metadata["throughput"]["images_trained"] == 20 * 4 // 2  # its share: each image carries one of the two styles
+        assert metadata["architecture"]["output_norm"] and nets[style].style_vector.shape == (3206,)
     assert nets["starry_night"].net is nets["the_scream"].net
     photo = torch.rand(1, 3, 36, 44) * 255
     with torch.inference_mode():

@@ -120,7 +120,7 @@ def test_a_loss_that_stops_being_finite_is_named_with_its_style_and_step():
 def test_style_targets_come_from_the_style_image_at_style_size():
     step = runner(names=("udnie",))
     image = images.fit_within(images.decode_rgb((STYLES / "udnie.jpg").read_bytes(), max_pixels=images.CONFIG_IMAGE_MAX_PIXELS), 48)
-    channels = step.objective.targets[0][0].shape[-1]
+    channels = step.objective.target_grams[0].shape[-1]  # relu1_1, every style's: (S, C, C)
     assert max(image.size) == 48 and channels == 64  # relu1_1's Gram: 64 x 64
 
 
