@@ -1,24 +1,27 @@
-"""Style families against a network per style, side by side in one run (training.pack_mode).
+"""Style families against a network per style, side by side, over several seeds, judged on held-out photos.
 
-    python bench/families.py                 # 4 styles at configs/tiny.yaml's settings: about 30 min on 2 cores
-    python bench/families.py --steps 20      # a quick look (a family needs two draws a style: 8 steps at least)
+    python bench/families.py                     # 4 styles at configs/tiny.yaml's settings, seeds 0 1 2: about 30 min on 2 cores
+    python bench/families.py --steps 20 --seeds 0 1 --no-record   # a quick look
 
-Trains the same four styles three ways, each into a registry of its own (a temporary folder; --keep
-keeps it): four separate networks for S steps (configs/tiny.yaml's, or --steps), one family for 4*S
-steps of one style each (equal training compute: one style's forward and backward per style-step) and
-one family for S steps (a quarter of it). For every style it reads the published model's quality
-figures on the preview photo (factory/quality.py: colour shift, structure kept) and final loss, and
-gives each family style's figures as a share of the separate network's, and how different the styles'
-previews are from each other (preview_distinctness), and bench/quality.py's loss ratio (each model's
-loss on a held-out photo over what direct optimisation of that loss reaches). Then it loads 16 styles both
-ways from the registry, as serving does, and counts the weights they hold in memory, scaled to a
-catalogue of 1,000. Figures go to bench/results/<device>-<date>.json under "families".
+Trains the same four styles three ways in one run per seed (each arm's styles named <arm>-<style>, a
+registry per seed in a temporary folder; --keep keeps them): a network per style for S steps (the
+config's, or --steps), and two families whose steps are set from FLOPs counted on the real training
+step (bench/training_flops.py: transform networks and VGG-19, forward and backward): one at the
+separate networks' FLOPs, one at a quarter of them.
+
+Every figure is on photos no model trained on (bench/held_out_eval.py: data/samples/held_out and, where
+present, ../shared/data/content's classic photos), each the mean over them: colour shift and structure
+kept (factory/quality.py), each model's own perceptual loss, and how different the styles' outputs of
+the same photos are from each other (distinctness). For each seed it
+takes each family's figures as a share of the separate networks' of that seed; the table gives their
+mean and spread over the seeds, and the issue's goals for the quarter-FLOPs family as met, missed or
+undecided given that spread. Then it loads 16 styles both ways from a registry, as serving does, and
+counts the weights they hold. Figures go to bench/results/<device>-<date>.json under "families".
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import tempfile
@@ -31,72 +34,85 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 import torch
 import yaml
 
-from bench import results
+from bench import held_out_eval, results
+from bench.training_flops import step_flops
 from bench.training_runs import train_into
 from factory import registry
+from factory.settings import LossSettings, load_config
 
 STYLES = ("starry_night", "the_scream", "udnie", "shipwreck")
 CATALOGUE, FAMILY_SIZE = 1_000, 16
-FAMILY_SETTINGS = ("training.pack_mode=family", "training.family_styles_per_step=1")  # Magenta's: one style a step
+ARMS = {"separate": "sep", "family_equal_flops": "eq", "family_quarter_flops": "qtr"}  # arm: its styles' prefix, and family name
+FLOP_SHARES = {"family_equal_flops": 1.0, "family_quarter_flops": 0.25}
+GOALS = {"colour_shift": 0.9, "structure_kept": 0.9, "distinctness": 0.8}  # the quarter-FLOPs family's, as shares of separate
 
 
-def write_config(folder: Path, base: str) -> Path:
-    config = yaml.safe_load(Path(base).read_text())
-    config["styles"] = [{"name": name, "image": str(REPO_ROOT / "data" / "samples" / "styles" / f"{name}.jpg")} for name in STYLES]
-    config["training"]["styles_per_pack"] = len(STYLES)
-    for key in ("registry", "preview_image"):
-        config[key] = str(REPO_ROOT / config[key])
-    config["data"]["source"] = str(REPO_ROOT / config["data"]["source"])
-    path = folder / "families.yaml"
+def style_image(name: str) -> Path:
+    return REPO_ROOT / "data" / "samples" / "styles" / f"{name}.jpg"
+
+
+def absolute_settings(config: dict) -> dict:
+    """The base config with its paths absolute and its figures taken on every held-out photo."""
+    config = {**config, **held_out_eval.evaluation_setting()}
+    config["registry"] = str(REPO_ROOT / config["registry"])
+    config["data"] = {**config["data"], "source": str(REPO_ROOT / config["data"]["source"])}
+    config["styles"] = [{**entry, "image": str(REPO_ROOT / entry["image"])} for entry in config.get("styles", [])]
+    return config
+
+
+def family_steps(base: dict, steps: int) -> tuple[dict[str, int], dict[str, dict]]:
+    """Each family arm's steps, from FLOPs per step counted at the base config's batch and crop size."""
+    images = {name: style_image(name).read_bytes() for name in STYLES}
+    loss = LossSettings(**{key: tuple(value) if isinstance(value, list) else value for key, value in base.get("loss", {}).items()})
+    batch, size = base["training"]["batch_size"], base["data"]["image_size"]
+    flops = {"separate": step_flops(False, images, batch, size, loss), "family": step_flops(True, images, batch, size, loss)}
+    per_arm = {arm: max(1, round(share * steps * flops["separate"]["total"] / flops["family"]["total"])) for arm, share in FLOP_SHARES.items()}
+    return per_arm, flops
+
+
+def write_config(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], seed: int) -> Path:
+    config = absolute_settings(base)
+    config["training"] = {**config["training"], "steps": steps, "seed": seed, "styles_per_pack": len(STYLES)}
+    config["styles"] = [{"name": f"{prefix}-{name}", "image": str(style_image(name)),
+                         **({"family": prefix, "steps": arm_steps[arm]} if arm in arm_steps else {})}
+                        for arm, prefix in ARMS.items() for name in STYLES]
+    path = folder / f"families-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def preview_distinctness(registry_uri: str) -> float:
-    """How different the styles' previews of one photo are from each other: the mean absolute pixel
-    difference (0..255) over every pair. Colour shift and structure kept judge each style alone; a
-    family whose styles all learnt one look scores well on both, and low here."""
-    import itertools
+def one_seed(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], seed: int) -> dict:
+    """{arm: {"styles": {style: figures}, "distinctness": ..., "train_seconds": ...}} of one seed's run."""
+    config = write_config(folder, base, steps, arm_steps, seed)
+    published = train_into(config, folder, f"seed{seed}", None)
+    registry_uri = str(folder / f"registry-seed{seed}")
+    names = {arm: {f"{prefix}-{name}": name for name in STYLES} for arm, prefix in ARMS.items()}
+    judged, outputs = held_out_eval.judge(registry_uri, {style: style_image(name).read_bytes() for arm in names for style, name in names[arm].items()})
+    figures = {}
+    for arm, styles in names.items():
+        figures[arm] = {
+            # training's figures (steps, seconds, final loss) with the judged ones on every held-out photo over them
+            "styles": {name: {**published[style], **judged[style]} for style, name in styles.items()},
+            "distinctness": held_out_eval.distinctness({style: outputs[style] for style in styles}),
+            "train_seconds": published[next(iter(styles))]["train_seconds"],
+        }
+    print(f"  seed {seed}: " + ", ".join(f"{arm} distinctness {figures[arm]['distinctness']:.1f}, "
+                                         f"{figures[arm]['train_seconds']:.0f} s" for arm in ARMS), flush=True)
+    return figures
 
-    import numpy as np
-    from PIL import Image
 
-    previews = {style: np.asarray(Image.open(io.BytesIO(registry.read_file(registry_uri, style, registry.PREVIEW_FILE))).convert("RGB"), float)
-                for style in STYLES}
-    return float(statistics.mean(np.abs(previews[a] - previews[b]).mean() for a, b in itertools.combinations(STYLES, 2)))
-
-
-def loss_ratios(registries: dict[str, str], config: Path, size: int = 128, iterations: int = 50) -> dict[str, dict[str, float]]:
-    """{run: {style: bench/quality.py's ratio}}: each model's perceptual loss on a held-out photo over the
-    loss that direct optimisation of the same objective reaches (L-BFGS). The objective is one per style
-    (the runs share the style's image, loss settings and loss network), so each style is optimised once."""
-    from bench import quality as quality_bench
-    from factory.loss_network import LossNetwork
-    from factory.style_pack import PerceptualObjective
-
-    photo_path = quality_bench.HELD_OUT[0]
-    photo, _ = quality_bench.photo_tensor(photo_path, size)
-    images_by_style = {entry["name"]: entry["image"] for entry in yaml.safe_load(config.read_text())["styles"]}
-    ratios = {label: {} for label in registries}
-    for style in STYLES:
-        objectives = {}
-        for label, registry_uri in registries.items():
-            metadata = registry.read_metadata(registry_uri, style)
-            settings, resolved = quality_bench.style_as_trained(metadata, Path(images_by_style[style]).read_bytes())
-            weights = quality_bench.loss_network_for(metadata["loss_network"]["source"])
-            objectives[label] = PerceptualObjective(LossNetwork(weights, [settings.content_layer, *settings.style_layers]), settings, [resolved],
-                                                    torch.device("cpu"))
-        with torch.no_grad():  # one objective indeed: every run scores the unstylised photo alike
-            at_photo = {label: float(objective(photo, photo.unsqueeze(0))[0]) for label, objective in objectives.items()}
-        if max(at_photo.values()) - min(at_photo.values()) > 1e-4 * max(at_photo.values()):
-            raise RuntimeError(f"{style}: the runs' objectives differ ({at_photo}); optimise each run's own")
-        optimised = quality_bench.optimised_losses(next(iter(objectives.values())), photo, iterations)[-1]
-        for label, registry_uri in registries.items():
-            net = registry.load_model(registry_uri, style)[0]
-            with torch.no_grad():
-                ratios[label][style] = float(objectives[label](photo, net(photo).unsqueeze(0))[0]) / optimised
-        print(f"  {style}: loss ratios " + ", ".join(f"{label} {ratios[label][style]:.3f}" for label in registries), flush=True)
-    return ratios
+def shares_of_separate(runs: dict[int, dict]) -> dict[str, dict[str, dict]]:
+    """{arm: {figure: spread over seeds of that seed's family figure / separate figure (styles' mean)}}."""
+    shares = {}
+    for arm in ARMS:
+        per_seed = {key: [] for key in ("colour_shift", "structure_kept", "held_out_loss", "distinctness")}
+        for figures in runs.values():
+            mine, theirs = figures[arm], figures["separate"]
+            for key in ("colour_shift", "structure_kept", "held_out_loss"):
+                per_seed[key].append(statistics.mean(mine["styles"][style][key] / theirs["styles"][style][key] for style in STYLES))
+            per_seed["distinctness"].append(mine["distinctness"] / theirs["distinctness"])
+        shares[arm] = {key: held_out_eval.spread(values) for key, values in per_seed.items()}
+    return shares
 
 
 def resident_weight_bytes(models: list) -> int:
@@ -128,60 +144,56 @@ def serving_memory(folder: Path) -> dict:
             f"catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb": (families * family_network + CATALOGUE * per_family_style) / 2**20}
 
 
-def bench_run(description: str, argv: list[str] | None, steps_help: str, prefix: str) -> tuple[argparse.Namespace, Path, Path, int]:
-    """The command line the families benches share, and what it sets up: (args, the run's folder, the
-    config with the four styles written into it, S)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "tiny.yaml"), help="settings to train with (its styles are replaced)")
-    parser.add_argument("--steps", type=int, help=f"S: {steps_help} (default: the config's training.steps)")
+    parser.add_argument("--steps", type=int, help="S: each separate network's steps (default: the config's training.steps)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training.seed of each run (at least three for a claim)")
     parser.add_argument("--keep", type=Path, help="keep the registries and checkpoints in this folder")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
     args = parser.parse_args(argv)
-    folder = args.keep or Path(tempfile.mkdtemp(prefix=prefix))
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="families-"))
     folder.mkdir(parents=True, exist_ok=True)
-    config = write_config(folder, args.config)
-    return args, folder, config, args.steps or yaml.safe_load(config.read_text())["training"]["steps"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args, folder, config, steps = bench_run(__doc__, argv, "each separate network's steps", "families-")
-    runs = {
-        "separate": train_into(config, folder, "separate", steps),
-        "family_equal_compute": train_into(config, folder, "family-equal", len(STYLES) * steps, *FAMILY_SETTINGS),
-        "family_quarter_compute": train_into(config, folder, "family-quarter", steps, *FAMILY_SETTINGS),
-    }
-    folders = {"separate": "separate", "family_equal_compute": "family-equal", "family_quarter_compute": "family-quarter"}
-    distinctness = {label: preview_distinctness(str(folder / f"registry-{folders[label]}")) for label in runs}
-    ratios = loss_ratios({label: str(folder / f"registry-{folders[label]}") for label in runs}, config)
+    base = yaml.safe_load(Path(args.config).read_text())
+    load_config(args.config)  # a config that does not load stops here, not after the first seed's run
+    steps = args.steps or base["training"]["steps"]
+    arm_steps, flops = family_steps(base, steps)
+    total_flops = {"separate": steps * flops["separate"]["total"], **{arm: arm_steps[arm] * flops["family"]["total"] for arm in arm_steps}}
+    print(f"FLOPs a step (GFLOP, transform + loss network): separate {flops['separate']['transform'] / 1e9:.1f} + "
+          f"{flops['separate']['loss_network'] / 1e9:.1f}, family {flops['family']['transform'] / 1e9:.1f} + "
+          f"{flops['family']['loss_network'] / 1e9:.1f}; steps: separate {steps}, "
+          + ", ".join(f"{arm} {count}" for arm, count in arm_steps.items()), flush=True)
+    runs = {seed: one_seed(folder, base, steps, arm_steps, seed) for seed in args.seeds}
+    shares = shares_of_separate(runs)
     memory = serving_memory(folder)
 
-    print(f"\non {results.device_name()}, torch {torch.__version__}; {Path(args.config).name}'s settings, S = {steps} steps; "
-          "figures of each style's preview (colour shift / structure kept), and the family's as a share of the separate network's")
-    print(f"{'style':<14} " + " ".join(f"{label:>28}" for label in runs))
-    shares = {label: [] for label in runs}
+    photos = held_out_eval.photo_names()
+    print(f"\non {results.device_name()}, torch {torch.__version__}; {Path(args.config).name}'s settings, S = {steps}; seeds "
+          f"{', '.join(map(str, args.seeds))}; every figure on {len(photos)} held-out photos ({', '.join(photos)})")
+    print("each style's figures, mean ± sd over the seeds (colour shift / structure kept / held-out loss):")
+    print(f"{'style':<14} " + " ".join(f"{arm:>36}" for arm in ARMS))
     for style in STYLES:
         cells = []
-        for label, figures in runs.items():
-            mine, theirs = figures[style], runs["separate"][style]
-            share = [mine[key] / theirs[key] for key in ("colour_shift", "structure_kept")]
-            shares[label] += share
-            cells.append(f"{mine['colour_shift']:.2f} / {mine['structure_kept']:.2f} ({share[0]:.0%}, {share[1]:.0%})")
-        print(f"{style:<14} " + " ".join(f"{cell:>28}" for cell in cells))
-    print(f"{'mean share':<14} " + " ".join(f"{statistics.mean(values):>28.0%}" for values in shares.values()))
-    print(f"{'distinctness':<14} " + " ".join(f"{value:>28.1f}" for value in distinctness.values()))
-    print(f"{'loss ratio':<14} " + " ".join(f"{statistics.mean(values.values()):>28.3f}" for values in ratios.values()))
-    print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(f['train_seconds'] for f in figures.values()):>28.0f}" for figures in runs.values()))
+        for arm in ARMS:
+            spreads = [held_out_eval.spread([runs[seed][arm]["styles"][style][key] for seed in runs])
+                       for key in ("colour_shift", "structure_kept", "held_out_loss")]
+            cells.append(" / ".join(f"{figure['mean']:.2f}±{figure['sd']:.2f}" for figure in spreads))
+        print(f"{style:<14} " + " ".join(f"{cell:>36}" for cell in cells))
+    print("as a share of the separate networks' of the same seed, mean ± sd (min..max) over the seeds:")
+    for key in ("colour_shift", "structure_kept", "distinctness", "held_out_loss"):
+        print(f"{key:<14} " + " ".join(f"{shares[arm][key]['mean']:>17.0%} ± {shares[arm][key]['sd']:.0%} "
+                                       f"({shares[arm][key]['min']:.0%}..{shares[arm][key]['max']:.0%})" for arm in ARMS))
+    print(f"{'TFLOPs':<14} " + " ".join(f"{total_flops[arm] / 1e12:>36.1f}" for arm in ARMS))
+    print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(runs[seed][arm]['train_seconds'] for seed in runs):>36.0f}" for arm in ARMS))
+    verdicts = {key: held_out_eval.verdict(shares["family_quarter_flops"][key], goal) for key, goal in GOALS.items()}
+    print("goals for a family at a quarter of the FLOPs: " + ", ".join(f"{key} >= {goal:.0%}: {verdicts[key]}" for key, goal in GOALS.items()))
     print(f"serving, weights held for {FAMILY_SIZE} styles: separate {memory['separate_bytes'] / 2**20:.1f} MiB, one family "
-          f"{memory['family_bytes'] / 2**20:.2f} MiB ({memory['per_family_style_bytes'] / 1024:.1f} KiB a style beside the family's "
-          f"{memory['family_network_bytes'] / 2**20:.1f} MiB); {CATALOGUE} styles: "
-          f"{memory[f'catalogue_{CATALOGUE}_separate_mb']:,.0f} MiB separate, "
+          f"{memory['family_bytes'] / 2**20:.2f} MiB; {CATALOGUE} styles: {memory[f'catalogue_{CATALOGUE}_separate_mb']:,.0f} MiB separate, "
           f"{memory[f'catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb']:,.0f} MiB as families of {FAMILY_SIZE}")
     if not args.no_record:
-        figures = {"config": Path(args.config).name, "steps": steps, "styles": list(STYLES), "runs": runs,
-                   "mean_share_of_separate": {label: statistics.mean(values) for label, values in shares.items()},
-                   "preview_distinctness": distinctness, "loss_ratio": ratios,
-                   "loss_ratio_note": "bench/quality.py's ratio on golden_gate.jpg at 128 px, 50 L-BFGS iterations",
-                   "serving_memory": memory}
+        figures = {"config": Path(args.config).name, "steps": {"separate": steps, **arm_steps}, "seeds": args.seeds, "styles": list(STYLES),
+                   "held_out_photos": photos, "flops_per_step": flops, "total_flops": total_flops, "runs": runs,
+                   "share_of_separate": shares, "goals": GOALS, "verdicts": verdicts, "serving_memory": memory}
         print(f"recorded in {results.record('families', figures)}")
     return 0
 

@@ -52,7 +52,7 @@ def two_commands() -> str:
     styles = ", ".join(f"{style} {values['colour_shift']:.2f} / {values['structure_kept']:.2f}"
                        for style, values in sorted(main["quality"].items()))
     return table(["command (after the install)", "time", "what it printed"], [
-        ["the main job", minutes(main["seconds"]), f"colour shift / structure kept: {styles} (photo: {main['quality_photo']})"],
+        ["the main job", minutes(main["seconds"]), f"colour shift / structure kept: {styles} (the mean on held-out photos: {main['quality_photo']})"],
         ["the tests", minutes(tests["seconds"]) if tests["seconds"] else "-", tests["summary"]],
     ]) + "\n" + source("two_commands", file, device, figures["measured_at"])
 
@@ -146,41 +146,81 @@ def serve_soak() -> str:
         + "\n" + source("serve_soak_serve_300x3` and `serve_soak_forgetful_300x3", file, device, serve_default["measured_at"])
 
 
-FAMILY_ARMS = (("separate", "separate networks"), ("family_equal_compute", "family, equal compute"),
-               ("family_quarter_compute", "family, 1/4 compute"))
+FAMILY_ARMS = (("separate", "separate networks"), ("family_equal_flops", "family, equal FLOPs"),
+               ("family_quarter_flops", "family, 1/4 of the FLOPs"))
+
+
+def spread_cell(figure: dict, percent: bool = False) -> str:
+    """mean ± sd (min..max) of a bench/held_out_eval.py spread over seeds."""
+    shown = "{:.0%}" if percent else "{:.2f}"
+    return (f"{shown.format(figure['mean'])} ± {shown.format(figure['sd'])} "
+            f"({shown.format(figure['min'])}..{shown.format(figure['max'])})")
+
+
+def seeds_spread(values: list[float]) -> dict:
+    import statistics
+
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values)}
 
 
 def families() -> str:
     figures, file, device = section("families")
-    styles = figures["styles"]
-    runs = figures["runs"]
+    runs, shares, styles = figures["runs"], figures["share_of_separate"], figures["styles"]
+    seeds = list(runs)
 
-    def per_style(arm, key):
-        return " / ".join(f"{runs[arm][style][key]:.2f}" for style in styles)
+    def absolute(arm: str, key: str) -> str:  # the styles' mean, spread over the seeds
+        import statistics
+
+        return spread_cell(seeds_spread([statistics.mean(runs[seed][arm]["styles"][style][key] for style in styles) for seed in seeds]))
 
     rows = [
-        [f"colour shift ({' / '.join(styles)})", *[per_style(arm, "colour_shift") for arm, _ in FAMILY_ARMS]],
-        ["structure kept", *[per_style(arm, "structure_kept") for arm, _ in FAMILY_ARMS]],
-        ["mean share of the separate networks' figures", *[f"{figures['mean_share_of_separate'][arm]:.0%}" for arm, _ in FAMILY_ARMS]],
-        ["how different the styles' previews are (mean abs. pixel difference, 0-255)",
-         *[f"{figures['preview_distinctness'][arm]:.1f}" for arm, _ in FAMILY_ARMS]],
-        ["loss ratio, mean of the styles (lower is better; " + figures["loss_ratio_note"] + ")",
-         *[f"{sum(figures['loss_ratio'][arm].values()) / len(styles):.2f}" for arm, _ in FAMILY_ARMS]],
-        ["train seconds (all styles)", *[f"{max(run['train_seconds'] for run in runs[arm].values()):.0f}" for arm, _ in FAMILY_ARMS]],
+        ["steps", *[str(figures["steps"][arm]) for arm, _ in FAMILY_ARMS]],
+        ["TFLOPs (transform networks and VGG-19, forward and backward)", *[f"{figures['total_flops'][arm] / 1e12:.1f}" for arm, _ in FAMILY_ARMS]],
+        ["train seconds", *[spread_cell(seeds_spread([runs[seed][arm]["train_seconds"] for seed in seeds])).replace(".00", "")
+                            for arm, _ in FAMILY_ARMS]],
+        ["colour shift, the styles' mean", *[absolute(arm, "colour_shift") for arm, _ in FAMILY_ARMS]],
+        ["structure kept, the styles' mean", *[absolute(arm, "structure_kept") for arm, _ in FAMILY_ARMS]],
+        ["held-out loss, the styles' mean (lower is better)", *[absolute(arm, "held_out_loss") for arm, _ in FAMILY_ARMS]],
+        ["distinctness (mean abs. pixel difference between styles, 0-255)",
+         *[spread_cell(seeds_spread([runs[seed][arm]["distinctness"] for seed in seeds])) for arm, _ in FAMILY_ARMS]],
     ]
-    return table(["", *[label for _, label in FAMILY_ARMS]], rows) + "\n" + source("families", file, device, figures["measured_at"])
+    for key, label in (("colour_shift", "colour shift"), ("structure_kept", "structure kept"), ("distinctness", "distinctness"),
+                       ("held_out_loss", "held-out loss")):
+        goal = figures["goals"].get(key)
+        verdict = f"; goal {goal:.0%}: **{figures['verdicts'][key]}**" if goal else ""
+        rows.append([f"{label}, share of the separate networks' (same seed){verdict}", "100%",
+                     *[spread_cell(shares[arm][key], percent=True) for arm, _ in FAMILY_ARMS[1:]]])
+    note = (f"*mean ± sd (min..max) over seeds {', '.join(seeds)}; every figure on {len(figures['held_out_photos'])} photos no model "
+            f"trained on ({', '.join(figures['held_out_photos'])}).*\n")
+    return table(["", *[label for _, label in FAMILY_ARMS]], rows) + "\n" + note + source("families", file, device, figures["measured_at"])
 
 
 def family_join() -> str:
     figures, file, device = section("family_join")
-    separate = figures["separate"]
-    rows = [[f"its own network, {separate['steps']} steps", f"{separate['train_seconds']:.0f} (100%)", f"{separate['final_loss']:.3f}",
-             f"{separate['colour_shift']:.2f}", f"{separate['structure_kept']:.2f}"]]
-    for label, joined in figures["joined"].items():
-        rows.append([label, f"{joined['train_seconds']:.0f} ({figures['join_share_of_separate_seconds'][label]:.0%})",
-                     f"{joined['final_loss']:.3f}", f"{joined['colour_shift']:.2f}", f"{joined['structure_kept']:.2f}"])
-    return table([f"the fifth style ({figures['fifth']})", "train seconds (share of its own network's)", "final loss", "colour shift",
-                  "structure kept"], rows) + "\n" + source("family_join", file, device, figures["measured_at"])
+    grid = figures["grid"]
+    rates = sorted({cell["learning_rate"] for cell in grid.values()})
+    steps = sorted({cell["steps"] for cell in grid.values()})
+    by_cell = {(cell["learning_rate"], cell["steps"]): cell for cell in grid.values()}
+    rows = [[f"{rate:g}", *[f"{by_cell[rate, count]['loss_ratio']['mean']:.3f} ± {by_cell[rate, count]['loss_ratio']['sd']:.3f}" for count in steps]]
+            for rate in rates]
+    rows.append(["train time, share of its own network's", *[f"{by_cell[rates[0], count]['time_share']['mean']:.0%}" for count in steps]])
+    best = figures["best_within_a_fifth"]
+    note = (f"*held-out loss of {figures['fifth']} joining a family of {len(figures['family_styles'])} over its own network's ({figures['steps']} "
+            f"steps), mean ± sd over seeds {', '.join(map(str, figures['seeds']))}, on {len(figures['held_out_photos'])} held-out photos. "
+            f"Best within a fifth of the time: learning rate {best['learning_rate']:g}, {best['steps']} steps, "
+            f"x{best['loss_ratio']['mean']:.3f} ± {best['loss_ratio']['sd']:.3f}; goal x1.10: **{figures['verdict']}**.*\n")
+    return table(["learning rate \\ steps", *[str(count) for count in steps]], rows) + "\n" + note \
+        + source("family_join", file, device, figures["measured_at"])
+
+
+def family_draws() -> str:
+    figures, file, device = section("family_draws")
+    per_image = figures["median_seconds_per_image"]
+    rows = [[label, f"{1e3 * per_image[key]:.1f}"] for key, label in (("per_step", "one style a step (before)"),
+                                                                        ("per_image", "a style per image (now)"))]
+    rows.append(["per image over per step", f"{figures['per_image_over_per_step']:.3f}x"])
+    return table([f"a family step of {figures['styles']} styles, batch {figures['batch']} of {figures['image_size']} px", "ms an image"], rows) \
+        + "\n" + source("family_draws", file, device, figures["measured_at"])
 
 
 def family_serving() -> str:
@@ -197,23 +237,27 @@ def family_serving() -> str:
 def widths() -> str:
     figures, file, device = section("widths")
     latency = {row["side"]: row for row in figures["latency"]}
+    shares = figures["share_of_full_width"]
     rows = []
     for width in ("1.0", "0.5", "0.25"):
-        quality = figures["quality"][width]
         cells = [width, f"{figures['gmac_at_256'][width]:.2f}"]
-        cells += [f"{quality[style]['colour_shift']:.2f} / {quality[style]['structure_kept']:.2f}" for style in sorted(quality)]
+        cells += [spread_cell(shares[width][key], percent=True) for key in ("colour_shift", "structure_kept", "held_out_loss")]
         for side in (512, 1024):
-            ms = latency[side][f"onnxruntime_ms_width_{width}"]
-            cells.append(f"{ms:,.0f} ({latency[side]['examples_torch_ms'] / ms:.2f}x)")
+            row = latency[side]
+            ort, eager = row[f"onnxruntime_ms_width_{width}"], row[f"torch_ms_width_{width}"]
+            cells.append(f"{ort:,.0f} / {eager:,.0f} ({row['onnxruntime_ms_width_1.0'] / ort:.2f}x / {row['torch_ms_width_1.0'] / eager:.2f}x)")
         rows.append(cells)
-    styles = sorted(figures["quality"]["1.0"])
-    return table(["width", "GMAC at 256²", *[f"{style} colour / structure" for style in styles],
-                  "512² ms, ONNX Runtime (examples' eager torch ÷ this)", "1024² ms (the same)"], rows) \
-        + "\n" + source("widths", file, device, figures["measured_at"])
+    examples = "; ".join(f"{side}²: pytorch/examples' network in eager torch {row['examples_torch_ms']:,.0f} ms, ours at full width "
+                         f"{row['torch_ms_width_1.0']:,.0f} ms" for side, row in sorted(latency.items()))
+    note = (f"*quality: each width's figures over full width's of the same seed (mean ± sd (min..max) over seeds "
+            f"{', '.join(map(str, figures['seeds']))}; held-out loss: lower is better), on {len(figures['held_out_photos'])} held-out photos. "
+            f"ms: ONNX Runtime / eager torch, each runtime's own full width over this width in brackets. {examples}.*\n")
+    return table(["width", "GMAC at 256²", "colour shift", "structure kept", "held-out loss", "512² ms, ORT / eager (speed-up)",
+                  "1024² ms (the same)"], rows) + "\n" + note + source("widths", file, device, figures["measured_at"])
 
 
 RENDERERS = {render.__name__: render for render in (two_commands, ci_time, cold_loads, cpu_stylise, serve_many, serve_soak, families,
-                                                      family_join, family_serving, widths)}
+                                                      family_join, family_draws, family_serving, widths)}
 
 
 def rendered(text: str) -> str:

@@ -1,0 +1,89 @@
+"""Per-image style draws against one style a step, timed side by side on the same family step.
+
+    python bench/family_draws.py              # configs/tiny.yaml's batch and crop size, four styles: about 2 min on 2 cores
+
+A family's step used to stylise its whole batch with one style; now every image carries its own
+(factory/family.py). The step is the same network and loss network either way; what differs is a
+gather of one vector per image, the per-image Gram targets and each style's loss as a mean over its own
+images, and keeping undrawn styles' vectors and Adam moments where they were. This times both draws
+in alternating rounds of --steps steps on one family (so a slow minute of the machine hits both),
+and prints each one's seconds per image and their ratio. Figures go to bench/results/<device>-<date>.json
+under "family_draws".
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import torch
+import yaml
+
+from bench import results
+from bench.families import STYLES, style_image
+from factory.family import StyleFamily, UndrawnStylesKept, image_styles
+from factory.loss_network import LossNetwork
+from factory.settings import LossSettings, ResolvedStyle
+from factory.style_pack import PerceptualObjective, StepRunner, make_optimizer
+from factory.vgg_weights import random_vgg19
+
+
+def family_runner(loss: LossSettings) -> StepRunner:
+    torch.manual_seed(0)
+    styles = [ResolvedStyle(name=name, image_bytes=style_image(name).read_bytes(), image_sha256="-", content_weight=3.0, style_weight=10.0,
+                            tv_weight=0.1, steps=1, learning_rate=1e-3) for name in STYLES]
+    objective = PerceptualObjective(LossNetwork(random_vgg19(), [loss.content_layer, *loss.style_layers]), loss, styles, torch.device("cpu"))
+    family = StyleFamily(list(STYLES))
+    optimizer = make_optimizer(family, styles)
+    return StepRunner(family, objective, optimizer, "fp32", "cpu", undrawn_kept=UndrawnStylesKept(optimizer, family.style_vectors))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "tiny.yaml"), help="batch size, crop size and loss settings")
+    parser.add_argument("--steps", type=int, default=10, help="steps a round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each draw, alternating")
+    parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
+    args = parser.parse_args(argv)
+    config = yaml.safe_load(Path(args.config).read_text())
+    batch, size = config["training"]["batch_size"], config["data"]["image_size"]
+    loss = LossSettings(**{key: tuple(value) if isinstance(value, list) else value for key, value in config.get("loss", {}).items()}).resolved("random")
+    runner = family_runner(loss)
+    photos = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    draws = {
+        "per_image": lambda step: image_styles(0, step * batch, batch, len(STYLES)),
+        "per_step": lambda step: [step % len(STYLES)] * batch,  # the old method: the whole batch one style
+    }
+    for method in draws.values():  # warm-up
+        drawn = method(0)
+        runner.step(photos, drawn, sorted(set(drawn)))
+    seconds = {name: [] for name in draws}
+    for round_index in range(args.rounds):
+        for name, method in draws.items():
+            started = time.perf_counter()
+            for step in range(args.steps):
+                drawn = method(round_index * args.steps + step)
+                runner.step(photos, drawn, sorted(set(drawn)))
+            seconds[name].append((time.perf_counter() - started) / (args.steps * batch))
+    per_image = {name: statistics.median(values) for name, values in seconds.items()}
+    ratio = per_image["per_image"] / per_image["per_step"]
+    print(f"on {results.device_name()}, torch {torch.__version__} with {torch.get_num_threads()} threads; a family of {len(STYLES)}, batch {batch} "
+          f"of {size} px, {args.rounds} alternating rounds of {args.steps} steps (median of rounds)")
+    for name, value in per_image.items():
+        print(f"  {name:<10} {1e3 * value:7.1f} ms an image  (rounds: {', '.join(f'{1e3 * v:.1f}' for v in seconds[name])})")
+    print(f"  per-image draws take {ratio:.3f}x the time of per-step draws")
+    if not args.no_record:
+        figures = {"config": Path(args.config).name, "batch": batch, "image_size": size, "styles": len(STYLES), "steps_a_round": args.steps,
+                   "rounds": args.rounds, "seconds_per_image": seconds, "median_seconds_per_image": per_image, "per_image_over_per_step": ratio}
+        print(f"recorded in {results.record('family_draws', figures)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
