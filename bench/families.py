@@ -64,8 +64,8 @@ def family_steps(base: dict, steps: int) -> tuple[dict[str, int], dict[str, dict
     """Each family arm's steps, from FLOPs per step counted at the base config's batch and crop size."""
     images = {name: style_image(name).read_bytes() for name in STYLES}
     loss = LossSettings(**{key: tuple(value) if isinstance(value, list) else value for key, value in base.get("loss", {}).items()})
-    batch, size = base["training"]["batch_size"], base["data"]["image_size"]
-    flops = {"separate": step_flops(False, images, batch, size, loss), "family": step_flops(True, images, batch, size, loss)}
+    batch, size, width = base["training"]["batch_size"], base["data"]["image_size"], base.get("model", {}).get("width", 1.0)
+    flops = {"separate": step_flops(False, images, batch, size, loss, width), "family": step_flops(True, images, batch, size, loss, width)}
     per_arm = {arm: max(1, round(share * steps * flops["separate"]["total"] / flops["family"]["total"])) for arm, share in FLOP_SHARES.items()}
     return per_arm, flops
 

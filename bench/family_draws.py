@@ -1,14 +1,15 @@
-"""Per-image style draws against one style a step, timed side by side on the same family step.
+"""Per-image style draws against one style a step, timed side by side on the same family.
 
     python bench/family_draws.py              # configs/tiny.yaml's batch and crop size, four styles: about 2 min on 2 cores
 
 A family's step used to stylise its whole batch with one style; now every image carries its own
-(factory/family.py). The step is the same network and loss network either way; what differs is a
-gather of one vector per image, the per-image Gram targets and each style's loss as a mean over its own
-images, and keeping undrawn styles' vectors and Adam moments where they were. This times both draws
-in alternating rounds of --steps steps on one family (so a slow minute of the machine hits both),
-and prints each one's seconds per image and their ratio. Figures go to bench/results/<device>-<date>.json
-under "family_draws".
+(factory/family.py). The per-image step is StepRunner.step as training runs it: a vector gathered per
+image, Gram targets and loss weights per image, each style's losses as means over its own images, and
+the undrawn styles' vectors and Adam moments put back. The per-step arm is the step as it was: the
+batch through the network with one style's vector, that style's objective alone (its Gram targets
+broadcast), plain Adam over every parameter. Both run on one family in alternating rounds of --steps
+steps (so a slow minute of the machine hits both), and it prints each one's time per image and their
+ratio. Figures go to bench/results/<device>-<date>.json under "family_draws".
 """
 
 from __future__ import annotations
@@ -34,14 +35,38 @@ from factory.style_pack import PerceptualObjective, StepRunner, make_optimizer
 from factory.vgg_weights import random_vgg19
 
 
-def family_runner(loss: LossSettings) -> StepRunner:
+def resolved_styles() -> list[ResolvedStyle]:
+    return [ResolvedStyle(name=name, image_bytes=style_image(name).read_bytes(), image_sha256="-", content_weight=3.0, style_weight=10.0,
+                          tv_weight=0.1, steps=1, learning_rate=1e-3) for name in STYLES]
+
+
+def per_image_step(loss: LossSettings, loss_network: LossNetwork):
+    """Training's family step (StepRunner.step with a style per image); returns step(photos, draw)."""
     torch.manual_seed(0)
-    styles = [ResolvedStyle(name=name, image_bytes=style_image(name).read_bytes(), image_sha256="-", content_weight=3.0, style_weight=10.0,
-                            tv_weight=0.1, steps=1, learning_rate=1e-3) for name in STYLES]
-    objective = PerceptualObjective(LossNetwork(random_vgg19(), [loss.content_layer, *loss.style_layers]), loss, styles, torch.device("cpu"))
+    styles = resolved_styles()
     family = StyleFamily(list(STYLES))
     optimizer = make_optimizer(family, styles)
-    return StepRunner(family, objective, optimizer, "fp32", "cpu", undrawn_kept=UndrawnStylesKept(optimizer, family.style_vectors))
+    runner = StepRunner(family, PerceptualObjective(loss_network, loss, styles, torch.device("cpu")), optimizer, "fp32", "cpu",
+                        undrawn_kept=UndrawnStylesKept(optimizer, family.style_vectors))
+    return lambda photos, draw: runner.step(photos, draw, sorted(set(draw)))
+
+
+def per_step_step(loss: LossSettings, loss_network: LossNetwork):
+    """The step before per-image draws: the batch by one style, that style's objective, plain Adam."""
+    torch.manual_seed(0)
+    styles = resolved_styles()
+    family = StyleFamily(list(STYLES))
+    optimizer = make_optimizer(family, styles)
+    objectives = [PerceptualObjective(loss_network, loss, [style], torch.device("cpu")) for style in styles]
+
+    def step(photos: torch.Tensor, draw: list[int]) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        stylised = family.net(photos, family.style_vectors[draw[0]].expand(photos.shape[0], -1))
+        total, _ = objectives[draw[0]](photos, stylised.unsqueeze(0))
+        total.backward()
+        optimizer.step()
+
+    return step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,22 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     config = yaml.safe_load(Path(args.config).read_text())
     batch, size = config["training"]["batch_size"], config["data"]["image_size"]
     loss = LossSettings(**{key: tuple(value) if isinstance(value, list) else value for key, value in config.get("loss", {}).items()}).resolved("random")
-    runner = family_runner(loss)
+    loss_network = LossNetwork(random_vgg19(), [loss.content_layer, *loss.style_layers])
     photos = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
-    draws = {
-        "per_image": lambda step: image_styles(0, step * batch, batch, len(STYLES)),
-        "per_step": lambda step: [step % len(STYLES)] * batch,  # the old method: the whole batch one style
-    }
-    for method in draws.values():  # warm-up
-        drawn = method(0)
-        runner.step(photos, drawn, sorted(set(drawn)))
-    seconds = {name: [] for name in draws}
+    methods = {"per_image": (per_image_step(loss, loss_network), lambda step: image_styles(0, step * batch, batch, len(STYLES))),
+               "per_step": (per_step_step(loss, loss_network), lambda step: [step % len(STYLES)] * batch)}
+    for step_function, draw in methods.values():  # warm-up
+        step_function(photos, draw(0))
+    seconds = {name: [] for name in methods}
     for round_index in range(args.rounds):
-        for name, method in draws.items():
+        for name, (step_function, draw) in methods.items():
             started = time.perf_counter()
             for step in range(args.steps):
-                drawn = method(round_index * args.steps + step)
-                runner.step(photos, drawn, sorted(set(drawn)))
+                step_function(photos, draw(round_index * args.steps + step))
             seconds[name].append((time.perf_counter() - started) / (args.steps * batch))
     per_image = {name: statistics.median(values) for name, values in seconds.items()}
     ratio = per_image["per_image"] / per_image["per_step"]

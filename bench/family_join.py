@@ -109,14 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         cells = [summary[cell_name(rate, max(1, round(fraction * steps)))] for fraction in args.fractions]
         print(f"{rate:<14g} " + " ".join(f"{cell['loss_ratio']['mean']:>8.3f} ± {cell['loss_ratio']['sd']:.3f} ({cell['time_share']['mean']:>4.0%})"
                                          for cell in cells))
-    within_budget = [cell for cell in summary.values() if cell["time_share"]["mean"] <= GOAL_TIME_SHARE]
+    # The cells whose time is within the budget given its spread; the goal is judged on the best of them.
+    within_budget = [cell for cell in summary.values()
+                     if held_out_eval.verdict(cell["time_share"], GOAL_TIME_SHARE, higher_is_better=False) == "met"]
     best = min(within_budget or summary.values(), key=lambda cell: cell["loss_ratio"]["mean"])
-    verdict = held_out_eval.verdict(best["loss_ratio"], GOAL_LOSS_RATIO, higher_is_better=False)
-    print(f"goal, the same held-out loss within 10% in at most a fifth of the time: best cell within the time, lr {best['learning_rate']:g} x "
-          f"{best['steps']} steps, x{best['loss_ratio']['mean']:.3f} ± {best['loss_ratio']['sd']:.3f}: {verdict}")
+    verdict = held_out_eval.verdict(best["loss_ratio"], GOAL_LOSS_RATIO, higher_is_better=False) if within_budget else "missed"
+    print(f"goal, the same held-out loss within 10% in at most a fifth of the time: "
+          f"{'best cell within the time' if within_budget else 'no cell within the time; best cell'}, lr {best['learning_rate']:g} x "
+          f"{best['steps']} steps, x{best['loss_ratio']['mean']:.3f} ± {best['loss_ratio']['sd']:.3f} in "
+          f"{best['time_share']['mean']:.0%} of the time: {verdict}")
     if not args.no_record:
         figures = {"config": Path(args.config).name, "steps": steps, "seeds": args.seeds, "family_styles": list(STYLES), "fifth": FIFTH,
-                   "held_out_photos": photos, "grid": summary, "runs": runs, "best_within_a_fifth": best, "verdict": verdict,
+                   "held_out_photos": photos, "grid": summary, "runs": runs, "best": best, "best_within_the_time": bool(within_budget),
+                   "verdict": verdict,
                    "goal": {"loss_ratio": GOAL_LOSS_RATIO, "time_share": GOAL_TIME_SHARE}}
         print(f"recorded in {results.record('family_join', figures)}")
     return 0

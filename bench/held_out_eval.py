@@ -75,8 +75,10 @@ def spread(values: list[float]) -> dict:
 def verdict(figure: dict, goal: float, higher_is_better: bool = True) -> str:
     """'met', 'missed' or 'undecided' for a spread() figure against a goal, given its spread over seeds:
     met only if the goal holds one standard deviation toward the worse side of the mean, missed only if
-    it fails one standard deviation toward the better side."""
+    it fails one standard deviation toward the better side; undecided from a single seed."""
     mean, sd = figure["mean"], figure["sd"]
+    if figure["n"] < 2:  # one seed has no spread to judge by
+        return "undecided"
     if higher_is_better:
         return "met" if mean - sd >= goal else "missed" if mean + sd < goal else "undecided"
     return "met" if mean + sd <= goal else "missed" if mean - sd > goal else "undecided"

@@ -76,7 +76,11 @@ class UndrawnStylesKept:
     included: Adam moves a parameter whose gradient is zero on the momentum it still carries (a row
     drawn once moved 4.4e-3 over the next 20 steps with no gradient at all). As TensorFlow's LazyAdam
     and torch's SparseAdam do for embeddings, but for any optimiser and with a dense parameter that DDP
-    and torch.compile take as they take any other. Cost: two copies of (S, style_size) numbers a step."""
+    and torch.compile take as they take any other. Like LazyAdam's, Adam's bias correction counts the
+    optimiser's steps, not a row's own draws.
+
+    Cost: a copy of the (S, style_size) vectors and their moments a step, put back with torch.where
+    (a boolean index would make the CPU wait for the GPU every step)."""
 
     _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -86,16 +90,16 @@ class UndrawnStylesKept:
     def step(self, drawn: torch.Tensor, optimizer_step) -> None:
         """drawn: (S,) bool, the styles any image of this step (on any worker) carried; optimizer_step:
         the call that steps the optimiser (a GradScaler's step, which may skip it)."""
-        kept = ~drawn.to(self.style_vectors.device)
+        drawn = drawn.to(self.style_vectors.device, non_blocking=True)[:, None]
         state = self.optimizer.state.get(self.style_vectors, {})
-        before = {name: state[name][kept].clone() for name in self._MOMENTS if name in state}
-        vectors = self.style_vectors.detach()[kept].clone()
+        before = {name: state[name].clone() for name in self._MOMENTS if name in state}
+        vectors = self.style_vectors.detach().clone()
         optimizer_step()
         state = self.optimizer.state.get(self.style_vectors, {})
         with torch.no_grad():
-            self.style_vectors[kept] = vectors
-            for name, rows in before.items():
-                state[name][kept] = rows
+            self.style_vectors.copy_(torch.where(drawn, self.style_vectors, vectors))
+            for name, saved in before.items():
+                state[name].copy_(torch.where(drawn, state[name], saved))
 
 
 class FamilyStyle(nn.Module):
@@ -110,6 +114,10 @@ class FamilyStyle(nn.Module):
 
     def __init__(self, net: TransformNet, style_vector: torch.Tensor):
         super().__init__()
+        if style_vector.shape != (net.style_size,):
+            raise ValueError(f"a style vector of {tuple(style_vector.shape)} numbers does not fit its family's network, which takes "
+                             f"({net.style_size},) (families published before the output conv had its norm take 3,200 at full width: "
+                             "is the family's architecture.output_norm right?)")
         self.net = net
         self.register_buffer("style_vector", style_vector.detach().clone())
         self.width = net.width

@@ -180,7 +180,7 @@ class FiniteLossWatch:
         self.finite = torch.zeros((), device=device)
 
     def add(self, step: int, losses: dict[str, dict[str, torch.Tensor]]) -> None:
-        """losses: the styles this step trained (a family's step trains a few; the others count as finite)."""
+        """losses: StepRunner.step's, every style of the pack (one a step did not draw has a loss of 0: finite)."""
         totals = torch.stack([losses[name]["total"].float() if name in losses else self.finite for name in self.style_names])
         newly_bad = ~torch.isfinite(totals) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(newly_bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)

@@ -1,7 +1,7 @@
 """The style vectors of one family version, as a pool replica meets them, and blends of them. No Ray.
 
 A family's model (serve/style_model.py) is its shared network; a style of it is only a vector of
-scales and shifts (3,200 numbers at full width, 12.5 KiB), read from the style's own small model.pt
+scales and shifts (3,206 numbers at full width, 12.5 KiB; 3,200 for families published before the output conv had its norm), read from the style's own small model.pt
 the first time a request names it. A blend is the weighted sum of its styles' vectors (Dumoulin et
 al.; the weights need not sum to 1, as in Magenta), so one forward pass carries any mix per image.
 """

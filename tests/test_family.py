@@ -349,3 +349,5 @@ def test_a_family_published_before_the_output_norm_still_loads_and_a_style_can_j
     family, _, _ = build_pack(plan, CPU, False, None)
     assert family.net.output_norm is None and family.style_vectors.shape == (1, 3200)
     assert versions["a"] == metadata["version"]
+    with pytest.raises(ValueError, match=r"a style vector of \(3206,\) numbers does not fit its family's network, which takes \(3200,\)"):
+        FamilyStyle(style.net, torch.ones(3206))

@@ -34,7 +34,7 @@ def test_a_width_is_part_of_the_recipe_but_full_width_recipes_hash_as_before_wid
     full_recipe = recipe(full, config, "random")
     # The fields a style's recipe held before widths and families existed, and no other.
     assert set(full_recipe["style"]) == {"name", "image_sha256", "content_weight", "style_weight", "tv_weight", "steps", "learning_rate"}
-    assert "family_styles_per_step" not in full_recipe["training"] and "pack_mode" not in full_recipe["training"]
+    assert "family_method" not in full_recipe["training"] and "pack_mode" not in full_recipe["training"]
     assert recipe(half, half_config, "random")["style"]["width"] == 0.5
     assert recipe_hash(recipe(half, half_config, "random")) != recipe_hash(full_recipe)
 
