@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch
 import yaml
 
-from bench import results
+from bench import held_out_eval, results
 from bench.families import STYLES, style_image
 from factory.family import StyleFamily, UndrawnStylesKept, image_styles
 from factory.loss_network import LossNetwork
@@ -94,14 +94,19 @@ def main(argv: list[str] | None = None) -> int:
             seconds[name].append((time.perf_counter() - started) / (args.steps * batch))
     per_image = {name: statistics.median(values) for name, values in seconds.items()}
     ratio = per_image["per_image"] / per_image["per_step"]
+    # Each round's ratio (its two arms ran back to back): the spread that says whether "no slower" holds.
+    round_ratios = held_out_eval.spread([image / step for image, step in zip(seconds["per_image"], seconds["per_step"])])
+    verdict = held_out_eval.verdict(round_ratios, 1.0, higher_is_better=False)
     print(f"on {results.device_name()}, torch {torch.__version__} with {torch.get_num_threads()} threads; a family of {len(STYLES)}, batch {batch} "
           f"of {size} px, {args.rounds} alternating rounds of {args.steps} steps (median of rounds)")
     for name, value in per_image.items():
         print(f"  {name:<10} {1e3 * value:7.1f} ms an image  (rounds: {', '.join(f'{1e3 * v:.1f}' for v in seconds[name])})")
-    print(f"  per-image draws take {ratio:.3f}x the time of per-step draws")
+    print(f"  per-image draws take {ratio:.3f}x the time of per-step draws (rounds: {round_ratios['mean']:.3f} ± {round_ratios['sd']:.3f}); "
+          f"no slower: {verdict}")
     if not args.no_record:
         figures = {"config": Path(args.config).name, "batch": batch, "image_size": size, "styles": len(STYLES), "steps_a_round": args.steps,
-                   "rounds": args.rounds, "seconds_per_image": seconds, "median_seconds_per_image": per_image, "per_image_over_per_step": ratio}
+                   "rounds": args.rounds, "seconds_per_image": seconds, "median_seconds_per_image": per_image, "per_image_over_per_step": ratio,
+                   "round_ratios": round_ratios, "no_slower": verdict}
         print(f"recorded in {results.record('family_draws', figures)}")
     return 0
 

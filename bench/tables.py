@@ -213,12 +213,36 @@ def family_join() -> str:
         + source("family_join", file, device, figures["measured_at"])
 
 
+def family_goals() -> str:
+    """The README's short form: the issue's goals for families, what was measured, and the verdict."""
+    families_figures, families_file, device = section("families")
+    join_figures, join_file, _ = section("family_join")
+    draws_figures, draws_file, _ = section("family_draws")
+    shares = families_figures["share_of_separate"]["family_quarter_flops"]
+    verdicts = families_figures["verdicts"]
+    rows = [[f"a family of four at 1/4 of the FLOPs: {label} ≥ {goal:.0%} of separate networks'", spread_cell(shares[key], percent=True),
+             verdicts[key]] for key, label, goal in (("colour_shift", "colour shift", families_figures["goals"]["colour_shift"]),
+                                                     ("structure_kept", "structure kept", families_figures["goals"]["structure_kept"]),
+                                                     ("distinctness", "distinctness", families_figures["goals"]["distinctness"]))]
+    best = join_figures["best"]
+    rows.append([f"a style joining a family: held-out loss ≤ 1.10x its own network's in ≤ 1/5 of its time",
+                 f"x{best['loss_ratio']['mean']:.2f} ± {best['loss_ratio']['sd']:.2f} in {best['time_share']['mean']:.0%} "
+                 f"(lr {best['learning_rate']:g}, {best['steps']} steps)", join_figures["verdict"]])
+    rounds = draws_figures["round_ratios"]
+    rows.append(["per-image draws no slower per image than per-step draws (this CPU)",
+                 f"{draws_figures['per_image_over_per_step']:.2f}x (rounds {rounds['mean']:.2f} ± {rounds['sd']:.2f})", draws_figures["no_slower"]])
+    files = ", ".join(f"`bench/results/{name}`" for name in sorted({families_file, join_file, draws_file}))
+    return table(["goal (tiny settings, random VGG-19, held-out photos)", "measured, mean ± sd (min..max) over 3 seeds", "verdict"], rows) \
+        + f"\n*{device}, {families_figures['measured_at'][:10]}; {files}, sections `families`, `family_join`, `family_draws`.*\n"
+
+
 def family_draws() -> str:
     figures, file, device = section("family_draws")
     per_image = figures["median_seconds_per_image"]
     rows = [[label, f"{1e3 * per_image[key]:.1f}"] for key, label in (("per_step", "one style a step (before)"),
                                                                         ("per_image", "a style per image (now)"))]
-    rows.append(["per image over per step", f"{figures['per_image_over_per_step']:.3f}x"])
+    rows.append(["per image over per step", f"{figures['per_image_over_per_step']:.3f}x (each round's: {figures['round_ratios']['mean']:.3f} "
+                 f"± {figures['round_ratios']['sd']:.3f}; no slower: {figures['no_slower']})"])
     return table([f"a family step of {figures['styles']} styles, batch {figures['batch']} of {figures['image_size']} px", "ms an image"], rows) \
         + "\n" + source("family_draws", file, device, figures["measured_at"])
 
@@ -257,7 +281,7 @@ def widths() -> str:
 
 
 RENDERERS = {render.__name__: render for render in (two_commands, ci_time, cold_loads, cpu_stylise, serve_many, serve_soak, families,
-                                                      family_join, family_draws, family_serving, widths)}
+                                                      family_join, family_draws, family_goals, family_serving, widths)}
 
 
 def rendered(text: str) -> str:
