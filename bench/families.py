@@ -44,6 +44,14 @@ STYLES = ("starry_night", "the_scream", "udnie", "shipwreck")
 CATALOGUE, FAMILY_SIZE = 1_000, 16
 ARMS = {"separate": "sep", "family_equal_flops": "eq", "family_quarter_flops": "qtr"}  # arm: its styles' prefix, and family name
 FLOP_SHARES = {"family_equal_flops": 1.0, "family_quarter_flops": 0.25}
+QUARTER = "family_quarter_flops"
+
+
+def arms_with_vector_rates(rates: list[float]) -> tuple[dict[str, str], dict[str, float]]:
+    """ARMS plus, for each rate, a quarter-FLOPs family whose vectors learn at that rate
+    (styles[].vector_learning_rate): ({arm: prefix}, {arm: its vectors' rate})."""
+    extra = {f"{QUARTER}_vectors_{rate:g}": f"qv{index}" for index, rate in enumerate(rates)}
+    return {**ARMS, **extra}, dict(zip(extra, rates))
 GOALS = {"colour_shift": 0.9, "structure_kept": 0.9, "distinctness": 0.8}  # the quarter-FLOPs family's, as shares of separate
 
 
@@ -70,23 +78,28 @@ def family_steps(base: dict, steps: int) -> tuple[dict[str, int], dict[str, dict
     return per_arm, flops
 
 
-def write_config(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], seed: int) -> Path:
+def write_config(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], seed: int, arms: dict[str, str],
+                 vector_rates: dict[str, float]) -> Path:
     config = absolute_settings(base)
     config["training"] = {**config["training"], "steps": steps, "seed": seed, "styles_per_pack": len(STYLES)}
     config["styles"] = [{"name": f"{prefix}-{name}", "image": str(style_image(name)),
-                         **({"family": prefix, "steps": arm_steps[arm]} if arm in arm_steps else {})}
-                        for arm, prefix in ARMS.items() for name in STYLES]
+                         **({"family": prefix, "steps": arm_steps.get(arm, arm_steps[QUARTER])} if arm != "separate" else {}),
+                         **({"vector_learning_rate": vector_rates[arm]} if arm in vector_rates else {})}
+                        for arm, prefix in arms.items() for name in STYLES]
     path = folder / f"families-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def one_seed(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], seed: int) -> dict:
-    """{arm: {"styles": {style: figures}, "distinctness": ..., "train_seconds": ...}} of one seed's run."""
-    config = write_config(folder, base, steps, arm_steps, seed)
+def one_seed(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], seed: int, arms: dict[str, str],
+             vector_rates: dict[str, float]) -> dict:
+    """{arm: {"styles": {style: figures}, "distinctness": ..., "train_seconds": ...}} of one seed's run. A
+    --keep folder that already has this seed's registry trains only the arms it lacks (the rest are
+    "already published", their figures read back)."""
+    config = write_config(folder, base, steps, arm_steps, seed, arms, vector_rates)
     published = train_into(config, folder, f"seed{seed}", None)
     registry_uri = str(folder / f"registry-seed{seed}")
-    names = {arm: {f"{prefix}-{name}": name for name in STYLES} for arm, prefix in ARMS.items()}
+    names = {arm: {f"{prefix}-{name}": name for name in STYLES} for arm, prefix in arms.items()}
     judged, outputs = held_out_eval.judge(registry_uri, {style: style_image(name).read_bytes() for arm in names for style, name in names[arm].items()})
     figures = {}
     for arm, styles in names.items():
@@ -97,14 +110,14 @@ def one_seed(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], se
             "train_seconds": published[next(iter(styles))]["train_seconds"],
         }
     print(f"  seed {seed}: " + ", ".join(f"{arm} distinctness {figures[arm]['distinctness']:.1f}, "
-                                         f"{figures[arm]['train_seconds']:.0f} s" for arm in ARMS), flush=True)
+                                         f"{figures[arm]['train_seconds']:.0f} s" for arm in arms), flush=True)
     return figures
 
 
-def shares_of_separate(runs: dict[int, dict]) -> dict[str, dict[str, dict]]:
+def shares_of_separate(runs: dict[int, dict], arms: dict[str, str]) -> dict[str, dict[str, dict]]:
     """{arm: {figure: spread over seeds of that seed's family figure / separate figure (styles' mean)}}."""
     shares = {}
-    for arm in ARMS:
+    for arm in arms:
         per_seed = {key: [] for key in ("colour_shift", "structure_kept", "held_out_loss", "distinctness")}
         for figures in runs.values():
             mine, theirs = figures[arm], figures["separate"]
@@ -149,32 +162,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "tiny.yaml"), help="settings to train with (its styles are replaced)")
     parser.add_argument("--steps", type=int, help="S: each separate network's steps (default: the config's training.steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training.seed of each run (at least three for a claim)")
-    parser.add_argument("--keep", type=Path, help="keep the registries and checkpoints in this folder")
+    parser.add_argument("--vector-rates", type=float, nargs="*", default=[],
+                        help="add, for each rate, a quarter-FLOPs family whose style vectors learn at it (styles[].vector_learning_rate)")
+    parser.add_argument("--keep", type=Path, help="keep the registries and checkpoints in this folder (a rerun trains only new arms)")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
     args = parser.parse_args(argv)
+    arms, vector_rates = arms_with_vector_rates(args.vector_rates)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="families-"))
     folder.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(Path(args.config).read_text())
     load_config(args.config)  # a config that does not load stops here, not after the first seed's run
     steps = args.steps or base["training"]["steps"]
     arm_steps, flops = family_steps(base, steps)
+    arm_steps.update({arm: arm_steps[QUARTER] for arm in vector_rates})
     total_flops = {"separate": steps * flops["separate"]["total"], **{arm: arm_steps[arm] * flops["family"]["total"] for arm in arm_steps}}
     print(f"FLOPs a step (GFLOP, transform + loss network): separate {flops['separate']['transform'] / 1e9:.1f} + "
           f"{flops['separate']['loss_network'] / 1e9:.1f}, family {flops['family']['transform'] / 1e9:.1f} + "
           f"{flops['family']['loss_network'] / 1e9:.1f}; steps: separate {steps}, "
           + ", ".join(f"{arm} {count}" for arm, count in arm_steps.items()), flush=True)
-    runs = {seed: one_seed(folder, base, steps, arm_steps, seed) for seed in args.seeds}
-    shares = shares_of_separate(runs)
+    runs = {seed: one_seed(folder, base, steps, arm_steps, seed, arms, vector_rates) for seed in args.seeds}
+    shares = shares_of_separate(runs, arms)
     memory = serving_memory(folder)
 
     photos = held_out_eval.photo_names()
     print(f"\non {results.device_name()}, torch {torch.__version__}; {Path(args.config).name}'s settings, S = {steps}; seeds "
           f"{', '.join(map(str, args.seeds))}; every figure on {len(photos)} held-out photos ({', '.join(photos)})")
     print("each style's figures, mean ± sd over the seeds (colour shift / structure kept / held-out loss):")
-    print(f"{'style':<14} " + " ".join(f"{arm:>36}" for arm in ARMS))
+    print(f"{'style':<14} " + " ".join(f"{arm:>36}" for arm in arms))
     for style in STYLES:
         cells = []
-        for arm in ARMS:
+        for arm in arms:
             spreads = [held_out_eval.spread([runs[seed][arm]["styles"][style][key] for seed in runs])
                        for key in ("colour_shift", "structure_kept", "held_out_loss")]
             cells.append(" / ".join(f"{figure['mean']:.2f}±{figure['sd']:.2f}" for figure in spreads))
@@ -182,18 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     print("as a share of the separate networks' of the same seed, mean ± sd (min..max) over the seeds:")
     for key in ("colour_shift", "structure_kept", "distinctness", "held_out_loss"):
         print(f"{key:<14} " + " ".join(f"{shares[arm][key]['mean']:>17.0%} ± {shares[arm][key]['sd']:.0%} "
-                                       f"({shares[arm][key]['min']:.0%}..{shares[arm][key]['max']:.0%})" for arm in ARMS))
-    print(f"{'TFLOPs':<14} " + " ".join(f"{total_flops[arm] / 1e12:>36.1f}" for arm in ARMS))
-    print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(runs[seed][arm]['train_seconds'] for seed in runs):>36.0f}" for arm in ARMS))
-    verdicts = {key: held_out_eval.verdict(shares["family_quarter_flops"][key], goal) for key, goal in GOALS.items()}
-    print("goals for a family at a quarter of the FLOPs: " + ", ".join(f"{key} >= {goal:.0%}: {verdicts[key]}" for key, goal in GOALS.items()))
+                                       f"({shares[arm][key]['min']:.0%}..{shares[arm][key]['max']:.0%})" for arm in arms))
+    print(f"{'TFLOPs':<14} " + " ".join(f"{total_flops[arm] / 1e12:>36.1f}" for arm in arms))
+    print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(runs[seed][arm]['train_seconds'] for seed in runs):>36.0f}" for arm in arms))
+    verdicts = {arm: {key: held_out_eval.verdict(shares[arm][key], goal) for key, goal in GOALS.items()} for arm in [QUARTER, *vector_rates]}
+    for arm, verdict in verdicts.items():
+        print(f"goals for {arm}: " + ", ".join(f"{key} >= {goal:.0%}: {verdict[key]}" for key, goal in GOALS.items()))
     print(f"serving, weights held for {FAMILY_SIZE} styles: separate {memory['separate_bytes'] / 2**20:.1f} MiB, one family "
           f"{memory['family_bytes'] / 2**20:.2f} MiB; {CATALOGUE} styles: {memory[f'catalogue_{CATALOGUE}_separate_mb']:,.0f} MiB separate, "
           f"{memory[f'catalogue_{CATALOGUE}_families_of_{FAMILY_SIZE}_mb']:,.0f} MiB as families of {FAMILY_SIZE}")
     if not args.no_record:
         figures = {"config": Path(args.config).name, "steps": {"separate": steps, **arm_steps}, "seeds": args.seeds, "styles": list(STYLES),
                    "held_out_photos": photos, "flops_per_step": flops, "total_flops": total_flops, "runs": runs,
-                   "share_of_separate": shares, "goals": GOALS, "verdicts": verdicts, "serving_memory": memory}
+                   "share_of_separate": shares, "goals": GOALS, "verdicts": verdicts, "serving_memory": memory,
+                   "vector_learning_rates": vector_rates, "arms": arms}
         print(f"recorded in {results.record('families', figures)}")
     return 0
 

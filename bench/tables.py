@@ -163,10 +163,17 @@ def seeds_spread(values: list[float]) -> dict:
     return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values)}
 
 
+def family_arms(figures: dict) -> list[tuple[str, str]]:
+    """(arm, its column's label): the three arms, and any quarter-FLOPs families with their vectors' own learning rate."""
+    extra = [(arm, f"family, 1/4 of the FLOPs, vectors at lr {rate:g}") for arm, rate in figures.get("vector_learning_rates", {}).items()]
+    return [*FAMILY_ARMS, *extra]
+
+
 def families() -> str:
     figures, file, device = section("families")
     runs, shares, styles = figures["runs"], figures["share_of_separate"], figures["styles"]
     seeds = list(runs)
+    arms = family_arms(figures)
 
     def absolute(arm: str, key: str) -> str:  # the styles' mean, spread over the seeds
         import statistics
@@ -174,25 +181,30 @@ def families() -> str:
         return spread_cell(seeds_spread([statistics.mean(runs[seed][arm]["styles"][style][key] for style in styles) for seed in seeds]))
 
     rows = [
-        ["steps", *[str(figures["steps"][arm]) for arm, _ in FAMILY_ARMS]],
-        ["TFLOPs (transform networks and VGG-19, forward and backward)", *[f"{figures['total_flops'][arm] / 1e12:.1f}" for arm, _ in FAMILY_ARMS]],
+        ["steps", *[str(figures["steps"][arm]) for arm, _ in arms]],
+        ["TFLOPs (transform networks and VGG-19, forward and backward)", *[f"{figures['total_flops'][arm] / 1e12:.1f}" for arm, _ in arms]],
         ["train seconds", *[spread_cell(seeds_spread([runs[seed][arm]["train_seconds"] for seed in seeds])).replace(".00", "")
-                            for arm, _ in FAMILY_ARMS]],
-        ["colour shift, the styles' mean", *[absolute(arm, "colour_shift") for arm, _ in FAMILY_ARMS]],
-        ["structure kept, the styles' mean", *[absolute(arm, "structure_kept") for arm, _ in FAMILY_ARMS]],
-        ["held-out loss, the styles' mean (lower is better)", *[absolute(arm, "held_out_loss") for arm, _ in FAMILY_ARMS]],
+                            for arm, _ in arms]],
+        ["colour shift, the styles' mean", *[absolute(arm, "colour_shift") for arm, _ in arms]],
+        ["structure kept, the styles' mean", *[absolute(arm, "structure_kept") for arm, _ in arms]],
+        ["held-out loss, the styles' mean (lower is better)", *[absolute(arm, "held_out_loss") for arm, _ in arms]],
         ["distinctness (mean abs. pixel difference between styles, 0-255)",
-         *[spread_cell(seeds_spread([runs[seed][arm]["distinctness"] for seed in seeds])) for arm, _ in FAMILY_ARMS]],
+         *[spread_cell(seeds_spread([runs[seed][arm]["distinctness"] for seed in seeds])) for arm, _ in arms]],
     ]
     for key, label in (("colour_shift", "colour shift"), ("structure_kept", "structure kept"), ("distinctness", "distinctness"),
                        ("held_out_loss", "held-out loss")):
         goal = figures["goals"].get(key)
-        verdict = f"; goal {goal:.0%}: **{figures['verdicts'][key]}**" if goal else ""
-        rows.append([f"{label}, share of the separate networks' (same seed){verdict}", "100%",
-                     *[spread_cell(shares[arm][key], percent=True) for arm, _ in FAMILY_ARMS[1:]]])
+        verdicts = figures["verdicts"]
+
+        def cell(arm: str) -> str:
+            verdict = f" **{verdicts[arm][key]}**" if goal and arm in verdicts else ""
+            return spread_cell(shares[arm][key], percent=True) + verdict
+
+        rows.append([f"{label}, share of the separate networks' (same seed){f'; goal ≥ {goal:.0%}' if goal else ''}", "100%",
+                     *[cell(arm) for arm, _ in arms[1:]]])
     note = (f"*mean ± sd (min..max) over seeds {', '.join(seeds)}; every figure on {len(figures['held_out_photos'])} photos no model "
             f"trained on ({', '.join(figures['held_out_photos'])}).*\n")
-    return table(["", *[label for _, label in FAMILY_ARMS]], rows) + "\n" + note + source("families", file, device, figures["measured_at"])
+    return table(["", *[label for _, label in arms]], rows) + "\n" + note + source("families", file, device, figures["measured_at"])
 
 
 def family_join() -> str:
@@ -218,12 +230,13 @@ def family_goals() -> str:
     families_figures, families_file, device = section("families")
     join_figures, join_file, _ = section("family_join")
     draws_figures, draws_file, _ = section("family_draws")
-    shares = families_figures["share_of_separate"]["family_quarter_flops"]
-    verdicts = families_figures["verdicts"]
-    rows = [[f"a family of four at 1/4 of the FLOPs: {label} ≥ {goal:.0%} of separate networks'", spread_cell(shares[key], percent=True),
-             verdicts[key]] for key, label, goal in (("colour_shift", "colour shift", families_figures["goals"]["colour_shift"]),
-                                                     ("structure_kept", "structure kept", families_figures["goals"]["structure_kept"]),
-                                                     ("distinctness", "distinctness", families_figures["goals"]["distinctness"]))]
+    rows = []
+    for arm, label in family_arms(families_figures)[2:]:  # the quarter-FLOPs families
+        shares, verdicts = families_figures["share_of_separate"][arm], families_figures["verdicts"][arm]
+        rows += [[f"{label}: {name} ≥ {goal:.0%} of separate networks'", spread_cell(shares[key], percent=True), verdicts[key]]
+                 for key, name, goal in (("colour_shift", "colour shift", families_figures["goals"]["colour_shift"]),
+                                         ("structure_kept", "structure kept", families_figures["goals"]["structure_kept"]),
+                                         ("distinctness", "distinctness", families_figures["goals"]["distinctness"]))]
     best = join_figures["best"]
     rows.append([f"a style joining a family: held-out loss ≤ 1.10x its own network's in ≤ 1/5 of its time",
                  f"x{best['loss_ratio']['mean']:.2f} ± {best['loss_ratio']['sd']:.2f} in {best['time_share']['mean']:.0%} "

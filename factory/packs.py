@@ -61,6 +61,7 @@ def resolve_style(spec: StyleSpec, config: FactoryConfig) -> ResolvedStyle:
         tv_weight=pick(spec.tv_weight, config.loss.tv_weight),
         steps=pick(spec.steps, config.training.steps),
         learning_rate=pick(spec.learning_rate, config.training.learning_rate),
+        vector_learning_rate=spec.vector_learning_rate,
         width=pick(spec.width, config.model.width),
         family=family_of(spec, config),
     )
@@ -86,7 +87,7 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
     # full-width style of its own hashes as before, so upgrading does not retrain a whole catalogue.
     if style_fields["width"] == 1.0:
         del style_fields["width"]
-    for later in ("family", "adds_to"):
+    for later in ("family", "adds_to", "vector_learning_rate"):
         if not style_fields[later]:
             del style_fields[later]
     return {
@@ -128,7 +129,7 @@ def check_families(styles: list[ResolvedStyle], batch_size: int) -> None:
             raise ValueError(f"family {family!r} has {len(members)} styles but {members[0].steps} steps of {batch_size} image(s): "
                              f"{images} images in all, fewer than two a style, so some styles would hardly be trained, if at all. "
                              "Raise training.steps (a family's steps are for all its styles) or training.batch_size")
-        for setting in ("steps", "learning_rate", "width"):
+        for setting in ("steps", "learning_rate", "vector_learning_rate", "width"):
             values = {style.name: getattr(style, setting) for style in members}
             if len(set(values.values())) > 1:
                 listed = ", ".join(f"{name}: {value}" for name, value in values.items())
@@ -166,7 +167,7 @@ def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes
     joining: dict[tuple, list[ResolvedStyle]] = {}
     for style in styles:
         if style.adds_to:  # their own vectors, one pack per family and per run length and learning rate
-            joining.setdefault((style.family, style.steps, style.learning_rate), []).append(style)
+            joining.setdefault((style.family, style.steps, style.learning_rate, style.vector_learning_rate), []).append(style)
     size = config.training.styles_per_pack
     groups = [("", tuple(group[start:start + size])) for group in by_steps.values() for start in range(0, len(group), size)]
     groups += [(family, tuple(members)) for family, members in families(styles).items()]  # a family is one pack, whole

@@ -222,6 +222,9 @@ class StyleSpec:
     tv_weight: float | None = None
     steps: int | None = None
     learning_rate: float | None = None
+    # A family's style vectors' learning rate (its network keeps learning_rate); unset: learning_rate,
+    # as Magenta trains them. A vector moves at most about this much a draw: short runs want more.
+    vector_learning_rate: float | None = None
     width: float | None = None
     # The style family this style belongs to (one network for all its styles: training.pack_mode).
     # Unset: its own network, or under pack_mode family the family named after the config.
@@ -236,6 +239,7 @@ class StyleSpec:
         require(bool(self.image), f"style {self.name!r} has no image: give a path or s3:// URI")
         require(self.steps is None or self.steps >= 1, f"style {self.name!r}: steps must be >= 1")
         require(self.learning_rate is None or self.learning_rate > 0, f"style {self.name!r}: learning_rate must be > 0")
+        require(self.vector_learning_rate is None or self.vector_learning_rate > 0, f"style {self.name!r}: vector_learning_rate must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,6 +254,8 @@ class ResolvedStyle:
     tv_weight: float
     steps: int
     learning_rate: float
+    # A family's style vectors' learning rate; None: learning_rate (factory/style_pack.make_optimizer).
+    vector_learning_rate: float | None = None
     # The transform network's width (model.width, or the style's own).
     width: float = 1.0
     # The family whose network it shares; "" for a network of its own.

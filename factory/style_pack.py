@@ -199,10 +199,15 @@ class FiniteLossWatch:
 
 
 def make_optimizer(pack: nn.Module, styles: list[ResolvedStyle]) -> torch.optim.Adam:
-    """Adam with one parameter group per style, so each style keeps its own learning rate; a family's
-    styles share one (packs.check_families)."""
-    if not isinstance(pack, StylePack):  # a family; joining one trains only the vectors (the network is frozen)
-        return torch.optim.Adam([parameter for parameter in pack.parameters() if parameter.requires_grad], lr=styles[0].learning_rate)
+    """Adam with one parameter group per style, so each style keeps its own learning rate. A family's
+    styles share one for the network and one for their vectors (packs.check_families); styles joining a
+    family train only their vectors (the network is frozen), at their vector_learning_rate, or their
+    learning_rate when they have none."""
+    if not isinstance(pack, StylePack):
+        vector_rate = styles[0].vector_learning_rate or styles[0].learning_rate
+        network = [parameter for parameter in pack.net.parameters() if parameter.requires_grad]
+        return torch.optim.Adam([{"params": [pack.style_vectors], "lr": vector_rate},
+                                 *([{"params": network, "lr": styles[0].learning_rate}] if network else [])])
     groups = [{"params": pack.nets[style.name].parameters(), "lr": style.learning_rate} for style in styles]
     return torch.optim.Adam(groups)
 

@@ -199,12 +199,23 @@ def test_a_familys_checkpoint_resumes_the_network_vectors_and_adam():
 
 def test_a_familys_styles_must_agree_on_steps_learning_rate_and_width():
     base = f"{{name: a, image: {STYLES / 'udnie.jpg'}}}"
-    for setting, value in (("steps", 7), ("learning_rate", 0.01), ("width", 0.5)):
+    for setting, value in (("steps", 7), ("learning_rate", 0.01), ("vector_learning_rate", 0.05), ("width", 0.5)):
         config = load_config(None, [f"styles=[{base}, {{name: b, image: {STYLES / 'udnie.jpg'}, {setting}: {value}}}]",
                                     "training.pack_mode=family"])
         styles = [resolve_style(spec, config) for spec in config.styles]
         with pytest.raises(ValueError, match=f"styles of family 'factory' differ in {setting} .*b: {value}"):
             check_families(styles, config.training.batch_size)
+
+
+def test_a_familys_vectors_learn_at_their_own_rate_when_given_one_and_at_the_networks_otherwise():
+    plain = resolved_styles(("udnie", "the_scream"))
+    family = StyleFamily(["udnie", "the_scream"])
+    rates = [(group["lr"], sum(p.numel() for p in group["params"])) for group in make_optimizer(family, plain).param_groups]
+    assert rates == [(1e-3, family.style_vectors.numel()), (1e-3, sum(p.numel() for p in family.net.parameters()))]
+    fast = [dataclasses.replace(style, vector_learning_rate=0.03) for style in plain]
+    assert [group["lr"] for group in make_optimizer(family, fast).param_groups] == [0.03, 1e-3]
+    family.net.requires_grad_(False)  # a style joining a published family: its vector alone, at its own rate
+    assert [group["lr"] for group in make_optimizer(family, fast).param_groups] == [0.03]
 
 
 def test_a_family_is_one_pack_whatever_its_size_and_a_change_to_one_member_retrains_all():
