@@ -47,11 +47,15 @@ FLOP_SHARES = {"family_equal_flops": 1.0, "family_quarter_flops": 0.25}
 QUARTER = "family_quarter_flops"
 
 
-def arms_with_vector_rates(rates: list[float]) -> tuple[dict[str, str], dict[str, float]]:
-    """ARMS plus, for each rate, a quarter-FLOPs family whose vectors learn at that rate
-    (styles[].vector_learning_rate): ({arm: prefix}, {arm: its vectors' rate})."""
-    extra = {f"{QUARTER}_vectors_{rate:g}": f"qv{index}" for index, rate in enumerate(rates)}
-    return {**ARMS, **extra}, dict(zip(extra, rates))
+def quarter_variants(vector_rates: list[float], without_output_norm: bool) -> tuple[dict[str, str], dict[str, dict]]:
+    """ARMS plus quarter-FLOPs families trained with other settings: for each rate, one whose vectors learn at
+    it (styles[].vector_learning_rate), and one without the output conv's norm (styles[].output_norm: false).
+    Returns ({arm: prefix}, {arm: its styles' own settings})."""
+    settings = {f"{QUARTER}_vectors_{rate:g}": {"vector_learning_rate": rate} for rate in vector_rates}
+    if without_output_norm:
+        settings[f"{QUARTER}_no_output_norm"] = {"output_norm": False}
+    prefixes = {arm: f"qv{index}" for index, arm in enumerate(settings)}
+    return {**ARMS, **prefixes}, settings
 GOALS = {"colour_shift": 0.9, "structure_kept": 0.9, "distinctness": 0.8}  # the quarter-FLOPs family's, as shares of separate
 
 
@@ -79,12 +83,12 @@ def family_steps(base: dict, steps: int) -> tuple[dict[str, int], dict[str, dict
 
 
 def write_config(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], seed: int, arms: dict[str, str],
-                 vector_rates: dict[str, float]) -> Path:
+                 arm_settings: dict[str, dict]) -> Path:
     config = absolute_settings(base)
     config["training"] = {**config["training"], "steps": steps, "seed": seed, "styles_per_pack": len(STYLES)}
     config["styles"] = [{"name": f"{prefix}-{name}", "image": str(style_image(name)),
                          **({"family": prefix, "steps": arm_steps.get(arm, arm_steps[QUARTER])} if arm != "separate" else {}),
-                         **({"vector_learning_rate": vector_rates[arm]} if arm in vector_rates else {})}
+                         **arm_settings.get(arm, {})}
                         for arm, prefix in arms.items() for name in STYLES]
     path = folder / f"families-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -92,11 +96,11 @@ def write_config(folder: Path, base: dict, steps: int, arm_steps: dict[str, int]
 
 
 def one_seed(folder: Path, base: dict, steps: int, arm_steps: dict[str, int], seed: int, arms: dict[str, str],
-             vector_rates: dict[str, float]) -> dict:
+             arm_settings: dict[str, dict]) -> dict:
     """{arm: {"styles": {style: figures}, "distinctness": ..., "train_seconds": ...}} of one seed's run. A
     --keep folder that already has this seed's registry trains only the arms it lacks (the rest are
     "already published", their figures read back)."""
-    config = write_config(folder, base, steps, arm_steps, seed, arms, vector_rates)
+    config = write_config(folder, base, steps, arm_steps, seed, arms, arm_settings)
     published = train_into(config, folder, f"seed{seed}", None)
     registry_uri = str(folder / f"registry-seed{seed}")
     names = {arm: {f"{prefix}-{name}": name for name in STYLES} for arm, prefix in arms.items()}
@@ -164,23 +168,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training.seed of each run (at least three for a claim)")
     parser.add_argument("--vector-rates", type=float, nargs="*", default=[],
                         help="add, for each rate, a quarter-FLOPs family whose style vectors learn at it (styles[].vector_learning_rate)")
+    parser.add_argument("--without-output-norm", action="store_true",
+                        help="add a quarter-FLOPs family without the output conv's norm (styles[].output_norm: false)")
     parser.add_argument("--keep", type=Path, help="keep the registries and checkpoints in this folder (a rerun trains only new arms)")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
     args = parser.parse_args(argv)
-    arms, vector_rates = arms_with_vector_rates(args.vector_rates)
+    arms, arm_settings = quarter_variants(args.vector_rates, args.without_output_norm)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="families-"))
     folder.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(Path(args.config).read_text())
     load_config(args.config)  # a config that does not load stops here, not after the first seed's run
     steps = args.steps or base["training"]["steps"]
     arm_steps, flops = family_steps(base, steps)
-    arm_steps.update({arm: arm_steps[QUARTER] for arm in vector_rates})
+    arm_steps.update({arm: arm_steps[QUARTER] for arm in arm_settings})
     total_flops = {"separate": steps * flops["separate"]["total"], **{arm: arm_steps[arm] * flops["family"]["total"] for arm in arm_steps}}
     print(f"FLOPs a step (GFLOP, transform + loss network): separate {flops['separate']['transform'] / 1e9:.1f} + "
           f"{flops['separate']['loss_network'] / 1e9:.1f}, family {flops['family']['transform'] / 1e9:.1f} + "
           f"{flops['family']['loss_network'] / 1e9:.1f}; steps: separate {steps}, "
           + ", ".join(f"{arm} {count}" for arm, count in arm_steps.items()), flush=True)
-    runs = {seed: one_seed(folder, base, steps, arm_steps, seed, arms, vector_rates) for seed in args.seeds}
+    runs = {seed: one_seed(folder, base, steps, arm_steps, seed, arms, arm_settings) for seed in args.seeds}
     shares = shares_of_separate(runs, arms)
     memory = serving_memory(folder)
 
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                        f"({shares[arm][key]['min']:.0%}..{shares[arm][key]['max']:.0%})" for arm in arms))
     print(f"{'TFLOPs':<14} " + " ".join(f"{total_flops[arm] / 1e12:>36.1f}" for arm in arms))
     print(f"{'train seconds':<14} " + " ".join(f"{statistics.mean(runs[seed][arm]['train_seconds'] for seed in runs):>36.0f}" for arm in arms))
-    verdicts = {arm: {key: held_out_eval.verdict(shares[arm][key], goal) for key, goal in GOALS.items()} for arm in [QUARTER, *vector_rates]}
+    verdicts = {arm: {key: held_out_eval.verdict(shares[arm][key], goal) for key, goal in GOALS.items()} for arm in [QUARTER, *arm_settings]}
     for arm, verdict in verdicts.items():
         print(f"goals for {arm}: " + ", ".join(f"{key} >= {goal:.0%}: {verdict[key]}" for key, goal in GOALS.items()))
     print(f"serving, weights held for {FAMILY_SIZE} styles: separate {memory['separate_bytes'] / 2**20:.1f} MiB, one family "
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = {"config": Path(args.config).name, "steps": {"separate": steps, **arm_steps}, "seeds": args.seeds, "styles": list(STYLES),
                    "held_out_photos": photos, "flops_per_step": flops, "total_flops": total_flops, "runs": runs,
                    "share_of_separate": shares, "goals": GOALS, "verdicts": verdicts, "serving_memory": memory,
-                   "vector_learning_rates": vector_rates, "arms": arms}
+                   "arm_settings": arm_settings, "arms": arms}
         print(f"recorded in {results.record('families', figures)}")
     return 0
 

@@ -165,7 +165,11 @@ def seeds_spread(values: list[float]) -> dict:
 
 def family_arms(figures: dict) -> list[tuple[str, str]]:
     """(arm, its column's label): the three arms, and any quarter-FLOPs families with their vectors' own learning rate."""
-    extra = [(arm, f"family, 1/4 of the FLOPs, vectors at lr {rate:g}") for arm, rate in figures.get("vector_learning_rates", {}).items()]
+    def label(settings: dict) -> str:
+        return ", ".join([f"vectors at lr {settings['vector_learning_rate']:g}"] * ("vector_learning_rate" in settings)
+                         + ["no output norm"] * (settings.get("output_norm") is False))
+
+    extra = [(arm, f"family, 1/4 of the FLOPs, {label(settings)}") for arm, settings in figures.get("arm_settings", {}).items()]
     return [*FAMILY_ARMS, *extra]
 
 

@@ -31,9 +31,9 @@ class Progress:
 
 
 def new_family(plan: PackPlan) -> StyleFamily:
-    """The pack's family network, untrained: with the output conv's norm, unless its styles join a family
-    published before the norm was there (they must fit that family's network)."""
-    output_norm = plan.family_base.output_norm if plan.family_base is not None else True
+    """The pack's family network, untrained: with the output conv's norm unless its styles say otherwise
+    (styles[].output_norm) or join a family published without one (they must fit that family's network)."""
+    output_norm = plan.family_base.output_norm if plan.family_base is not None else plan.styles[0].output_norm
     return StyleFamily(plan.style_names, width=plan.styles[0].width, output_norm=output_norm)
 
 

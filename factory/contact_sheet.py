@@ -55,7 +55,7 @@ def render(photo: Image.Image, entries: list[SheetEntry], title: str = "") -> Im
 
     draw.multiline_text((MARGIN, MARGIN), title, fill=INK, font=small, spacing=4)
     sheet.paste(photo_cell, (MARGIN, bottom_y))
-    draw.text((MARGIN, caption_y), "photo", fill=INK, font=bold)
+    draw.text((MARGIN, caption_y), "held-out photo", fill=INK, font=bold)
     for column, (entry, style_image, output) in enumerate(zip(entries, styles, outputs), start=1):
         x = MARGIN + column * (CELL + MARGIN)
         sheet.paste(style_image, (x, MARGIN + top_height - style_image.height))  # paintings sit on the row's base

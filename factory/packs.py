@@ -62,6 +62,7 @@ def resolve_style(spec: StyleSpec, config: FactoryConfig) -> ResolvedStyle:
         steps=pick(spec.steps, config.training.steps),
         learning_rate=pick(spec.learning_rate, config.training.learning_rate),
         vector_learning_rate=spec.vector_learning_rate,
+        output_norm=spec.output_norm is not False,
         width=pick(spec.width, config.model.width),
         family=family_of(spec, config),
     )
@@ -90,6 +91,8 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
     for later in ("family", "adds_to", "vector_learning_rate"):
         if not style_fields[later]:
             del style_fields[later]
+    if style_fields.pop("output_norm") is False and style.family:  # a family's architecture: only a family records it
+        style_fields["output_norm"] = False
     return {
         "style": style_fields,
         "loss": dataclasses.asdict(config.loss),
@@ -101,7 +104,8 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
 
 # How a family trains, in its recipe: a change of method is a new recipe, and its families train again.
 # "per-image-draws+output-norm": every image its own style, equal shares each pass, undrawn vectors
-# left alone, the output conv normalised (factory/family.py); before it, one style a step, unnormalised.
+# left alone, the output conv normalised unless the styles say output_norm: false (then in their
+# recipe too); before it, one style a step, unnormalised.
 FAMILY_METHOD = "per-image-draws+output-norm"
 
 
@@ -129,7 +133,7 @@ def check_families(styles: list[ResolvedStyle], batch_size: int) -> None:
             raise ValueError(f"family {family!r} has {len(members)} styles but {members[0].steps} steps of {batch_size} image(s): "
                              f"{images} images in all, fewer than two a style, so some styles would hardly be trained, if at all. "
                              "Raise training.steps (a family's steps are for all its styles) or training.batch_size")
-        for setting in ("steps", "learning_rate", "vector_learning_rate", "width"):
+        for setting in ("steps", "learning_rate", "vector_learning_rate", "output_norm", "width"):
             values = {style.name: getattr(style, setting) for style in members}
             if len(set(values.values())) > 1:
                 listed = ", ".join(f"{name}: {value}" for name, value in values.items())

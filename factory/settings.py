@@ -225,6 +225,9 @@ class StyleSpec:
     # A family's style vectors' learning rate (its network keeps learning_rate); unset: learning_rate,
     # as Magenta trains them. A vector moves at most about this much a draw: short runs want more.
     vector_learning_rate: float | None = None
+    # A family's output conv normalised per style too (Magenta's transform; 6 numbers more a style);
+    # unset: true. false: the output conv shared as a single style's is, as families were first trained.
+    output_norm: bool | None = None
     width: float | None = None
     # The style family this style belongs to (one network for all its styles: training.pack_mode).
     # Unset: its own network, or under pack_mode family the family named after the config.
@@ -256,6 +259,8 @@ class ResolvedStyle:
     learning_rate: float
     # A family's style vectors' learning rate; None: learning_rate (factory/style_pack.make_optimizer).
     vector_learning_rate: float | None = None
+    # A family's output conv normalised per style (TransformNet's output_norm); recorded in a family's recipe only when off.
+    output_norm: bool = True
     # The transform network's width (model.width, or the style's own).
     width: float = 1.0
     # The family whose network it shares; "" for a network of its own.

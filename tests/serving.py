@@ -29,7 +29,7 @@ def publish_random_style(root: Path, name: str, seed: int, style_image: str = "u
     style = Image.open(STYLES / style_image).convert("RGB")
     thumbnail = images.encode(images.fit_within(style, 64))
     metadata = {"loss_network": {"source": "random", "random_weights": True}, "steps": seed,
-                "quality": {"colour_shift": 0.42, "structure_kept": 0.5 + seed / 10, "photo": "chelsea.png"},
+                "quality": {"colour_shift": 0.42, "structure_kept": 0.5 + seed / 10, "preview_photo": "chelsea.png"},
                 "architecture": {"name": "johnson2016-instancenorm", "upsample": "nearest", "width": width}}
     net = TransformNet(width=width).eval()
     return registry.publish(str(root), name, net.state_dict(), metadata, thumbnail, thumbnail,

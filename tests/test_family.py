@@ -12,7 +12,7 @@ from factory.checkpoint_state import build_pack, checkpoint_bytes
 from factory.family import FamilyStyle, StyleFamily, UndrawnStylesKept, image_styles, images_per_style
 from factory.family_additions import find_additions
 from factory.loss_network import LossNetwork
-from factory.packs import check_families, family_hashes, plan_packs, resolve_style
+from factory.packs import check_families, family_hashes, plan_packs, recipe, resolve_style
 from factory.settings import LossSettings, load_config
 from factory.style_pack import PerceptualObjective, StepRunner, make_optimizer
 from factory.transform_net import TransformNet
@@ -199,7 +199,7 @@ def test_a_familys_checkpoint_resumes_the_network_vectors_and_adam():
 
 def test_a_familys_styles_must_agree_on_steps_learning_rate_and_width():
     base = f"{{name: a, image: {STYLES / 'udnie.jpg'}}}"
-    for setting, value in (("steps", 7), ("learning_rate", 0.01), ("vector_learning_rate", 0.05), ("width", 0.5)):
+    for setting, value in (("steps", 7), ("learning_rate", 0.01), ("vector_learning_rate", 0.05), ("output_norm", False), ("width", 0.5)):
         config = load_config(None, [f"styles=[{base}, {{name: b, image: {STYLES / 'udnie.jpg'}, {setting}: {value}}}]",
                                     "training.pack_mode=family"])
         styles = [resolve_style(spec, config) for spec in config.styles]
@@ -216,6 +216,19 @@ def test_a_familys_vectors_learn_at_their_own_rate_when_given_one_and_at_the_net
     assert [group["lr"] for group in make_optimizer(family, fast).param_groups] == [0.03, 1e-3]
     family.net.requires_grad_(False)  # a style joining a published family: its vector alone, at its own rate
     assert [group["lr"] for group in make_optimizer(family, fast).param_groups] == [0.03]
+
+
+def test_a_family_without_the_output_norm_is_a_recipe_of_its_own_and_publishes_so(tmp_path):
+    image = STYLES / "udnie.jpg"
+    with_norm, without = (load_config(None, [f"styles=[{{name: a, image: {image}{extra}}}]", "training.pack_mode=family"])
+                          for extra in ("", ", output_norm: false"))
+    styles = [resolve_style(config.styles[0], config) for config in (with_norm, without)]
+    assert [style.output_norm for style in styles] == [True, False]
+    recipes = [recipe(style, config, "random") for style, config in zip(styles, (with_norm, without))]
+    assert "output_norm" not in recipes[0]["style"] and recipes[1]["style"]["output_norm"] is False
+    plan = dataclasses.replace(pack_plan(("a",)), family="fam", styles=(styles[1],))
+    family, _, _ = build_pack(plan, CPU, False, None)
+    assert family.net.output_norm is None and family.style_vectors.shape == (1, 3200)
 
 
 def test_a_family_is_one_pack_whatever_its_size_and_a_change_to_one_member_retrains_all():
