@@ -150,9 +150,9 @@ FAMILY_ARMS = (("separate", "separate networks"), ("family_equal_flops", "family
                ("family_quarter_flops", "family, 1/4 of the FLOPs"))
 
 
-def spread_cell(figure: dict, percent: bool = False) -> str:
+def spread_cell(figure: dict, percent: bool = False, shown: str = "{:.2f}") -> str:
     """mean ± sd (min..max) of a bench/held_out_eval.py spread over seeds."""
-    shown = "{:.0%}" if percent else "{:.2f}"
+    shown = "{:.0%}" if percent else shown
     return (f"{shown.format(figure['mean'])} ± {shown.format(figure['sd'])} "
             f"({shown.format(figure['min'])}..{shown.format(figure['max'])})")
 
@@ -166,8 +166,8 @@ def seeds_spread(values: list[float]) -> dict:
 def family_arms(figures: dict) -> list[tuple[str, str]]:
     """(arm, its column's label): the three arms, and any quarter-FLOPs families with their vectors' own learning rate."""
     def label(settings: dict) -> str:
-        return ", ".join([f"vectors at lr {settings['vector_learning_rate']:g}"] * ("vector_learning_rate" in settings)
-                         + ["no output norm"] * (settings.get("output_norm") is False))
+        parts = [f"vectors at lr {settings['vector_learning_rate']:g}"] if "vector_learning_rate" in settings else []
+        return ", ".join(parts + (["no output norm"] if settings.get("output_norm") is False else []))
 
     extra = [(arm, f"family, 1/4 of the FLOPs, {label(settings)}") for arm, settings in figures.get("arm_settings", {}).items()]
     return [*FAMILY_ARMS, *extra]
@@ -187,8 +187,7 @@ def families() -> str:
     rows = [
         ["steps", *[str(figures["steps"][arm]) for arm, _ in arms]],
         ["TFLOPs (transform networks and VGG-19, forward and backward)", *[f"{figures['total_flops'][arm] / 1e12:.1f}" for arm, _ in arms]],
-        ["train seconds", *[spread_cell(seeds_spread([runs[seed][arm]["train_seconds"] for seed in seeds])).replace(".00", "")
-                            for arm, _ in arms]],
+        ["train seconds", *[spread_cell(seeds_spread([runs[seed][arm]["train_seconds"] for seed in seeds]), shown="{:.0f}") for arm, _ in arms]],
         ["colour shift, the styles' mean", *[absolute(arm, "colour_shift") for arm, _ in arms]],
         ["structure kept, the styles' mean", *[absolute(arm, "structure_kept") for arm, _ in arms]],
         ["held-out loss, the styles' mean (lower is better)", *[absolute(arm, "held_out_loss") for arm, _ in arms]],
@@ -235,7 +234,10 @@ def family_goals() -> str:
     join_figures, join_file, _ = section("family_join")
     draws_figures, draws_file, _ = section("family_draws")
     rows = []
-    for arm, label in family_arms(families_figures)[2:]:  # the quarter-FLOPs families
+    arm_settings = families_figures.get("arm_settings", {})
+    quarter_families = [(arm, label) for arm, label in family_arms(families_figures)[2:]  # the quarter-FLOPs families but the ablation
+                        if arm_settings.get(arm, {}).get("output_norm") is not False]
+    for arm, label in quarter_families:
         shares, verdicts = families_figures["share_of_separate"][arm], families_figures["verdicts"][arm]
         rows += [[f"{label}: {name} ≥ {goal:.0%} of separate networks'", spread_cell(shares[key], percent=True), verdicts[key]]
                  for key, name, goal in (("colour_shift", "colour shift", families_figures["goals"]["colour_shift"]),
@@ -278,23 +280,19 @@ def family_serving() -> str:
 def widths() -> str:
     figures, file, device = section("widths")
     latency = {row["side"]: row for row in figures["latency"]}
-    shares = figures["share_of_full_width"]
     rows = []
     for width in ("1.0", "0.5", "0.25"):
+        quality = figures["quality"][width]
         cells = [width, f"{figures['gmac_at_256'][width]:.2f}"]
-        cells += [spread_cell(shares[width][key], percent=True) for key in ("colour_shift", "structure_kept", "held_out_loss")]
+        cells += [f"{quality[style]['colour_shift']:.2f} / {quality[style]['structure_kept']:.2f}" for style in sorted(quality)]
         for side in (512, 1024):
-            row = latency[side]
-            ort, eager = row[f"onnxruntime_ms_width_{width}"], row[f"torch_ms_width_{width}"]
-            cells.append(f"{ort:,.0f} / {eager:,.0f} ({row['onnxruntime_ms_width_1.0'] / ort:.2f}x / {row['torch_ms_width_1.0'] / eager:.2f}x)")
+            ms = latency[side][f"onnxruntime_ms_width_{width}"]
+            cells.append(f"{ms:,.0f} ({latency[side]['examples_torch_ms'] / ms:.2f}x)")
         rows.append(cells)
-    examples = "; ".join(f"{side}²: pytorch/examples' network in eager torch {row['examples_torch_ms']:,.0f} ms, ours at full width "
-                         f"{row['torch_ms_width_1.0']:,.0f} ms" for side, row in sorted(latency.items()))
-    note = (f"*quality: each width's figures over full width's of the same seed (mean ± sd (min..max) over seeds "
-            f"{', '.join(map(str, figures['seeds']))}; held-out loss: lower is better), on {len(figures['held_out_photos'])} held-out photos. "
-            f"ms: ONNX Runtime / eager torch, each runtime's own full width over this width in brackets. {examples}.*\n")
-    return table(["width", "GMAC at 256²", "colour shift", "structure kept", "held-out loss", "512² ms, ORT / eager (speed-up)",
-                  "1024² ms (the same)"], rows) + "\n" + note + source("widths", file, device, figures["measured_at"])
+    styles = sorted(figures["quality"]["1.0"])
+    return table(["width", "GMAC at 256²", *[f"{style} colour / structure" for style in styles],
+                  "512² ms, ONNX Runtime (examples' eager torch ÷ this)", "1024² ms (the same)"], rows) \
+        + "\n" + source("widths", file, device, figures["measured_at"])
 
 
 RENDERERS = {render.__name__: render for render in (two_commands, ci_time, cold_loads, cpu_stylise, serve_many, serve_soak, families,
