@@ -280,19 +280,23 @@ def family_serving() -> str:
 def widths() -> str:
     figures, file, device = section("widths")
     latency = {row["side"]: row for row in figures["latency"]}
+    shares = figures["share_of_full_width"]
     rows = []
     for width in ("1.0", "0.5", "0.25"):
-        quality = figures["quality"][width]
         cells = [width, f"{figures['gmac_at_256'][width]:.2f}"]
-        cells += [f"{quality[style]['colour_shift']:.2f} / {quality[style]['structure_kept']:.2f}" for style in sorted(quality)]
+        cells += [spread_cell(shares[width][key], percent=True) for key in ("colour_shift", "structure_kept", "held_out_loss")]
         for side in (512, 1024):
-            ms = latency[side][f"onnxruntime_ms_width_{width}"]
-            cells.append(f"{ms:,.0f} ({latency[side]['examples_torch_ms'] / ms:.2f}x)")
+            row = latency[side]
+            ort, eager = row[f"onnxruntime_ms_width_{width}"], row[f"torch_ms_width_{width}"]
+            cells.append(f"{ort:,.0f} / {eager:,.0f} ({row['onnxruntime_ms_width_1.0'] / ort:.2f}x / {row['torch_ms_width_1.0'] / eager:.2f}x)")
         rows.append(cells)
-    styles = sorted(figures["quality"]["1.0"])
-    return table(["width", "GMAC at 256²", *[f"{style} colour / structure" for style in styles],
-                  "512² ms, ONNX Runtime (examples' eager torch ÷ this)", "1024² ms (the same)"], rows) \
-        + "\n" + source("widths", file, device, figures["measured_at"])
+    examples = "; ".join(f"{side}²: pytorch/examples' network in eager torch {row['examples_torch_ms']:,.0f} ms, ours at full width "
+                         f"{row['torch_ms_width_1.0']:,.0f} ms" for side, row in sorted(latency.items()))
+    note = (f"*quality: each width's figures over full width's of the same seed (mean ± sd (min..max) over seeds "
+            f"{', '.join(map(str, figures['seeds']))}; held-out loss: lower is better), on {len(figures['held_out_photos'])} held-out photos. "
+            f"ms: ONNX Runtime / eager torch, each runtime's own full width over this width in brackets. {examples}.*\n")
+    return table(["width", "GMAC at 256²", "colour shift", "structure kept", "held-out loss", "512² ms, ORT / eager (speed-up)",
+                  "1024² ms (the same)"], rows) + "\n" + note + source("widths", file, device, figures["measured_at"])
 
 
 RENDERERS = {render.__name__: render for render in (two_commands, ci_time, cold_loads, cpu_stylise, serve_many, serve_soak, families,
