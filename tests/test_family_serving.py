@@ -55,7 +55,8 @@ def test_one_batch_carries_a_different_style_or_blend_per_image(family_registry,
         for name, output in zip(("fa", "fb"), outputs):
             expected = registry.load_model(root, name)[0](image[None])[0]
             assert (output - expected).abs().max() < 0.05, name
-        family_net = registry.load_family_net(root, registry.read_family_metadata(root, "fam")["family"], {})
+        family = registry.read_family_metadata(root, "fam")
+        family_net = registry.load_family_net(root, family["family"], family["architecture"])
         expected_blend = family_net(image[None], blend[None])[0]
     assert (outputs[2] - expected_blend).abs().max() < 0.05
     assert (outputs[0] - outputs[1]).abs().mean() > 1 and (outputs[2] - outputs[0]).abs().mean() > 0.1

@@ -84,7 +84,8 @@ def expected_blend_png(registry_root, blend: dict[str, float], data: bytes) -> n
     root = str(registry_root)
     metadata = {name: registry.read_metadata(root, name) for name in blend}
     vector = sum(weight * registry.load_style_vector(root, metadata[name]) for name, weight in blend.items())
-    net = registry.load_family_net(root, next(iter(metadata.values()))["family"], {})
+    first = next(iter(metadata.values()))
+    net = registry.load_family_net(root, first["family"], first["architecture"])
     with torch.inference_mode():
         photo = images.to_tensor(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0)
         return np.asarray(images.to_image(net(photo, vector[None])[0]), int)
