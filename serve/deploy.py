@@ -30,6 +30,7 @@ from factory import registry, storage
 from serve.settings import EndpointSettings, ServingConfig, load_serving_config
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 FRONT_APP = "front"
 GRACE_S = 5.0  # past the request timeout, for the answer to leave the replica
 
@@ -77,6 +78,7 @@ def front_application(config: ServingConfig, registry_uri: str) -> dict:
                                 max_ongoing_requests=front_ongoing, target_ongoing_requests=front_ongoing / 2)
     timeout_s = config.http.request_timeout_s
     shared = {"settings": dataclasses.asdict(pool), "pool": dataclasses.asdict(config.pool)}
+    orders = order_desk_settings(config)
     return {
         "name": FRONT_APP,
         "route_prefix": "/",
@@ -85,10 +87,26 @@ def front_application(config: ServingConfig, registry_uri: str) -> dict:
         "deployments": [
             # The dedicated styles: the listing says which ones answer on an application of their own (no blends there).
             {"name": "Front", **deployment_options(front, timeout_s),
-             "user_config": {**copy.deepcopy(shared), "dedicated": config.dedicated_styles(), "request_timeout_s": timeout_s}},
+             "user_config": {**copy.deepcopy(shared), "dedicated": config.dedicated_styles(), "request_timeout_s": timeout_s,
+                             "orders": orders}},
             {"name": "StylePool", **deployment_options(pool, timeout_s), "user_config": copy.deepcopy(shared)},
+            # One replica: it alone writes the orders' records (serve/order_desk.py).
+            {"name": "OrderDesk", "num_replicas": 1, "user_config": orders},
         ],
     }
+
+
+def order_desk_settings(config: ServingConfig) -> dict:
+    """The orders' settings as the desk takes them: the jobs run from this checkout (where
+    factory/train_orders.py is, and where the recipe's relative paths start) unless the config says."""
+    orders = dataclasses.asdict(config.orders)
+    orders["working_dir"] = orders["working_dir"] or str(REPO_ROOT)
+    if config.orders.enabled and not storage.is_s3(orders["training_config"]):
+        recipe = Path(orders["working_dir"], orders["training_config"])
+        if not recipe.is_file():
+            raise ValueError(f"orders.training_config {orders['training_config']!r} is not a file under {orders['working_dir']} "
+                             "(orders.working_dir): name a factory config such as configs/tiny.yaml")
+    return orders
 
 
 def dedicated_application(config: ServingConfig, registry_uri: str, style: str, version: str) -> dict:

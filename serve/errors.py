@@ -21,6 +21,8 @@ RETRY_AFTER_S = 5
 
 def json_error(status: int, message: str, retry_after_s: float | None = None) -> JSONResponse:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after_s or RETRY_AFTER_S)))} if status in (429, 503) else None
+    if status == 401:  # RFC 6750: says which scheme the client should have used
+        headers = {"WWW-Authenticate": 'Bearer realm="orders"'}
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 

@@ -7,6 +7,8 @@
          ?max_side=&strength=&preserve_colors=&format=jpeg|png|webp
          &blend=starry_night:0.7,the_scream:0.3   styles of the path style's family, mixed (400 across families)
     GET  /styles/<style>   the model's metadata;  /styles/<style>/thumbnail.jpg, /styles/<style>/preview.jpg
+    POST /orders           Authorization: Bearer <token>; a form with a painting and a name -> 202, the order
+    GET  /orders, GET /orders/<id>, DELETE /orders/<id>   the token's orders, one, or cancel one
 
 It parses requests (bounded, off the event loop) and hands the image to the style pool
 (serve/style_pool.py) with the style's current version as the multiplexed model id (a family's
@@ -30,14 +32,16 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from factory import registry
+from factory import orders, registry
 from factory.style_names import validate_style_name
 from serve import http_input
 from serve.errors import json_errors_api
 from serve.http_input import CLIENT_CLOSED, HTTPError
+from serve.order_requests import parse_order_form
+from serve.order_tokens import OrderTokens
 from serve.registry_view import PICTURES, ListingCopy, PublishedStyle, RegistryView
 from serve.routing import ForgetfulRouter
-from serve.settings import EndpointSettings, HttpSettings, PoolSettings
+from serve.settings import EndpointSettings, HttpSettings, OrdersSettings, PoolSettings
 
 PAGE = Path(__file__).with_name("page.html")
 CACHED = {"Cache-Control": "max-age=300"}
@@ -73,10 +77,11 @@ class Front:
     """The pool's handle and the registry are the constructor's arguments; the settings come as
     user_config through reconfigure, so that changing them replaces no replica."""
 
-    def __init__(self, pool: DeploymentHandle, registry_uri: str):
-        self.pool, self.registry_uri = pool, registry_uri
+    def __init__(self, pool: DeploymentHandle, registry_uri: str, desk: DeploymentHandle | None = None):
+        self.pool, self.registry_uri, self.desk = pool, registry_uri, desk
         self.page = PAGE.read_text()
         self.view = None
+        self.tokens = OrderTokens()
 
     def reconfigure(self, config: dict) -> None:
         """Serve calls this after the constructor and whenever user_config changes: {"settings":
@@ -88,6 +93,9 @@ class Front:
         self.pool_settings = PoolSettings(**config.get("pool", {}))
         self.dedicated = frozenset(config.get("dedicated", ()))
         self.request_timeout_s = config.get("request_timeout_s", HttpSettings.request_timeout_s)
+        self.order_settings = OrdersSettings(**config.get("orders", {}))
+        if self.tokens.tokens_file != self.order_settings.tokens_file:
+            self.tokens = OrderTokens(self.order_settings.tokens_file)
         if self.view is None:
             self.metrics = FrontMetrics(self.pool_settings.metric_top_styles)
             self.view = RegistryView(self.registry_uri, self.pool_settings.refresh_s, self.pool_settings.full_refresh_s,
@@ -227,6 +235,68 @@ class Front:
             raise HTTPError(404, f"unknown style {name!r}; published styles: {listed or 'none'}")
         return style
 
+    # -- orders (serve/order_desk.py) -------------------------------------------------------------------
+
+    def _order_client(self, request: Request) -> str:
+        """The ordering client's token fingerprint; 404 where orders are off, 401 without a known token."""
+        if not self.order_settings.enabled or self.desk is None:
+            raise HTTPError(404, "this server takes no orders (the serving config's orders.enabled is false)")
+        owner = self.tokens.owner(request.headers.get("authorization"))
+        if owner is None:
+            raise HTTPError(401, "ordering a style needs a token: send Authorization: Bearer <token> (the operator "
+                                 "issues them; docs/orders.md)" + ("" if request.headers.get("authorization") else ", none was sent"))
+        return owner
+
+    async def _ask_desk(self, method: str, *args) -> JSONResponse:
+        try:
+            answer = await getattr(self.desk, method).remote(*args)
+        except (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError):
+            raise HTTPError(503, "the order desk is starting or restarting; retry in a few seconds", 5) from None
+        if answer.status >= 400:
+            raise HTTPError(answer.status, answer.body, answer.retry_after_s)
+        return JSONResponse(self._as_served(answer.body), status_code=answer.status,
+                            headers={"Location": answer.body["url"]} if answer.status == 202 else None)
+
+    def _as_served(self, body):
+        """An order the registry has published but this front's listing does not have yet is still
+        "publishing" here: the style's URL is given once a request to it will be answered."""
+        if isinstance(body, list):
+            return [self._as_served(item) for item in body]
+        style = self.view.styles.get(body.get("name"))
+        if body.get("status") == "published" and (style is None or style.version != body.get("version")):
+            body = {**body, "status": "publishing", "eta_s": self.pool_settings.refresh_s}
+            for key in ("style_url", "preview_url"):
+                body.pop(key, None)
+        return body
+
+    @api.post("/orders")
+    async def place_order(self, request: Request) -> JSONResponse:
+        owner = self._order_client(request)  # before the body: an anonymous client uploads nothing
+        body = await http_input.read_body(request, self.order_settings.max_painting_bytes + 64 * 1024, self.settings.body_timeout_s)
+        form = await asyncio.to_thread(parse_order_form, body, request.headers.get("content-type", ""), self.order_settings)
+        if form.name in self.view.styles:
+            raise HTTPError(409, f"the style name {form.name!r} is taken (GET /styles lists the published ones); choose another")
+        return await self._ask_desk("place", owner, form.name, form.family, form.width, form.painting, form.painting_info)
+
+    @api.get("/orders")
+    async def list_orders(self, request: Request) -> JSONResponse:
+        return await self._ask_desk("list", self._order_client(request))
+
+    @api.get("/orders/{order_id}")
+    async def get_order(self, order_id: str, request: Request) -> JSONResponse:
+        return await self._ask_desk("get", self._order_client(request), self._order_id(order_id))
+
+    @api.delete("/orders/{order_id}")
+    async def cancel_order(self, order_id: str, request: Request) -> JSONResponse:
+        return await self._ask_desk("cancel", self._order_client(request), self._order_id(order_id))
+
+    @staticmethod
+    def _order_id(order_id: str) -> str:
+        try:
+            return orders.check_order_id(order_id)
+        except ValueError as error:
+            raise HTTPError(404, str(error)) from None
+
     @api.api_route("/styles/{name:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
     def anything_else(self, name: str, request: Request):
         style = self._published(name.split("/", 1)[0])
@@ -238,10 +308,14 @@ class Front:
 
 def build_app(args: dict):
     """Application builder for Serve config files: args {registry}. The settings are each deployment's
-    user_config (serve/deploy.py writes them there); args' optional {settings, pool, dedicated} are the
+    user_config (serve/deploy.py writes them there); args' optional {settings, pool, dedicated, orders} are the
     defaults for a caller that builds the application in Python (serve.run(build_app(...)))."""
     from serve.style_pool import StylePool  # only the builder needs it: the front's replicas stay free of torch
 
+    from serve.order_desk import OrderDesk
+
     shared = {"settings": args.get("settings", {}), "pool": args.get("pool", {})}
     pool = StylePool.options(user_config=shared).bind(args["registry"])
-    return Front.options(user_config={**shared, "dedicated": list(args.get("dedicated", []))}).bind(pool, args["registry"])
+    desk = OrderDesk.options(user_config=args.get("orders", {})).bind(args["registry"])
+    return Front.options(user_config={**shared, "dedicated": list(args.get("dedicated", [])), "orders": args.get("orders", {})}
+                         ).bind(pool, args["registry"], desk)

@@ -189,6 +189,64 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OrdersSettings:
+    # POST /orders takes a painting and trains it into a live style (serve/order_desk.py); off: /orders answers 404.
+    enabled: bool = False
+    # The recipe of an ordered style: a factory config (its styles are ignored), and --set overrides for it.
+    training_config: str = "configs/tiny.yaml"
+    overrides: list = field(default_factory=list)
+    # The published family an order joins when it names none ("" : a network of its own). A client
+    # sends family= (empty) for a network of its own, or another family's name.
+    default_family: str = ""
+    # A joining style's steps (unset: a fifth of the recipe's) and its vector's learning rate: a join at
+    # 0.1 for a fifth of the steps came within 4% of its own network's held-out loss (docs/families-and-widths.md).
+    join_steps: int | None = None
+    join_learning_rate: float = 0.1
+    # Orders waiting to train; past it POST /orders answers 503 with Retry-After.
+    max_queued: int = 20
+    # Training runs (Ray jobs) at once, and orders trained together in one run (one pack).
+    max_running: int = 1
+    batch_max: int = 4
+    # How long the oldest queued order waits for others to share its run, when fewer than batch_max wait.
+    batch_wait_s: float = 5.0
+    # Each token's limits: orders in 24 hours, and orders queued or training at once (past either: 429 with Retry-After).
+    per_token_per_day: int = 20
+    per_token_concurrent: int = 2
+    # Tokens that may order (one a line; a line may be "label token"), in a file on every node; the
+    # environment variable STYLE_FACTORY_ORDER_TOKENS adds comma-separated ones. Never in this YAML.
+    tokens_file: str = ""
+    # The painting: at most this many bytes and pixels, at least this many pixels on its shorter side.
+    max_painting_bytes: int = 20_000_000
+    max_painting_pixels: int = 40_000_000
+    min_painting_side: int = 64
+    # Ray resources the training job's driver asks for (its workers ask the recipe's own), e.g.
+    # {train_node: 0.001} on cluster.yaml's cluster, and how often the desk looks at its jobs.
+    entrypoint_resources: dict = field(default_factory=dict)
+    poll_s: float = 2.0
+    # A run that fails is tried again this many times in all before its orders fail.
+    max_attempts: int = 2
+    # Where the job runs from (the recipe's relative paths start there); unset: where serve.deploy ran.
+    working_dir: str = ""
+
+    def __post_init__(self):
+        if self.default_family:
+            validate_style_name(self.default_family)
+        require(isinstance(self.overrides, list) and all(isinstance(item, str) and "=" in item for item in self.overrides),
+                "orders.overrides must be a list of KEY=VALUE strings, e.g. [training.steps=2000]")
+        require(self.join_steps is None or self.join_steps >= 1, "orders.join_steps must be >= 1")
+        require(self.join_learning_rate > 0, "orders.join_learning_rate must be > 0")
+        require(self.max_queued >= 1, "orders.max_queued must be >= 1")
+        require(self.max_running >= 0, "orders.max_running must be >= 0 (0 holds every order in the queue)")
+        require(self.batch_max >= 1, "orders.batch_max must be >= 1")
+        require(self.batch_wait_s >= 0, "orders.batch_wait_s must be >= 0")
+        require(self.per_token_per_day >= 1 and self.per_token_concurrent >= 1,
+                "orders.per_token_per_day and orders.per_token_concurrent must be >= 1")
+        require(self.max_painting_bytes >= 1024 and self.max_painting_pixels >= self.min_painting_side ** 2 and self.min_painting_side >= 16,
+                "orders: max_painting_bytes must be >= 1024, min_painting_side >= 16, max_painting_pixels >= its square")
+        require(self.poll_s > 0 and self.max_attempts >= 1, "orders.poll_s must be > 0 and orders.max_attempts >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServingConfig:
     # The registry to serve: a folder or s3://bucket/prefix.
     registry: str = "data/registry"
@@ -201,6 +259,8 @@ class ServingConfig:
     # Ray runtime_env every application runs in, where the nodes lack the project (on Kubernetes:
     # {working_dir: <zip URL of this repository>, pip: [...]}); empty where it is installed (cluster.yaml).
     runtime_env: dict = field(default_factory=dict)
+    # Orders for new styles over HTTP (POST /orders): off unless enabled.
+    orders: OrdersSettings = field(default_factory=OrdersSettings)
 
     def __post_init__(self):
         require(not self.defaults.dedicated, "defaults.dedicated must be false: mark single styles dedicated under `styles`")
