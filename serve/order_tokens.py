@@ -49,10 +49,14 @@ class OrderTokens:
         self.file_stamp: tuple | None = None
         self.checked_at = 0.0
         self.from_file: list[str] = []
-        self.problem = ""
+        self.file_problem = self.environment_problem = ""
 
     def _from_environment(self) -> list[str]:
-        return parse_tokens(os.environ.get(TOKENS_VARIABLE, "").replace(",", "\n"), TOKENS_VARIABLE)
+        try:
+            return parse_tokens(os.environ.get(TOKENS_VARIABLE, "").replace(",", "\n"), TOKENS_VARIABLE)
+        except TokenFileError as error:  # refused, and said why (a log line); never a server error
+            self.environment_problem = str(error)
+            return []
 
     def _reload_file(self) -> None:
         if not self.tokens_file or time.monotonic() - self.checked_at < RECHECK_S:
@@ -62,14 +66,20 @@ class OrderTokens:
             stat = Path(self.tokens_file).stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp != self.file_stamp:
-                self.from_file, self.file_stamp, self.problem = parse_tokens(Path(self.tokens_file).read_text(), self.tokens_file), stamp, ""
+                self.from_file, self.file_stamp, self.file_problem = parse_tokens(Path(self.tokens_file).read_text(), self.tokens_file), stamp, ""
         except (OSError, TokenFileError) as error:  # keep the tokens last read: an edit in progress must not lock everyone out
-            self.problem = f"orders.tokens_file: {error}"
+            self.file_problem = f"orders.tokens_file: {error}"
 
     def tokens(self) -> list[str]:
         with self.lock:
+            self.environment_problem = ""
             self._reload_file()
             return self._from_environment() + self.from_file
+
+    @property
+    def problem(self) -> str:
+        """What is wrong with the tokens as configured ("" when nothing is)."""
+        return "; ".join(problem for problem in (self.environment_problem, self.file_problem) if problem)
 
     def owner(self, authorization: str | None) -> str | None:
         """The fingerprint of the request's bearer token when it is one of ours, else None. Every known
