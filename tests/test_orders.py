@@ -16,6 +16,7 @@ from conftest import REPO_ROOT
 from factory import orders, registry
 from factory_runs import write_config
 from serving import deploy, publish_random_family, publish_random_style
+from test_page import page  # noqa: F401 (a fixture: Chromium)
 
 pytestmark = pytest.mark.slow
 TOKEN_A, TOKEN_B = "token-a-0123456789abcdef", "token-b-0123456789abcdef"
@@ -185,3 +186,30 @@ def test_an_order_joins_the_default_family_and_a_cancelled_one_stops_its_run_and
     assert answer.status_code == 200 and answer.headers["x-model-version"] == done["version"]
     listed = {entry["name"]: entry["status"] for entry in requests.get(f"{desk['base']}/orders", headers=auth(TOKEN_A), timeout=30).json()}
     assert listed == {"mine_one": "published", "mine_two": "published", "join_doomed": "cancelled", "join_live": "published"}
+
+
+def test_the_page_orders_a_style_shows_its_progress_and_tries_it_on_a_photo(desk, page, tmp_path):
+    (tmp_path / "painting.jpg").write_bytes(PAINTING)
+    (tmp_path / "photo.jpg").write_bytes(PHOTO)
+    page.goto(desk["base"] + "/")
+    page.locator("#order").wait_for(timeout=30_000)  # shown because this server takes orders
+    page.locator("#order summary").click()
+    page.fill("#order-token", TOKEN_B)
+    page.set_input_files("#order-painting", str(tmp_path / "painting.jpg"))
+    page.fill("#order-name", "from_the_page")
+    page.select_option("#order-family", "fam")
+    page.click("#order-go")
+    seen = set()
+    deadline = time.time() + 300
+    while not (text := page.locator("#order-status").text_content()).startswith("Live"):
+        assert time.time() < deadline and page.locator("#order-status").get_attribute("class") != "error", text
+        seen.add(text.split(":")[0].split(" (")[0])
+        time.sleep(0.2)
+    assert "Training" in seen or "Queued" in seen or "Publishing" in seen, seen  # progress was shown on the way
+    assert page.locator(".style.selected").get_attribute("data-style") == "from_the_page"
+    page.set_input_files("#photo", str(tmp_path / "photo.jpg"))
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Done: from_the_page')", timeout=60_000)
+    assert page.locator("#result").evaluate("img => img.naturalWidth") > 0
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    wrong = page.evaluate("""async () => (await fetch('/orders', {headers: {Authorization: 'Bearer nope-nope-nope-nope'}})).status""")
+    assert wrong == 401
