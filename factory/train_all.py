@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--deploy", action="store_true",
                         help="deploy each style to Ray Serve as soon as it is published (see serve/deploy.py)")
     parser.add_argument("--serve-config", help="serving config YAML for --deploy (autoscaling, limits, HTTP port)")
+    parser.add_argument("--no-contact-sheet", action="store_true",
+                        help="write no <registry>/contact_sheet.jpg (the order desk's runs: the catalogue's sheet stays)")
     parser.add_argument("--dashboard-address", default=os.environ.get("RAY_DASHBOARD_ADDRESS"),
                         help="Ray dashboard address for --deploy (default: the cluster this run is on)")
     return parser.parse_args(argv)
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     order = {style.name: index for index, style in enumerate(styles)}
     outcomes.sort(key=lambda outcome: order[outcome.style])
     print_table(outcomes, skipped)
-    sheet_uri = write_contact_sheet(config, photos, outcomes, weights)
+    sheet_uri = None if args.no_contact_sheet else write_contact_sheet(config, photos, outcomes, weights)
     if sheet_uri:
         print(f"contact sheet (a held-out photo, each painting above its model's output): {sheet_uri}", flush=True)
     if weights.is_random:

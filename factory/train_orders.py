@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(yaml.safe_dump({**base, "name": RUN_NAME, "styles": styles}))
         # Last, so that they win over the operator's: the orders' registry, and every own network in one pack.
         fixed = [f"registry={args.registry}", f"training.styles_per_pack={max(1, own)}"]
-        return train_all.main(["--config", str(config), *sum((["--set", item] for item in args.overrides + fixed), [])])
+        return train_all.main(["--config", str(config), "--no-contact-sheet", *sum((["--set", item] for item in args.overrides + fixed), [])])
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def test_two_orders_train_as_one_pack_survive_a_killed_desk_and_serve_while_the_
     preview = requests.get(f"{desk['base']}{done[1]['preview_url']}", timeout=30)
     assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
     assert not any(registry.list_styles(desk["registry"]).count(name) for name in ("later_one", "later_two"))
+    assert not os.path.exists(os.path.join(desk["registry"], "contact_sheet.jpg"))  # the catalogue's sheet is not an order's to write
 
 
 def test_an_order_joins_the_default_family_and_a_cancelled_one_stops_its_run_and_publishes_nothing(desk):
