@@ -176,3 +176,26 @@ def test_tokens_come_from_the_environment_and_a_file_read_again_when_it_changes(
     assert tokens.owner("Bearer short") is None and TOKENS_VARIABLE in tokens.problem
     with pytest.raises(TokenFileError, match="line 2: a token must be at least 16"):
         parse_tokens("ok-token-0123456789abcdef\nlabel tiny\n", "tokens")
+
+
+def test_a_token_sees_and_cancels_only_its_own_orders(make_desk):
+    desk = make_desk(max_running=0)
+    mine = place(desk, "mine").body["id"]
+    assert desk.get("owner-b", mine).status == 404 and desk.cancel("owner-b", mine).status == 404
+    assert desk.list("owner-b").body == [] and [seen["id"] for seen in desk.list("owner-a").body] == [mine]
+    assert desk.get("owner-a", mine).body["position"] == 1
+
+
+def test_cancelling_a_training_order_stops_its_run_and_its_partners_go_back_to_the_queue(make_desk):
+    jobs = ScriptedJobs()
+    desk = make_desk(jobs, batch_max=2, batch_wait_s=0)
+    doomed, partner = (place(desk, name).body["id"] for name in ("doomed", "partner"))
+    desk.round()
+    job = desk.orders[doomed].job
+    assert desk.cancel("owner-a", doomed).body["status"] == "cancelled"
+    assert jobs.stopped == [job]
+    assert (desk.orders[partner].status, desk.orders[partner].job) == ("queued", "")
+    assert "another order in it was cancelled" in desk.orders[partner].reason
+    desk.round()  # the partner trains again, alone, in a run of its own
+    assert desk.orders[partner].status == "training" and desk.orders[partner].job != job
+    assert desk.cancel("owner-a", doomed).status == 409  # cancelled once is enough
