@@ -1,7 +1,9 @@
 """Runs the local-cluster blocks exactly as written, from a plain shell (no venv on PATH, a fresh HOME, so
 a fresh Ray token), as a new user would: docs/clusters.md's first bash block (a training job submitted to
 a local cluster), then the README's "Serve every style" block (the registry it published, served, and a
-photo stylised with curl). Then checks that the job published both styles and that curl got a picture.
+photo stylised with curl), then docs/orders.md's block (a painting ordered over HTTP, trained by the
+order desk's Ray job, stylised with curl). Checks that the job published both styles and that each curl
+got a picture.
 Needs Ray's default ports (6379, 8265, 8000) free, so CI runs it after the suite.
 
     python3 .ci/readme_cluster_commands.py
@@ -17,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STYLISED = ROOT / "rocket-starry.jpg"  # what the README's curl writes
+ORDERED = ROOT / "rocket-udnie.jpg"  # what docs/orders.md's curl writes
 
 
 def first_bash_block(page: Path, after: str = "") -> str:
@@ -35,6 +38,7 @@ def run_as_written(block: str, what: str, env: dict) -> bool:
 
 def main() -> int:
     STYLISED.unlink(missing_ok=True)
+    ORDERED.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="readme-home-") as home:
         env = {"HOME": home, "PATH": PLAIN_PATH, "LANG": "C.UTF-8", "TERM": "dumb"}
         if not run_as_written(first_bash_block(ROOT / "docs" / "clusters.md"), "docs/clusters.md's local-cluster block", env):
@@ -47,12 +51,17 @@ def main() -> int:
             return 1
         if not run_as_written(first_bash_block(ROOT / "README.md", "## Serve every style"), "the README's serving block", env):
             return 1
-    picture = STYLISED.read_bytes() if STYLISED.exists() else b""
-    STYLISED.unlink(missing_ok=True)
-    if not picture.startswith(b"\xff\xd8"):
-        print(f"the README's curl did not write a JPEG ({len(picture)} bytes)", file=sys.stderr)
-        return 1
-    print(f"the local-cluster blocks ran as written: published {check.stdout.strip()}, and curl got a {len(picture)}-byte JPEG back")
+        if not run_as_written(first_bash_block(ROOT / "docs" / "orders.md"), "docs/orders.md's ordering block", env):
+            return 1
+    sizes = {}
+    for path, what in ((STYLISED, "the README's curl"), (ORDERED, "docs/orders.md's curl")):
+        picture = path.read_bytes() if path.exists() else b""
+        path.unlink(missing_ok=True)
+        if not picture.startswith(b"\xff\xd8"):
+            print(f"{what} did not write a JPEG ({len(picture)} bytes)", file=sys.stderr)
+            return 1
+        sizes[what] = len(picture)
+    print(f"the local-cluster blocks ran as written: published {check.stdout.strip()}, and the curls got JPEGs back: {sizes}")
     return 0
 
 
