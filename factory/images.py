@@ -7,10 +7,13 @@ network takes and returns that; each loss network source does its own preprocess
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch only where tensors are made: the front door checks uploads without it (about 470 MB)
+    import torch
 
 ENCODE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # Pixel limit for images the config names (style images, the preview photo): generous, since the
@@ -105,6 +108,8 @@ def fit_within(image: Image.Image, max_side: int) -> Image.Image:
 
 def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in 0..255."""
+    import torch
+
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
 
 

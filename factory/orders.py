@@ -72,7 +72,7 @@ def new_order_id() -> str:
 
 def check_order_id(order_id: str) -> str:
     """An order id from a URL, before it becomes a storage key."""
-    if not ORDER_ID.match(order_id):
+    if not isinstance(order_id, str) or not ORDER_ID.fullmatch(order_id):
         raise ValueError(f"{order_id!r} is not an order id (ids look like o0123456789abcdef, as POST /orders answered)")
     return order_id
 
@@ -87,9 +87,17 @@ def order_uri(registry: str, order_id: str, filename: str = "") -> str:
     return storage.join(registry, ORDERS_FOLDER, order_id, *([filename] if filename else []))
 
 
-def write_new(registry: str, order: Order, painting: bytes) -> None:
-    storage.write_bytes(order_uri(registry, order.id, PAINTING_FILE), painting)
-    write(registry, order)
+def write_painting(registry: str, order_id: str, painting: bytes) -> None:
+    """First: an order's folder without order.json is not an order (read_all skips it)."""
+    storage.write_bytes(order_uri(registry, order_id, PAINTING_FILE), painting)
+
+
+def delete_painting(registry: str, order_id: str) -> None:
+    """The folder of an order refused after its painting was stored; a fault here leaves a folder read_all skips."""
+    try:
+        storage.delete_tree(order_uri(registry, order_id))
+    except Exception:
+        pass
 
 
 def write(registry: str, order: Order) -> None:
@@ -104,7 +112,7 @@ def read_all(registry: str) -> list[Order]:
     """Every whole order under the registry, oldest first (a folder without order.json is a write cut short)."""
     found = []
     for name in storage.list_subfolders(storage.join(registry, ORDERS_FOLDER)):
-        if not ORDER_ID.match(name):
+        if not ORDER_ID.fullmatch(name):
             continue
         try:
             found.append(read(registry, name))

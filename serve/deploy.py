@@ -101,6 +101,7 @@ def order_desk_settings(config: ServingConfig) -> dict:
     factory/train_orders.py is, and where the recipe's relative paths start) unless the config says."""
     orders = dataclasses.asdict(config.orders)
     orders["working_dir"] = orders["working_dir"] or str(REPO_ROOT)
+    orders["runtime_env"] = orders["runtime_env"] or copy.deepcopy(config.runtime_env)
     if config.orders.enabled and not storage.is_s3(orders["training_config"]):
         recipe = Path(orders["working_dir"], orders["training_config"])
         if not recipe.is_file():

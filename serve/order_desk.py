@@ -11,7 +11,9 @@ records (the job ids are stored there before the job is submitted).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import shlex
 import statistics
@@ -20,15 +22,18 @@ import time
 from dataclasses import dataclass
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from factory import orders, registry, storage
 from factory.orders import ACTIVE, Order
 from factory.style_names import validate_style_name
+from serve.routing import ForgetfulRouter
 from serve.settings import OrdersSettings
 
 logger = logging.getLogger("ray.serve")
 DAY_S = 24 * 3600
 LISTED_ORDERS = 100
+STUCK_ROUND_S = 300
 # A train loop's progress line: "[run]   starry_night step 25/150  ...".
 PROGRESS_LINE = re.compile(r"\]\s+(\S+) step (\d+)/(\d+)\s")
 PUBLISHED_LINE = re.compile(r"published (\S+) version (\S+) to ")
@@ -44,21 +49,29 @@ class Answer:
 
 
 class RayJobs:
-    """The training runs, as Ray jobs (status, logs and stop come with them)."""
+    """The training runs, as Ray jobs (status, logs and stop come with them). The client is made on first
+    use: a dashboard that is down when the desk starts delays the runs, not the front door's start."""
 
     def __init__(self, address: str | None = None):
-        from ray.job_submission import JobSubmissionClient
+        self.address, self._client = address, None
 
-        if address is None:  # inside the cluster: the dashboard the GCS names
-            import ray
+    @property
+    def client(self):
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
 
-            address = ray.get_runtime_context().gcs_address
-        self.client = JobSubmissionClient(address)
+            address = self.address
+            if address is None:  # inside the cluster: the dashboard the GCS names
+                import ray
 
-    def submit(self, job_id: str, entrypoint: str, resources: dict, env: dict) -> None:
+                address = ray.get_runtime_context().gcs_address
+            self._client = JobSubmissionClient(address)
+        return self._client
+
+    def submit(self, job_id: str, entrypoint: str, resources: dict, runtime_env: dict) -> None:
         try:
             self.client.submit_job(entrypoint=entrypoint, submission_id=job_id, entrypoint_resources=resources or None,
-                                   runtime_env={"env_vars": env}, metadata={"started_by": "style-factory order desk"})
+                                   runtime_env=runtime_env, metadata={"started_by": "style-factory order desk"})
         except RuntimeError as error:
             if "already exists" not in str(error):  # submitted before a restart cut the record short: follow it
                 raise
@@ -81,7 +94,20 @@ class RayJobs:
 
 
 def job_id_for(batch: list[Order]) -> str:
-    return f"order-{batch[0].id}-{batch[0].attempts}"
+    """Derived from the batch, so that a job submitted just before a crash is found again, and only for
+    the same orders (a job id that exists is followed, not submitted twice)."""
+    ids = ",".join(order.id for order in batch)
+    return f"order-{batch[0].id}-{batch[0].attempts}-{hashlib.sha256(ids.encode()).hexdigest()[:8]}"
+
+
+def job_runtime_env(settings: OrdersSettings) -> dict:
+    """The job's runtime_env: orders.runtime_env, and the checkout first on its Python path (the cluster's
+    own path after it) where the job runs in the checkout."""
+    runtime_env = {**settings.runtime_env}
+    if not runtime_env.get("working_dir"):
+        path = os.pathsep.join(part for part in (settings.working_dir, os.environ.get("PYTHONPATH", "")) if part)
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "PYTHONPATH": path}
+    return runtime_env
 
 
 def batch_key(order: Order) -> tuple:
@@ -146,6 +172,18 @@ class Desk:
                 return Answer(400, f"there is no published family {family!r} to join; published families: {', '.join(known) or 'none'}; "
                                    "send family= (empty) to train a network of its own")
         now = self.clock()
+        order_id = orders.new_order_id()
+        try:  # before the lock: a large painting on S3 must not hold up every other order's answer
+            orders.write_painting(self.registry, order_id, painting)
+        except Exception as error:
+            return Answer(503, f"the painting could not be stored ({type(error).__name__}); nothing was kept: retry later", 30)
+        answer = self._reserve(owner, order_id, name, family, width, now, painting_info)
+        if answer.status != 202:
+            orders.delete_painting(self.registry, order_id)
+        return answer
+
+    def _reserve(self, owner: str, order_id: str, name: str, family: str, width: float | None, now: float, painting_info: dict) -> Answer:
+        settings = self.settings
         with self.lock:
             if not self.loaded:
                 return Answer(503, "the order desk is still reading its orders from storage", 10)
@@ -164,10 +202,10 @@ class Desk:
             if len(today) >= settings.per_token_per_day:
                 return Answer(429, f"this token placed {len(today)} orders in the last 24 hours (orders.per_token_per_day: "
                                    f"{settings.per_token_per_day})", today[0] + DAY_S - now)
-            order = Order(id=orders.new_order_id(), owner=owner, name=name, family=family, width=None if family else width,
+            order = Order(id=order_id, owner=owner, name=name, family=family, width=None if family else width,
                           created_at=now, updated_at=now, painting=painting_info)
             try:
-                orders.write_new(self.registry, order, painting)
+                orders.write(self.registry, order)
             except Exception as error:
                 return Answer(503, f"the order could not be stored ({type(error).__name__}); nothing was kept: retry later", 30)
             self.orders[order.id] = order
@@ -200,13 +238,15 @@ class Desk:
             self._save(order)
             if job:
                 for other in self._in_job(job):
+                    other.attempts -= 1  # not its failure
                     self._requeue(other, "its run was stopped when another order in it was cancelled")
+            answer = Answer(200, self.view(order))
         if job:
             try:
                 self.jobs.stop(job)
             except Exception as error:  # the next round sees it still running and stops it again
                 logger.warning("stopping job %s failed: %s", job, error)
-        return Answer(200, self.view(order))
+        return answer
 
     # -- the training -----------------------------------------------------------------------------------
 
@@ -241,7 +281,9 @@ class Desk:
             command += ["--join-steps", str(settings.join_steps)]
         for item in settings.overrides:
             command += ["--set", item]
-        return f"cd {shlex.quote(settings.working_dir)} && " + " ".join(shlex.quote(part) for part in command)
+        run = " ".join(shlex.quote(part) for part in command)
+        # With a runtime_env that ships the project, the job runs in Ray's copy of it, where it starts.
+        return run if settings.runtime_env.get("working_dir") else f"cd {shlex.quote(settings.working_dir)} && {run}"
 
     def start_next(self) -> str | None:
         """Start the next batch's run; its job id is in its orders' records before the job is submitted."""
@@ -257,21 +299,32 @@ class Desk:
                 self._save(order)
             entrypoint = self.entrypoint(batch)
         try:
-            self.jobs.submit(job, entrypoint, self.settings.entrypoint_resources, {"PYTHONPATH": self.settings.working_dir})
+            self.jobs.submit(job, entrypoint, self.settings.entrypoint_resources, job_runtime_env(self.settings))
             logger.info("order desk: started %s for %s", job, ", ".join(order.name for order in batch))
-        except Exception as error:  # the cluster refused it: back in the queue, tried again next round
+        except Exception as error:  # the cluster refused it: an attempt spent, tried again next round
             logger.warning("order desk: submitting %s failed: %s", job, error)
             with self.lock:
                 for order in batch:
                     if order.status == "training" and order.job == job:
-                        order.attempts -= 1
-                        self._requeue(order, f"the training job could not be started ({type(error).__name__}); retrying")
+                        why = f"the training job could not be started: {type(error).__name__}: {str(error)[:200]}"
+                        self._fail(order, why) if order.attempts >= self.settings.max_attempts else self._requeue(order, why)
+            return None
+        with self.lock:  # every order of it cancelled while it was being submitted: it must not run
+            orphaned = not self._in_job(job)
+        if orphaned:
+            self.jobs.stop(job)
         return job
 
     def follow(self, job: str) -> None:
         """Bring one running job's orders up to date with its status and log."""
         state, message = self.jobs.status(job)
-        log = self.jobs.logs(job) if state in ("RUNNING", "SUCCEEDED", "FAILED") else ""
+        try:
+            log = self.jobs.logs(job) if state in ("RUNNING", "SUCCEEDED", "FAILED") else ""
+        except Exception as error:  # the driver's node is gone: a finished run is judged without its log
+            if state == "RUNNING":
+                raise
+            logger.warning("order desk: the log of %s cannot be read (%s)", job, error)
+            log = ""
         progress = {match.group(1): (int(match.group(2)), int(match.group(3))) for match in PROGRESS_LINE.finditer(log)}
         published = {match.group(1): match.group(2) for match in PUBLISHED_LINE.finditer(log)}
         with self.lock:
@@ -282,7 +335,7 @@ class Desk:
                 return
             for order in members:
                 if order.name in published:
-                    self._published(order, published[order.name])
+                    self._published(order, published[order.name], final=state not in ("PENDING", "RUNNING"))
                 elif state in ("PENDING", "RUNNING"):
                     step, steps = progress.get(order.name, (order.step, order.steps))
                     status = "publishing" if steps and step >= steps else "training"
@@ -290,7 +343,7 @@ class Desk:
                         order.step, order.steps, order.status = step, steps, status
                         self._save(order)
                 elif state == "SUCCEEDED":
-                    self._published(order, None)
+                    self._published(order, None, final=True)
                 elif state == "FAILED" and order.attempts < self.settings.max_attempts:
                     self._requeue(order, f"its run failed and is tried again: {last_error_line(log) or message[:300]}")
                 elif state in ("FAILED", "STOPPED"):
@@ -299,13 +352,15 @@ class Desk:
                 elif state == "LOST":
                     self._requeue(order, message)
 
-    def _published(self, order: Order, version: str | None) -> None:
+    def _published(self, order: Order, version: str | None, final: bool) -> None:
+        """Published once the registry says so; a finished run whose style the registry lacks failed it.
+        (A version other than the run's is current when someone rolled back at once: still published.)"""
         try:
             current = registry.current_version(self.registry, order.name)
-        except Exception:
+        except registry.ModelNotFound:
             current = None
-        if current is None or (version and current != version):
-            if version is None:  # the run ended without it
+        if current is None:
+            if final:
                 self._fail(order, f"the run finished without publishing {order.name!r}")
             return
         order.status, order.version, order.finished_at, order.reason = "published", current, self.clock(), ""
@@ -327,7 +382,7 @@ class Desk:
                 self.follow(job)
             except Exception as error:
                 logger.warning("order desk: following %s failed: %s", job, error)
-        while self.start_next():
+        while self.settings.enabled and self.start_next():
             pass
 
     # -- what clients see -------------------------------------------------------------------------------
@@ -373,7 +428,9 @@ class Desk:
         return seen
 
 
-@serve.deployment(name="OrderDesk", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+# The forgetful router as every deployment here has it (serve/routing.py), though the front's calls carry no model id.
+@serve.deployment(name="OrderDesk", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
+                  request_router_config=RequestRouterConfig(request_router_class=ForgetfulRouter))
 class OrderDesk:
     """The desk in Serve: one replica, its settings as user_config (reconfigure), its rounds on a thread."""
 
@@ -405,8 +462,13 @@ class OrderDesk:
             time.sleep(self.desk.settings.poll_s)
 
     def check_health(self) -> None:
+        """Fails for what a new replica fixes: a dead round thread, or a round stuck (a hung request to the
+        dashboard or storage) far past orders.poll_s."""
         if self.thread is not None and not self.thread.is_alive():
             raise RuntimeError("the order desk's thread has stopped")
+        stuck_s = time.monotonic() - self.last_round
+        if self.thread is not None and stuck_s > max(STUCK_ROUND_S, 20 * self.desk.settings.poll_s):
+            raise RuntimeError(f"the order desk's round has not finished for {stuck_s:.0f} s")
 
     def place(self, owner: str, name: str, family: str | None, width: float | None, painting: bytes, painting_info: dict) -> Answer:
         return self.desk.place(owner, name, family, width, painting, painting_info)

@@ -223,10 +223,13 @@ class OrdersSettings:
     # {train_node: 0.001} on cluster.yaml's cluster, and how often the desk looks at its jobs.
     entrypoint_resources: dict = field(default_factory=dict)
     poll_s: float = 2.0
-    # A run that fails is tried again this many times in all before its orders fail.
-    max_attempts: int = 2
-    # Where the job runs from (the recipe's relative paths start there); unset: where serve.deploy ran.
+    # Attempts at an order's run (a job that fails, or that the cluster would not start) before it fails.
+    max_attempts: int = 3
+    # Where the job runs from (the recipe's relative paths start there); unset: the checkout serve.deploy ran from.
     working_dir: str = ""
+    # The jobs' Ray runtime_env where the nodes lack the project (e.g. {working_dir: <zip URL>}: the job then
+    # runs in its copy); unset: the serving config's runtime_env.
+    runtime_env: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.default_family:
@@ -244,6 +247,10 @@ class OrdersSettings:
         require(self.max_painting_bytes >= 1024 and self.max_painting_pixels >= self.min_painting_side ** 2 and self.min_painting_side >= 16,
                 "orders: max_painting_bytes must be >= 1024, min_painting_side >= 16, max_painting_pixels >= its square")
         require(self.poll_s > 0 and self.max_attempts >= 1, "orders.poll_s must be > 0 and orders.max_attempts >= 1")
+        require(all(isinstance(name, str) and isinstance(amount, (int, float)) and amount >= 0 and name not in ("CPU", "GPU", "memory")
+                    for name, amount in self.entrypoint_resources.items()),
+                "orders.entrypoint_resources must map custom resource names to amounts >= 0, e.g. {train_node: 0.001} "
+                "(CPU, GPU and memory are not asked this way)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -241,7 +241,7 @@ def test_every_deployed_deployment_routes_with_the_forgetful_router(served):
     applications = _client(served["address"]).get_serve_details()["applications"]
     routers = {name: deployment["deployment_config"]["request_router_config"]["request_router_class"]
                for application in applications.values() for name, deployment in application["deployments"].items()}
-    assert set(routers) == {"Front", "StylePool", "StyleEndpoint"}
+    assert set(routers) == {"Front", "StylePool", "OrderDesk", "StyleEndpoint"}
     assert set(routers.values()) == {"serve.routing.ForgetfulRouter"}
 
 

@@ -26,8 +26,13 @@ class ScriptedJobs:
 
     def __init__(self):
         self.submitted, self.stopped, self.states, self.log_text = [], [], {}, {}
+        self.refuse, self.logs_gone, self.while_submitting = None, False, None
 
-    def submit(self, job_id, entrypoint, resources, env):
+    def submit(self, job_id, entrypoint, resources, runtime_env):
+        if self.while_submitting:
+            self.while_submitting()
+        if self.refuse:
+            raise self.refuse
         self.submitted.append((job_id, entrypoint))
         self.states[job_id] = ("RUNNING", "")
 
@@ -35,6 +40,8 @@ class ScriptedJobs:
         return self.states[job_id]
 
     def logs(self, job_id):
+        if self.logs_gone:
+            raise RuntimeError("Request failed with status code 500: the agent on the driver's node is gone")
         return self.log_text.get(job_id, "")
 
     def stop(self, job_id):
@@ -199,3 +206,46 @@ def test_cancelling_a_training_order_stops_its_run_and_its_partners_go_back_to_t
     desk.round()  # the partner trains again, alone, in a run of its own
     assert desk.orders[partner].status == "training" and desk.orders[partner].job != job
     assert desk.cancel("owner-a", doomed).status == 409  # cancelled once is enough
+
+
+def test_a_run_the_cluster_will_not_start_is_tried_again_next_round_then_fails_saying_why(make_desk):
+    jobs = ScriptedJobs()
+    desk = make_desk(jobs, batch_wait_s=0, max_attempts=2)
+    order_id = place(desk, "unstartable").body["id"]
+    jobs.refuse = TypeError("entrypoint_resources must be a dict")
+    desk.round()  # one try a round, not a loop
+    assert (desk.orders[order_id].status, desk.orders[order_id].attempts) == ("queued", 1)
+    desk.round()
+    assert desk.orders[order_id].status == "failed" and "could not be started: TypeError" in desk.orders[order_id].reason
+
+
+def test_an_order_cancelled_while_its_run_is_being_submitted_leaves_no_run_behind(make_desk):
+    jobs = ScriptedJobs()
+    desk = make_desk(jobs, batch_wait_s=0)
+    order_id = place(desk, "hasty").body["id"]
+    jobs.while_submitting = lambda: desk.cancel("owner-a", order_id)
+    desk.round()
+    job = jobs.submitted[0][0]
+    assert desk.orders[order_id].status == "cancelled" and jobs.states[job][0] == "STOPPED"
+
+
+def test_a_finished_run_whose_log_is_gone_is_judged_by_the_registry(make_desk):
+    jobs = ScriptedJobs()
+    desk = make_desk(jobs, batch_wait_s=0)
+    order_id = place(desk, "a_lost_log").body["id"]
+    desk.round()
+    jobs.states[desk.orders[order_id].job], jobs.logs_gone = ("SUCCEEDED", ""), True
+    desk.round()
+    assert desk.orders[order_id].status == "failed" and "without publishing" in desk.orders[order_id].reason
+
+
+def test_a_job_runs_in_the_checkout_or_in_the_copy_its_runtime_env_ships(make_desk):
+    from serve.order_desk import job_runtime_env
+
+    here = make_desk()
+    batch = [here.orders[place(here, "somewhere").body["id"]]]
+    assert here.entrypoint(batch).startswith("cd /srv/factory && python factory/train_orders.py --registry ")
+    assert job_runtime_env(here.settings)["env_vars"]["PYTHONPATH"].startswith("/srv/factory")
+    shipped = make_desk(runtime_env={"working_dir": "https://example.com/style-factory.zip"})
+    assert shipped.entrypoint(batch).startswith("python factory/train_orders.py")
+    assert job_runtime_env(shipped.settings) == {"working_dir": "https://example.com/style-factory.zip"}

@@ -46,8 +46,9 @@ def test_a_routed_request_leaves_the_model_id_index_whatever_its_arguments(make)
 
 def test_every_deployment_the_proxies_or_the_front_call_routes_with_the_forgetful_router():
     from serve.front_app import Front
+    from serve.order_desk import OrderDesk
     from serve.style_app import StyleEndpoint
     from serve.style_pool import StylePool
 
-    for deployment in (Front, StylePool, StyleEndpoint):
+    for deployment in (Front, StylePool, StyleEndpoint, OrderDesk):
         assert deployment._deployment_config.request_router_config.request_router_class == "serve.routing.ForgetfulRouter", deployment.name

@@ -29,8 +29,9 @@ def test_generated_config_is_the_pool_plus_one_application_per_dedicated_style_a
     assert list(apps) == ["front", "style-rare"]  # alpha and hot are pooled; "unpublished" has nothing to serve yet
     assert apps["front"]["route_prefix"] == "/" and apps["style-rare"]["route_prefix"] == "/styles/rare"
     assert "alpha" not in yaml.safe_dump(apps["front"])  # pooled styles are found at run time, not listed in the config
-    front, pool = apps["front"]["deployments"]
-    assert (front["name"], pool["name"]) == ("Front", "StylePool")
+    front, pool, desk = apps["front"]["deployments"]
+    assert (front["name"], pool["name"], desk["name"]) == ("Front", "StylePool", "OrderDesk")
+    assert desk["num_replicas"] == 1 and desk["user_config"]["enabled"] is False  # orders are off unless the config says
     assert pool["user_config"]["pool"]["model_cache_mb"] == 64 and front["user_config"]["dedicated"] == ["rare", "unpublished"]
     assert front["max_ongoing_requests"] > pool["max_ongoing_requests"] * pool["autoscaling_config"]["max_replicas"]
     rare = apps["style-rare"]["deployments"][0]
