@@ -91,9 +91,19 @@ def first_image(base: str, order_id: str, name: str, timeout_s: float = 3600) ->
 
 
 def phases(registry: Path, order_id: str) -> dict:
-    """Where an order's time went, from its record: waiting in the queue, its run."""
+    """Where an order's time went, from its record (waiting in the queue, its run) and its style's metadata
+    (the run's training loop, and its rate per style): the rest of the run is its fixed cost."""
     order = orders.read(str(registry), order_id)
-    return {"queued_s": round(order.started_at - order.created_at, 1), "run_s": round(order.finished_at - order.started_at, 1)}
+    throughput = registry_metadata(registry, order.name)["throughput"]
+    return {"queued_s": round(order.started_at - order.created_at, 1), "run_s": round(order.finished_at - order.started_at, 1),
+            "training_s": round(throughput["train_seconds"], 1),
+            "images_per_second_per_style": round(throughput["images_per_second_per_style"], 2)}
+
+
+def registry_metadata(registry: Path, name: str) -> dict:
+    from factory import registry as published
+
+    return published.read_metadata(str(registry), name)
 
 
 def one_order(base: str, registry: Path, name: str, painting: str, family: str | None) -> dict:
@@ -111,8 +121,11 @@ def four_at_once(base: str, registry: Path, label: str) -> dict:
     for order_id, name in placed:
         first_image(base, order_id, name)
     seconds = time.perf_counter() - start
-    runs = {orders.read(str(registry), order_id).job for order_id, _ in placed}
-    figures = {"four_to_images_s": round(seconds, 1), "orders_per_hour": round(4 * 3600 / seconds, 1), "runs": len(runs)}
+    each = {orders.read(str(registry), order_id).job: phases(registry, order_id) for order_id, _ in placed}  # one a run
+    every = [phases(registry, order_id) for order_id, _ in placed]
+    figures = {"four_to_images_s": round(seconds, 1), "orders_per_hour": round(4 * 3600 / seconds, 1), "runs": len(each),
+               "training_s": round(sum(entry["training_s"] for entry in each.values()), 1),
+               "images_per_second_per_style": round(statistics.mean(entry["images_per_second_per_style"] for entry in every), 2)}
     print(f"{label}: {figures}", flush=True)
     return figures
 
