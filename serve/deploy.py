@@ -100,12 +100,13 @@ def order_desk_settings(config: ServingConfig) -> dict:
     """The orders' settings as the desk takes them: the jobs run from this checkout (where
     factory/train_orders.py is, and where the recipe's relative paths start) unless the config says."""
     orders = dataclasses.asdict(config.orders)
-    orders["working_dir"] = orders["working_dir"] or str(REPO_ROOT)
     orders["runtime_env"] = orders["runtime_env"] or copy.deepcopy(config.runtime_env)
-    if config.orders.enabled and not storage.is_s3(orders["training_config"]):
-        recipe = Path(orders["working_dir"], orders["training_config"])
-        if not recipe.is_file():
-            raise ValueError(f"orders.training_config {orders['training_config']!r} is not a file under {orders['working_dir']} "
+    # An unset working_dir stays unset: the desk runs jobs from its own checkout, so that the written
+    # config holds no path of the machine that wrote it (k8s/rayservice.yaml is such a config).
+    if config.orders.enabled and not storage.is_s3(orders["training_config"]) and not orders["runtime_env"].get("working_dir"):
+        working_dir = orders["working_dir"] or str(REPO_ROOT)
+        if not Path(working_dir, orders["training_config"]).is_file():
+            raise ValueError(f"orders.training_config {orders['training_config']!r} is not a file under {working_dir} "
                              "(orders.working_dir): name a factory config such as configs/tiny.yaml")
     return orders
 

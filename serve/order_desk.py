@@ -11,6 +11,7 @@ records (the job ids are stored there before the job is submitted).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -20,6 +21,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ray import serve
 from ray.serve.config import RequestRouterConfig
@@ -34,6 +36,7 @@ logger = logging.getLogger("ray.serve")
 DAY_S = 24 * 3600
 LISTED_ORDERS = 100
 STUCK_ROUND_S = 300
+CHECKOUT = Path(__file__).resolve().parent.parent
 # A train loop's progress line: "[run]   starry_night step 25/150  ...".
 PROGRESS_LINE = re.compile(r"\]\s+(\S+) step (\d+)/(\d+)\s")
 PUBLISHED_LINE = re.compile(r"published (\S+) version (\S+) to ")
@@ -125,8 +128,18 @@ def last_error_line(log: str) -> str:
 class Desk:
     """The orders and their rules, without Serve: `jobs` runs the training (RayJobs, or a test's own)."""
 
+    @property
+    def settings(self) -> OrdersSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: OrdersSettings) -> None:
+        # Jobs run from this checkout unless told otherwise: the code the desk runs is the code they run.
+        self._settings = settings if settings.working_dir else dataclasses.replace(settings, working_dir=str(CHECKOUT))
+
     def __init__(self, registry_uri: str, settings: OrdersSettings, jobs, clock=time.time):
-        self.registry, self.settings, self.jobs, self.clock = registry_uri, settings, jobs, clock
+        self.registry, self.jobs, self.clock = registry_uri, jobs, clock
+        self.settings = settings
         self.lock = threading.RLock()
         self.orders: dict[str, Order] = {}
         self.unsaved: set[str] = set()  # orders whose record a storage fault kept from being written
