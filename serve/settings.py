@@ -225,7 +225,7 @@ class OrdersSettings:
     poll_s: float = 2.0
     # Attempts at an order's run (a job that fails, or that the cluster would not start) before it fails.
     max_attempts: int = 3
-    # Where the job runs from (the recipe's relative paths start there); unset: the checkout serve.deploy ran from.
+    # Where the job runs from (the recipe's relative paths start there); unset: the checkout the desk runs from.
     working_dir: str = ""
     # The jobs' Ray runtime_env where the nodes lack the project (e.g. {working_dir: <zip URL>}: the job then
     # runs in its copy); unset: the serving config's runtime_env.
