@@ -64,6 +64,10 @@ class SkipLedger:
                 f"more than data.max_skipped_fraction ({self.max_fraction:.1%}): {summary['by_reason']}, e.g. {path}: {reason}. "
                 "So many bad files mean a wrong data.source or a broken copy: check it, or raise data.max_skipped_fraction")
 
+    def skipped(self) -> dict[str, str]:
+        """Every skipped file and why, for a report that lists them all."""
+        return dict(self.reasons)
+
     def summary(self) -> dict:
         """{'count': unique files skipped, 'by_reason': {reason: count}, 'examples': [(path, reason)]}."""
         kinds = Counter(reason.split(":")[0].split(" (")[0] for reason in self.reasons.values())
@@ -94,31 +98,36 @@ def read_with_retries(read, path: str):
     raise ContentReadError(
         f"could not read {path} in {READ_ATTEMPTS} tries: {last_error}. Only missing files are skipped; this one is "
         "listed but unreadable: check this node's credentials (its instance profile), the bucket's permissions and "
-        "the endpoint, then run again (the run resumes from its checkpoint)"
+        "the endpoint, then run again (a run resumes where it stopped)"
     )
 
 
 def list_image_files(settings: DataSettings) -> tuple[pyarrow.fs.FileSystem, list[str], dict[str, str]]:
     """All files under data.source, minus hidden ones, and the oversized ones as (path -> reason)."""
     filesystem, root = storage.pyarrow_filesystem(settings.source)
-    info = filesystem.get_file_info(root)
-    if info.type != pyarrow.fs.FileType.Directory and not storage.is_s3(settings.source):
+    if not storage.is_s3(settings.source) and filesystem.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         raise FileNotFoundError(
             f"no image folder at {settings.source!r}: put the content images there (for COCO, unzip "
             "train2014.zip into data/, see docs/data-and-weights.md) or set data.source to a folder or s3://bucket/prefix"
         )
+    paths, oversized = list_files(filesystem, root, settings.max_file_bytes, "data.max_file_bytes")
+    if not paths:
+        raise FileNotFoundError(f"no image files under {settings.source!r}: point data.source at a folder or s3://bucket/prefix of JPEG/PNG images")
+    return filesystem, paths, oversized
+
+
+def list_files(filesystem: pyarrow.fs.FileSystem, root: str, max_file_bytes: int, limit_name: str) -> tuple[list[str], dict[str, str]]:
+    """Every file under root but hidden ones (sorted), and those over max_file_bytes as (path -> reason)."""
     entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
     paths, oversized = [], {}
     for entry in entries:
         if entry.type != pyarrow.fs.FileType.File or any(part.startswith(".") for part in entry.path[len(root):].split("/")):
             continue
-        if entry.size is not None and entry.size > settings.max_file_bytes:
-            oversized[entry.path] = f"file too large ({entry.size} bytes > data.max_file_bytes={settings.max_file_bytes})"
+        if entry.size is not None and entry.size > max_file_bytes:
+            oversized[entry.path] = f"file too large ({entry.size} bytes > {limit_name}={max_file_bytes})"
         else:
             paths.append(entry.path)
-    if not paths:
-        raise FileNotFoundError(f"no image files under {settings.source!r}: point data.source at a folder or s3://bucket/prefix of JPEG/PNG images")
-    return filesystem, sorted(paths), oversized
+    return sorted(paths), oversized
 
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int, ledger) -> dict[str, np.ndarray]:
