@@ -69,6 +69,19 @@ def decode_rgb(data: bytes, *, max_pixels: int, min_side: int | None = None, max
         raise ImageRejected(f"corrupt or truncated image: {error}") from None
 
 
+# ISO base media brands of video files (MP4, QuickTime, 3GP); HEIC and AVIF photos share the box
+# layout under brands of their own (heic, mif1, avif), so the brand decides.
+VIDEO_BRANDS = (b"isom", b"iso2", b"mp41", b"mp42", b"avc1", b"M4V ", b"qt  ", b"3gp", b"3g2", b"dash", b"mmp4")
+
+
+def looks_like_video(data: bytes) -> bool:
+    """Whether the bytes start like a video file (MP4/MOV, Matroska/WebM, AVI): for an error that says
+    so rather than "not an image"."""
+    if data[4:8] == b"ftyp":
+        return data[8:12].startswith(VIDEO_BRANDS)
+    return data.startswith(b"\x1a\x45\xdf\xa3") or (data[:4] == b"RIFF" and data[8:12] == b"AVI ")
+
+
 def _exif_upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a malformed EXIF block counts as none (phones and editors write
     broken ones, and a photo is still a photo)."""

@@ -297,6 +297,12 @@ class Front:
         except ValueError as error:
             raise HTTPError(404, str(error)) from None
 
+    @api.api_route("/videos", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    @api.api_route("/videos/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    def videos(self, rest: str = ""):
+        """Where a client looks for video jobs: not here, and it says where (docs/bulk-and-video.md says why)."""
+        raise HTTPError(501, http_input.VIDEO_REFUSAL)
+
     @api.api_route("/styles/{name:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
     def anything_else(self, name: str, request: Request):
         style = self._published(name.split("/", 1)[0])

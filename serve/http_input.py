@@ -21,6 +21,10 @@ from serve.settings import EndpointSettings
 ACCEPTED_INPUT_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
+# Video is not stylised over HTTP (docs/bulk-and-video.md says why): a request names where it is done.
+VIDEO_REFUSAL = ("a video: the HTTP API stylises images, one a request; stylise a clip where the registry is, with "
+                 "`python -m factory.stylize --style <style> clip.mp4 -o out.mp4` (see docs/bulk-and-video.md)")
+
 
 CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from factory import images
 from serve import postprocess
-from serve.http_input import ACCEPTED_INPUT_FORMATS, HTTPError, StyliseOptions
+from serve.http_input import ACCEPTED_INPUT_FORMATS, VIDEO_REFUSAL, HTTPError, StyliseOptions
 from serve.settings import EndpointSettings
 from serve.style_model import RunFailure, StyleModel
 
@@ -46,6 +46,8 @@ def decode_image(data: bytes, settings: EndpointSettings, max_side: int | None =
     except Image.DecompressionBombError:  # a real image, declaring far more pixels than anyone sends
         raise HTTPError(413, f"image is over the limit of {settings.max_input_pixels} pixels: send a smaller one") from None
     except Exception:
+        if images.looks_like_video(data):
+            raise HTTPError(415, VIDEO_REFUSAL) from None
         raise HTTPError(415, "not an image: send a JPEG, PNG or WebP file") from None
     if header.format not in ACCEPTED_INPUT_FORMATS:
         raise HTTPError(415, f"unsupported image format {header.format}: send a JPEG, PNG or WebP file")

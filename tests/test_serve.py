@@ -126,6 +126,8 @@ BAD_REQUESTS = {
     "not an image": ("post", "/styles/alpha", b"hello world" * 20, 415, "not an image"),
     "truncated image": ("post", "/styles/alpha", truncated(), 400, "unusable image"),
     "unsupported format": ("post", "/styles/alpha", gif(), 415, "unsupported image format GIF"),
+    "a video": ("post", "/styles/alpha", b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom" + b"\0" * 200, 415, "a video: the HTTP API stylises images"),
+    "video jobs": ("post", "/videos", b"\0\0\0\x18ftypmp42" + b"\0" * 200, 501, "python -m factory.stylize --style <style> clip.mp4"),
     "body over the limit": ("post", "/styles/alpha", b"\0" * (MAX_BODY + 1), 413, "over the limit"),
     "decompression bomb": ("post", "/styles/alpha", bomb(), 413, "over the limit"),
     "PNG declaring 20000x20000": ("post", "/styles/alpha", png_declaring(20_000, 20_000), 413, "over the limit of"),
