@@ -340,8 +340,20 @@ def orders() -> str:
     return table(["order", "measured", "goal", "verdict"], rows) + "\n" + note + source("orders", file, device, figures["measured_at"])
 
 
+def batch_stylise() -> str:
+    """bench/batch_stylise.py: a bulk job on Ray Data against a plain loop over the same photos."""
+    figures, file, device = section("batch_stylise")
+    rows = [[row["arm"], f"{row['images_per_s']:.2f}", f"{row['median_s']:.1f} s ({', '.join(f'{value:.1f}' for value in row['seconds'])})",
+             f"x{row['over_loop']:.2f}", "" if row["arm"] == "loop" else f"x{row['over_loop_less_start']:.2f}"] for row in figures["rows"]]
+    note = (f"*{figures['photos']} JPEGs of {figures['photo_size'].replace('x', ' x ')}, network width {figures['network_width']}, "
+            f"batch {figures['batch_size']}, ONNX Runtime; {figures['rounds']} rounds, the arms alternating; the job's time includes "
+            f"Ray Data's start, not Ray's; a job over one photo took {figures['job_start_s']:.1f} s (its start), taken off for the last column.*\n")
+    return table(["arm", "images/s", "median (each round)", "over the loop", "less the job's start"], rows) + "\n" + note + source("batch_stylise", file, device, figures["measured_at"])
+
+
 RENDERERS = {render.__name__: render for render in (two_commands, ci_time, cold_loads, cpu_stylise, serve_many, serve_soak, families,
-                                                      family_join, family_draws, family_goals, family_serving, widths, orders)}
+                                                      family_join, family_draws, family_goals, family_serving, widths, orders,
+                                                      batch_stylise)}
 
 
 def rendered(text: str) -> str:

@@ -36,7 +36,7 @@ from factory.style_names import validate_style_name
 REPORT_NAME = "_stylise_report.json"
 # Output formats kept from the photo's name; any other photo (.bmp, .tif, ...) gets ".jpg" added.
 KEPT_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
-# Photos a reading task takes at once, read side by side (on S3 each is a request of tens of ms).
+# Photos a reading task takes at most, read side by side (on S3 each is a request of tens of ms).
 PHOTOS_PER_TASK = 16
 PROGRESS_EVERY_S = 5.0
 
@@ -305,12 +305,17 @@ def _stylise(settings: BulkSettings, plan: Plan, versions: dict[str, dict], ledg
     data.quiet_ray_data()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its "execution finished" lines, between ours
     cpu = settings.device == "cpu"
-    dataset = ray.data.from_items(plan.todo, override_num_blocks=max(1, -(-len(plan.todo) // PHOTOS_PER_TASK)))
-    dataset = dataset.map_batches(read_photos, batch_size=PHOTOS_PER_TASK, batch_format="numpy",
+    # Blocks of one forward pass each: every actor gets work from the start, and results are written as
+    # each pass ends (blocks of 16 left one of two actors idle on a small job, and wrote in bursts).
+    photos_per_block = min(PHOTOS_PER_TASK, settings.batch_size)
+    workers = min(worker_count(settings), -(-len(plan.todo) // photos_per_block))
+    dataset = ray.data.from_items(plan.todo, override_num_blocks=-(-len(plan.todo) // photos_per_block))
+    dataset = dataset.map_batches(read_photos, batch_size=photos_per_block, batch_format="numpy",
                                   fn_kwargs={"filesystem": plan.filesystem, "settings": settings, "ledger": ledger})
     dataset = dataset.map_batches(
         Stylist, batch_size=settings.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=worker_count(settings)),
+        # All the actors at once: Ray Data adds actors only as work queues up, which a short job never sees.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
         fn_constructor_kwargs={"registry_uri": settings.registry, "metadata": versions, "device": settings.device,
                                "threads": max(1, int(settings.cpus_per_worker))},
         num_cpus=settings.cpus_per_worker if cpu else None, num_gpus=None if cpu else settings.gpus_per_worker)
