@@ -268,6 +268,29 @@ def check_what_a_user_sees(env: dict) -> list[str]:
         problems.append(f"the pool still serves starry_night version {served}, not the retrained {new['version']}")
     print(f"starry_night: version {old['version']} (sha256 {old['model_sha256'][:12]}) retrained into {new['version']} "
           f"(sha256 {new['model_sha256'][:12]}, {new['steps']} steps from 0), served over HTTP", flush=True)
+    return problems + check_the_catalogue(client)
+
+
+def check_the_catalogue(client) -> list[str]:
+    """The bulk job's results: every held-out photo in both styles at its size, and a complete report."""
+    from PIL import Image
+
+    problems = []
+    held_out = sorted((ROOT / "data" / "samples" / "held_out").iterdir())
+    for style in ("starry_night", "udnie"):
+        for photo in held_out:
+            key = f"stylised/{style}/{photo.name}"
+            try:
+                result = Image.open(io.BytesIO(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+            except client.exceptions.NoSuchKey:
+                problems.append(f"the bulk job wrote no s3://{BUCKET}/{key}")
+                continue
+            if result.size != Image.open(photo).size:
+                problems.append(f"s3://{BUCKET}/{key} is {result.size}, not its photo's {Image.open(photo).size}")
+    report = json.loads(client.get_object(Bucket=BUCKET, Key="stylised/_stylise_report.json")["Body"].read())
+    if report["status"] != "complete" or report["outputs_written"] != 2 * len(held_out):
+        problems.append(f"the bulk job's report: {report['status']}, {report['outputs_written']} written of {2 * len(held_out)}")
+    print(f"the catalogue: {report['outputs_written']} results in two styles, report {report['status']}", flush=True)
     return problems
 
 

@@ -142,7 +142,7 @@ def bulk_job(args: argparse.Namespace, styles: list[str]) -> int:
         return 1
     skipped = report["skipped"]
     print(f"done: {report['outputs_written']} written, {report['outputs_already_there']} already there, "
-          f"{skipped['count']} file(s) skipped {skipped['by_reason'] or ''}; report: "
+          f"{skipped['count']} file(s) skipped{' ' + str(skipped['by_reason']) if skipped['count'] else ''}; report: "
           f"{storage.join(settings.output, bulk_stylize.REPORT_NAME)}")
     return 0
 
