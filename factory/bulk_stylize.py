@@ -134,15 +134,9 @@ def read_photos(batch: dict, filesystem: pyarrow.fs.FileSystem, settings: BulkSe
     size, and a binary column travels between tasks as any other); unusable files go to the ledger."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def read(path: str) -> bytes | None:
-        def read_once() -> bytes:
-            with filesystem.open_input_file(path) as handle:
-                return handle.readall()
-        return data.read_with_retries(read_once, path)
-
     paths = [str(path) for path in batch["path"]]
     with ThreadPoolExecutor(max_workers=max(1, len(paths))) as readers:
-        contents = list(readers.map(read, paths))
+        contents = list(readers.map(lambda path: data.read_file(filesystem, path), paths))
     rows, skipped = defaultdict(list), {}
     for index, (path, content) in enumerate(zip(paths, contents)):
         if content is None:

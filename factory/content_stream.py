@@ -125,13 +125,6 @@ def _epoch_batches(source: ContentSource, seed: int, position: StreamPosition, s
     yield from dataset.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2)
 
 
-def _read_file(filesystem: pyarrow.fs.FileSystem, path: str) -> bytes | None:
-    def read() -> bytes:
-        with filesystem.open_input_file(path) as handle:
-            return handle.readall()
-    return data.read_with_retries(read, path)
-
-
 def _read_files(batch: dict, filesystem: pyarrow.fs.FileSystem, image_size: int, max_pixels: int, ledger) -> dict:
     """Image files -> decoded rows (row 0 of each item), minus those missing or unusable."""
     wanted = batch["skip"] == 0  # a resumed worker has already trained on the item it stopped at
@@ -139,7 +132,7 @@ def _read_files(batch: dict, filesystem: pyarrow.fs.FileSystem, image_size: int,
     # Side by side: on S3 each file is a request of tens of milliseconds, and a task's sixteen read one
     # after another held it to about a hundred images a second, too few for a fast GPU.
     with ThreadPoolExecutor(max_workers=max(1, len(paths))) as readers:
-        contents = list(readers.map(lambda path: _read_file(filesystem, path), paths))
+        contents = list(readers.map(lambda path: data.read_file(filesystem, path), paths))
     readable = [index for index, content in enumerate(contents) if content is not None]
     missing = {path: "missing: deleted since it was listed" for path, content in zip(paths, contents) if content is None}
     if missing:

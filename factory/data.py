@@ -102,6 +102,14 @@ def read_with_retries(read, path: str):
     )
 
 
+def read_file(filesystem: pyarrow.fs.FileSystem, path: str) -> bytes | None:
+    """A whole file's bytes, with read_with_retries' policy: None when it is gone since it was listed."""
+    def read() -> bytes:
+        with filesystem.open_input_file(path) as handle:
+            return handle.readall()
+    return read_with_retries(read, path)
+
+
 def list_image_files(settings: DataSettings) -> tuple[pyarrow.fs.FileSystem, list[str], dict[str, str]]:
     """All files under data.source, minus hidden ones, and the oversized ones as (path -> reason)."""
     filesystem, root = storage.pyarrow_filesystem(settings.source)
