@@ -29,13 +29,12 @@ import numpy as np
 import pyarrow.fs
 import ray
 
-from factory import data, images, registry, storage
+from factory import data, images, registry, storage, stylize
+from factory.cluster_fit import REPO_ROOT
 from factory.settings import DataSettings
 from factory.style_names import validate_style_name
 
 REPORT_NAME = "_stylise_report.json"
-# Output formats kept from the photo's name; any other photo (.bmp, .tif, ...) gets ".jpg" added.
-KEPT_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
 # Photos a reading task takes at most, read side by side (on S3 each is a request of tens of ms).
 PHOTOS_PER_TASK = 16
 PROGRESS_EVERY_S = 5.0
@@ -100,8 +99,8 @@ class Plan:
 
 
 def output_name(relative: str) -> str:
-    """The result's name: the photo's, with ".jpg" added where its format is not one we write."""
-    return relative if os.path.splitext(relative)[1].lower() in KEPT_FORMATS else f"{relative}.jpg"
+    """The result's name: the photo's, with ".jpg" added where its format is not one we write (.bmp, .tif)."""
+    return relative if os.path.splitext(relative)[1].lower() in stylize.OUTPUT_FORMATS else f"{relative}.jpg"
 
 
 def existing_outputs(uri: str) -> set[str]:
@@ -167,22 +166,16 @@ class Stylist:
 
         torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.nets = {}
-        for style, style_metadata in metadata.items():
-            onnx = registry.load_onnx_net(registry_uri, style_metadata, threads=threads) if device == "cpu" else None
-            self.nets[style] = onnx or registry.load_net(registry_uri, style_metadata).to(self.device)
+        self.nets = {style: stylize.load_style_net(registry_uri, style_metadata, self.device, threads)
+                     for style, style_metadata in metadata.items()}
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
         rows = defaultdict(list)
         for style, net in self.nets.items():
             wanted = [index for index, styles in enumerate(batch["styles"]) if style in str(styles).split(",")]
             for (height, width), indices in _by_size(batch, wanted).items():
                 stacked = np.stack([np.frombuffer(batch["pixels"][index], np.uint8).reshape(height, width, 3) for index in indices])
-                with torch.inference_mode():
-                    tensor = torch.from_numpy(stacked).to(self.device).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
-                    stylised = net(tensor).clamp(0, 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+                stylised = stylize.stylise_frames(net, stacked, self.device)
                 for index, pixels in zip(indices, stylised):
                     rows["pixels"].append(pixels.tobytes())
                     rows["height"].append(height)
@@ -206,7 +199,7 @@ def write_results(batch: dict, output: str, quality: int) -> dict:
     for pixels, height, width, relative, style in zip(batch["pixels"], batch["height"], batch["width"], batch["relative"], batch["style"]):
         name = output_name(str(relative))
         image = Image.frombytes("RGB", (int(width), int(height)), bytes(pixels))
-        encoded = images.encode(image, KEPT_FORMATS[os.path.splitext(name)[1].lower()], quality=quality)
+        encoded = images.encode(image, stylize.OUTPUT_FORMATS[os.path.splitext(name)[1].lower()], quality=quality)
         storage.write_bytes(storage.join(output, str(style), name), encoded)
     return {"style": np.asarray(batch["style"], dtype=object), "relative": np.asarray(batch["relative"], dtype=object)}
 
@@ -342,4 +335,4 @@ def start_ray() -> None:
         ray.init(logging_level="WARNING", runtime_env={"env_vars": env_vars})
     else:  # the workers of a Ray of our own import the factory from this checkout
         ray.init(address="local", logging_level="WARNING",
-                 runtime_env={"env_vars": {**env_vars, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}})
+                 runtime_env={"env_vars": {**env_vars, "PYTHONPATH": str(REPO_ROOT)}})

@@ -21,6 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 import torch
 
 from factory import images, registry, storage, video
@@ -33,6 +34,20 @@ def stylise(net: torch.nn.Module, image: "images.Image.Image", device: torch.dev
     with torch.inference_mode():
         output = net(images.to_tensor(image).unsqueeze(0).to(device))[0]
     return images.to_image(output)
+
+
+def load_style_net(registry_uri: str, metadata: dict, device: torch.device, threads: int | None = None):
+    """The version's network as the device runs it best: on a CPU its ONNX export in ONNX Runtime (the
+    fast path; `threads` for its session), else, or for a version without an export, torch."""
+    onnx = registry.load_onnx_net(registry_uri, metadata, **({"threads": threads} if threads else {})) if device.type == "cpu" else None
+    return onnx or registry.load_net(registry_uri, metadata).to(device)
+
+
+def stylise_frames(net, frames: np.ndarray, device: torch.device) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> the same, stylised: a batch of one size (video frames, a bulk job's photos)."""
+    with torch.inference_mode():
+        batch = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+        return net(batch).clamp(0, 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -71,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for style in styles:
             metadata = registry.read_metadata(args.registry, style)
-            onnx = registry.load_onnx_net(args.registry, metadata) if device.type == "cpu" else None
-            nets[style] = onnx or registry.load_net(args.registry, metadata).to(device)
+            nets[style] = load_style_net(args.registry, metadata, device)
             if metadata.get("loss_network", {}).get("random_weights"):
                 print(f"warning: {style!r} was trained with a random loss network; expect no real style", file=sys.stderr)
     except (registry.ModelNotFound, ValueError) as error:
@@ -106,13 +120,8 @@ def stylise_video_file(path: Path, nets: dict, target: Path | None, folder: Path
     """A clip in every style asked for (factory/video.py); returns 1 when it could not be done."""
     for style, net in nets.items():
         destination = target or folder / f"{path.stem}-{style}.mp4"
-
-        def stylise_frames(frames):  # (B, H, W, 3) uint8, as the video module hands them
-            with torch.inference_mode():
-                batch = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float()
-                return net(batch).clamp(0, 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         try:
-            summary = video.stylise_video(stylise_frames, path, destination, max_side=max_side)
+            summary = video.stylise_video(lambda frames: stylise_frames(net, frames, device), path, destination, max_side=max_side)
         except video.VideoRejected as error:
             print(f"skipping {path}: {error}", file=sys.stderr)
             return 1
