@@ -51,7 +51,7 @@ def stylise_video(stylise_frames, source: Path, target: Path, batch_size: int = 
     try:
         with container:
             if not container.streams.video:
-                raise VideoRejected(f"no video stream in it (a sound file, or a clip with no frames)")
+                raise VideoRejected("no video stream in it (a sound file, or a clip with no frames)")
             video = container.streams.video[0]
             width, height = video.codec_context.width, video.codec_context.height
             if width * height > MAX_FRAME_PIXELS:
@@ -81,7 +81,7 @@ def _transcode(container, video, stylise_frames, partial: Path, batch_size: int,
     progress = _Progress(declared, out)
     with av.open(str(partial), "w") as output:
         copies = {stream.index: output.add_stream_from_template(stream) for stream in audio_streams}
-        encoder, size, last_pts = None, None, None
+        encoder, last_pts = None, None
         held: list = []  # sound that comes before the first frame: the output's header needs every stream first
         pending: list = []  # (pixels, pts) of frames waiting for a full batch
 
@@ -105,9 +105,8 @@ def _transcode(container, video, stylise_frames, partial: Path, batch_size: int,
                 if encoder is None:
                     encoder = _video_encoder(output, partial.suffix.lower(), rate, video.time_base, pixels.shape)
                     output.mux(held)
-                if size is not None and pixels.shape != size and pending:
+                if pending and pixels.shape != pending[-1][0].shape:
                     flush()  # a clip whose frames change size: each run of one size is a batch
-                size = pixels.shape
                 pending.append((pixels, frame.pts))
                 last_pts = frame.pts
                 if len(pending) == batch_size:
