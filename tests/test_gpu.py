@@ -210,6 +210,24 @@ def test_the_static_shape_path_compiles_warm_shapes_answers_within_tolerance_and
     assert counters["stats"]["unique_graphs"] == graphs, "a size of a compiled bucket recompiled"
 
 
+def test_video_frames_and_bulk_batches_run_on_the_gpu_as_on_the_cpu(tmp_path):
+    """What a clip's frames and a bulk job's GPU actors run (factory/stylize.py's load_style_net and
+    stylise_frames, which factory/video.py and bulk_stylize.Stylist call): a published style loaded onto
+    the device, a batch of frames of one size through it, as eager fp32 on the CPU gives."""
+    from factory import registry, stylize
+
+    publish_random_style(tmp_path, "alpha", seed=5)  # no ONNX export: torch on either device
+    metadata = registry.read_metadata(str(tmp_path), "alpha")
+    net = stylize.load_style_net(str(tmp_path), metadata, DEVICE)
+    assert next(net.parameters()).device.type == DEVICE.type
+    frames = (torch.rand(3, 72, 100, 3) * 255).byte().numpy()
+    stylised = stylize.stylise_frames(net, frames, DEVICE)
+    reference = stylize.stylise_frames(registry.load_net(str(tmp_path), metadata), frames, torch.device("cpu"))
+    assert stylised.shape == frames.shape and stylised.dtype == frames.dtype
+    difference = abs(stylised.astype(int) - reference.astype(int))
+    assert difference.mean() < STYLISE_MEAN_TOLERANCE and difference.max() < STYLISE_MAX_TOLERANCE, (difference.mean(), difference.max())
+
+
 @pytest.mark.skipif(ON_CPU, reason="a CUDA memory limit")
 def test_running_out_of_gpu_memory_answers_503_and_the_next_request_succeeds(tmp_path):
     import asyncio
