@@ -105,6 +105,14 @@ def _relative_total_variation_per_image(images: torch.Tensor, photos: torch.Tens
     return _per_image_total_variation(images) / _per_image_total_variation(photos).clamp_min(FLAT_PHOTO_TV)
 
 
+def stability_per_image(stylised: torch.Tensor, noisy_stylised: torch.Tensor, noise_sd: float) -> torch.Tensor:
+    """(B,) how much each output moved when its photo got Gaussian noise of noise_sd (0..255 pixels):
+    the mean squared change of the output over the noise's variance (Gupta et al. 2017, "Characterizing
+    and Improving Stability in Neural Style Transfer"). Dimensionless in either normalisation: 1.0 is an
+    output that changes as much as its input did; a per-frame network that flickers is well above it."""
+    return (stylised.float() - noisy_stylised.float()).pow(2).flatten(1).mean(dim=1) / noise_sd ** 2
+
+
 def loss_terms(
     normalisation: str,
     stylised: torch.Tensor,

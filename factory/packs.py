@@ -59,6 +59,7 @@ def resolve_style(spec: StyleSpec, config: FactoryConfig) -> ResolvedStyle:
         content_weight=pick(spec.content_weight, config.loss.content_weight),
         style_weight=pick(spec.style_weight, config.loss.style_weight),
         tv_weight=pick(spec.tv_weight, config.loss.tv_weight),
+        stability_weight=pick(spec.stability_weight, config.loss.stability_weight),
         steps=pick(spec.steps, config.training.steps),
         learning_rate=pick(spec.learning_rate, config.training.learning_rate),
         vector_learning_rate=spec.vector_learning_rate,
@@ -88,14 +89,18 @@ def recipe(style: ResolvedStyle, config: FactoryConfig, loss_network_source: str
     # full-width style of its own hashes as before, so upgrading does not retrain a whole catalogue.
     if style_fields["width"] == 1.0:
         del style_fields["width"]
-    for later in ("family", "adds_to", "vector_learning_rate"):
+    for later in ("family", "adds_to", "vector_learning_rate", "stability_weight"):
         if not style_fields[later]:
             del style_fields[later]
     if style_fields.pop("output_norm") is False and style.family:  # a family's architecture: only a family records it
         style_fields["output_norm"] = False
+    loss = dataclasses.asdict(config.loss)
+    del loss["stability_weight"]  # the style's own, resolved, is in style_fields
+    if not style.stability_weight:  # off: the noise changes nothing, and the recipe hashes as before it existed
+        del loss["stability_noise"]
     return {
         "style": style_fields,
-        "loss": dataclasses.asdict(config.loss),
+        "loss": loss,
         "training": training,
         "data": {"source": config.data.source, "image_size": config.data.image_size},
         "loss_network": loss_network_source,
@@ -156,7 +161,8 @@ def family_hashes(styles: list[ResolvedStyle], hashes: dict[str, str]) -> dict[s
 def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes: dict[str, str],
                replaces: dict[str, str] | None = None, family_bases: dict | None = None) -> list[PackPlan]:
     """Group styles with equal step counts, config order kept, at most styles_per_pack to a pack; each
-    style family (check_families) is one pack of all its styles, whatever styles_per_pack says.
+    style family (check_families) is one pack of all its styles, whatever styles_per_pack says. Styles
+    trained with the stability loss pack apart from those without: its noisy pass runs for a whole pack.
 
     replaces: {style: the registry's current version} for styles already published. It is part of the
     run name: the run that trained that version finished, and resuming it would publish its weights
@@ -164,14 +170,15 @@ def plan_packs(config: FactoryConfig, styles: list[ResolvedStyle], recipe_hashes
     pack also trains with a seed of its own: the config's seed would draw the same model again.
     """
     replaces = replaces or {}
-    by_steps: dict[int, list[ResolvedStyle]] = {}
+    by_steps: dict[tuple, list[ResolvedStyle]] = {}
     for style in styles:
         if not style.family:
-            by_steps.setdefault(style.steps, []).append(style)
+            by_steps.setdefault((style.steps, style.stability_weight > 0), []).append(style)
     joining: dict[tuple, list[ResolvedStyle]] = {}
     for style in styles:
         if style.adds_to:  # their own vectors, one pack per family and per run length and learning rate
-            joining.setdefault((style.family, style.steps, style.learning_rate, style.vector_learning_rate), []).append(style)
+            joining.setdefault((style.family, style.steps, style.learning_rate, style.vector_learning_rate, style.stability_weight > 0),
+                               []).append(style)
     size = config.training.styles_per_pack
     groups = [("", tuple(group[start:start + size])) for group in by_steps.values() for start in range(0, len(group), size)]
     groups += [(family, tuple(members)) for family, members in families(styles).items()]  # a family is one pack, whole

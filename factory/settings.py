@@ -107,15 +107,23 @@ class LossSettings:
     tv_weight: float | None = None
     # Longest side the style image is resized to before its Gram matrices are taken.
     style_size: int = 512
+    # Weight of the stability loss (Gupta et al. 2017): each step also stylises its photos with Gaussian
+    # noise added and penalises how far the outputs move (factory/losses.py, stability_per_image). It
+    # makes a network steadier from frame to frame of a video (less flicker: bench/flicker.py) for one
+    # more transform-network pass a step. 0 (the default): off, the paper's recipe.
+    stability_weight: float = 0.0
+    # The standard deviation of that noise, in 0..255 pixel units.
+    stability_noise: float = 8.0
 
     def __post_init__(self):
         for layer in (self.content_layer, *self.style_layers):
             require(layer in VGG19_LAYER_NAMES, f"unknown VGG-19 layer {layer!r}; choose from {', '.join(VGG19_LAYER_NAMES)}")
         require(len(self.style_layers) > 0, "loss.style_layers is empty: name at least one layer")
         require(self.normalisation in NORMALISATIONS, f"loss.normalisation must be one of {', '.join(NORMALISATIONS)}, got {self.normalisation!r}")
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        for name in ("content_weight", "style_weight", "tv_weight", "stability_weight"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"loss.{name} must be >= 0, got {value}")
+        require(0 < self.stability_noise <= 64, f"loss.stability_noise must be in (0, 64] (0..255 pixel units), got {self.stability_noise}")
         require(16 <= self.style_size <= 4096, f"loss.style_size must be 16..4096, got {self.style_size}")
 
     def resolved(self, loss_network_source: str) -> "LossSettings":
@@ -220,6 +228,7 @@ class StyleSpec:
     content_weight: float | None = None
     style_weight: float | None = None
     tv_weight: float | None = None
+    stability_weight: float | None = None
     steps: int | None = None
     learning_rate: float | None = None
     # A family's style vectors' learning rate (its network keeps learning_rate); unset: learning_rate,
@@ -240,6 +249,9 @@ class StyleSpec:
         if self.width is not None:
             require_width(self.width, f"style {self.name!r}: width")
         require(bool(self.image), f"style {self.name!r} has no image: give a path or s3:// URI")
+        for weight in ("content_weight", "style_weight", "tv_weight", "stability_weight"):
+            value = getattr(self, weight)
+            require(value is None or value >= 0, f"style {self.name!r}: {weight} must be >= 0, got {value}")
         require(self.steps is None or self.steps >= 1, f"style {self.name!r}: steps must be >= 1")
         require(self.learning_rate is None or self.learning_rate > 0, f"style {self.name!r}: learning_rate must be > 0")
         require(self.vector_learning_rate is None or self.vector_learning_rate > 0, f"style {self.name!r}: vector_learning_rate must be > 0")
@@ -257,6 +269,8 @@ class ResolvedStyle:
     tv_weight: float
     steps: int
     learning_rate: float
+    # The stability loss's weight (loss.stability_weight, or the style's own); 0: off.
+    stability_weight: float = 0.0
     # A family's style vectors' learning rate; None: learning_rate (factory/style_pack.make_optimizer).
     vector_learning_rate: float | None = None
     # A family's output conv normalised per style (TransformNet's output_norm); recorded in a family's recipe only when off.

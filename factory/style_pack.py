@@ -16,7 +16,7 @@ from torch import nn
 from factory import images
 from factory.loss_network import LossNetwork
 from factory.family import UndrawnStylesKept
-from factory.losses import NORMALISATIONS, gram_matrix, per_image_loss_terms
+from factory.losses import NORMALISATIONS, gram_matrix, per_image_loss_terms, stability_per_image
 from factory.settings import LossSettings, ResolvedStyle
 from factory.transform_net import TransformNet
 
@@ -59,23 +59,36 @@ class PerceptualObjective:
         targets = [style_targets(loss_network, style.image_bytes, settings, device) for style in styles]
         # Per style layer, every style's Gram target (S, C, C): an image's target is a row of it.
         self.target_grams = [torch.cat([style_targets[layer] for style_targets in targets]) for layer in range(len(settings.style_layers))]
-        self.weights = torch.tensor([[style.content_weight, style.style_weight, style.tv_weight] for style in styles], device=device)
+        self.weights = torch.tensor([[style.content_weight, style.style_weight, style.tv_weight, style.stability_weight] for style in styles],
+                                    device=device)
+        # Any style with a stability loss: StepRunner then stylises every photo a second time, with noise.
+        self.wants_noisy_outputs = any(style.stability_weight > 0 for style in styles)
 
-    def __call__(self, content: torch.Tensor, stylised: torch.Tensor,
-                 image_styles: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+    def noisy(self, content: torch.Tensor) -> torch.Tensor:
+        """The photos with the stability loss's Gaussian noise added (not clipped: what matters is a small
+        change). Drawn from torch's generator: each worker's photos differ, so the same draw on every rank
+        does no harm; a resumed run draws afresh (the noise is not part of a checkpoint, the photos are)."""
+        return content + torch.randn_like(content) * self.settings.stability_noise
+
+    def __call__(self, content: torch.Tensor, stylised: torch.Tensor, image_styles: torch.Tensor | None = None,
+                 noisy_stylised: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
         """-> (the step's loss, each style's parts: its content, style, TV and total losses, the means over
         its images, and "images", how many it had; a style with none has zeros).
 
         content (B, 3, H, W). stylised: (S, B, 3, H, W), every photo by every style of the objective (a
         pack of separate networks); or (B, 3, H, W) with image_styles (B,), each photo by its own style
         (a family's step). The step's loss is the sum of every stylised image's weighted loss over B:
-        a separate network's gradient is its style's batch mean, as before families had per-image styles."""
+        a separate network's gradient is its style's batch mean, as before families had per-image styles.
+        noisy_stylised: the same networks' outputs of noisy(content), shaped as stylised, for the stability
+        loss (training, where wants_noisy_outputs); None leaves that term out (judging a model)."""
         batch = content.shape[0]
         if image_styles is None:
             count = stylised.shape[0]
             image_styles = torch.arange(count, device=content.device).repeat_interleave(batch)
             photo_rows = torch.arange(batch, device=content.device).repeat(count)
             stylised = stylised.flatten(0, 1)  # style-major: every style in one loss-network pass
+            if noisy_stylised is not None:
+                noisy_stylised = noisy_stylised.flatten(0, 1)
         else:
             image_styles, photo_rows = image_styles.to(content.device), torch.arange(batch, device=content.device)
         with torch.no_grad():
@@ -90,8 +103,11 @@ class PerceptualObjective:
             [gram_matrix(features[layer]) for layer in self.settings.style_layers],
             [targets[image_styles] for targets in self.target_grams],
         )
-        weights = self.weights[image_styles]  # (N, 3)
+        weights = self.weights[image_styles]  # (N, 4)
         terms["total"] = weights[:, 0] * terms["content"] + weights[:, 1] * terms["style"] + weights[:, 2] * terms["tv"]
+        if noisy_stylised is not None:
+            terms["stability"] = stability_per_image(stylised, noisy_stylised, self.settings.stability_noise)
+            terms["total"] = terms["total"] + weights[:, 3] * terms["stability"]
         total = terms["total"].sum() / batch
         # Each style's means over its own images, computed on the device without a sync.
         images = torch.zeros(len(self.styles), device=content.device).index_add_(0, image_styles, torch.ones_like(terms["total"]))
@@ -140,6 +156,14 @@ class StepRunner:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device_type, dtype=dtype)
 
+    def _stylise(self, content: torch.Tensor, styles: torch.Tensor | None):
+        """The pack's outputs; of a batch doubled with noisy copies, (outputs, noisy copies' outputs)."""
+        if styles is None:
+            stylised = self.pack(content)  # (S, B, 3, H, W)
+            return stylised if not self.objective.wants_noisy_outputs else stylised.chunk(2, dim=1)
+        stylised = self.pack(content, styles)  # (B, 3, H, W)
+        return stylised if not self.objective.wants_noisy_outputs else stylised.chunk(2, dim=0)
+
     def step(self, content: torch.Tensor, image_styles: list[int] | None = None,
              drawn: list[int] | None = None) -> dict[str, dict[str, torch.Tensor]]:
         """content: (B, 3, H, W) float 0..255 on the device. A family's step: image_styles, each photo's
@@ -151,8 +175,12 @@ class StepRunner:
             content = content.contiguous(memory_format=torch.channels_last)
         styles = None if image_styles is None else torch.tensor(image_styles, device=content.device)
         with self.autocast():
-            stylised = self.pack(content) if styles is None else self.pack(content, styles)
-            total, parts = self.objective(content, stylised, styles)
+            if self.objective.wants_noisy_outputs:  # the photos and their noisy copies through the networks as one batch
+                stylised, noisy_stylised = self._stylise(torch.cat([content, self.objective.noisy(content)]),
+                                                         None if styles is None else torch.cat([styles, styles]))
+            else:
+                stylised, noisy_stylised = self._stylise(content, styles), None
+            total, parts = self.objective(content, stylised, styles, noisy_stylised)
         self.scaler.scale(total).backward()
         if self.undrawn_kept is None or drawn is None:
             self.scaler.step(self.optimizer)

@@ -24,6 +24,7 @@ from factory.style_pack import FiniteLossWatch, NonFiniteLoss, PerceptualObjecti
 # Progress goes through logging, not print: Ray Train patches print in workers to log *and* echo,
 # which showed every line twice in the job log.
 logger = logging.getLogger("factory.train")
+STABILITY = "stability"  # the stability loss's part, where a style trains with one
 
 
 def _checkpoint_state() -> dict | None:
@@ -185,7 +186,8 @@ def train_pack(config: dict) -> None:
                     logger.info(
                         f"[{plan.run_name}] {name:>16} step {step}/{plan.steps}  {images_per_second:7.1f} img/s  "
                         f"loss {float(parts['total']):.4g} (content {float(parts['content']):.4g}, "
-                        f"style {float(parts['style']):.4g}, tv {float(parts['tv']):.4g})  ETA {eta}"
+                        f"style {float(parts['style']):.4g}, tv {float(parts['tv']):.4g}"
+                        f"{f', stability {float(parts[STABILITY]):.4g}' if STABILITY in parts else ''})  ETA {eta}"
                     )
                     tensorboard.add(step, {f"{name}/{key}": float(value) for key, value in parts.items()})
                 tensorboard.add(step, {"pack/images_per_second_per_style": images_per_second})

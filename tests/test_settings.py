@@ -65,6 +65,9 @@ def test_per_style_overrides_are_kept():
     ("model.width=0.3", r"model.width must be one of 1.0, 0.5, 0.25, got 0.3"),
     ("styles=[{name: a, image: x.jpg, width: 2}]", r"style 'a': width must be one of 1.0, 0.5, 0.25, got 2"),
     ("nonsense", "section.key=value"),
+    ("loss.stability_weight=-1", r"loss.stability_weight must be >= 0, got -1"),
+    ("loss.stability_noise=0", r"loss.stability_noise must be in \(0, 64\]"),
+    ("styles=[{name: a, image: x.jpg, stability_weight: -2}]", r"style 'a': stability_weight must be >= 0, got -2"),
 ])
 def test_bad_settings_say_what_was_expected(override, message):
     overrides = ["training.num_workers=2"] if "divisible" in message else []
