@@ -10,7 +10,8 @@ CPUs). Each result goes to <output>/<style>/<the photo's name relative to the so
 written whole or not at all (a rename, an S3 PUT), so those already there are skipped: a stopped job
 run again resumes. Files that cannot be used are skipped, counted and listed in the report beside the
 outputs (<output>/_stylise_report.json), with training's limit: past max_skipped_fraction of the files
-the job stops, since so many mean a wrong path rather than a few bad photos.
+the job stops, since so many mean a wrong path rather than a few bad photos. Clips among the photos
+are stylised after them, each a task of its own (factory/bulk_videos.py), under the same rules.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import pyarrow.fs
 import ray
 
-from factory import data, images, registry, storage, stylize
+from factory import bulk_videos, data, images, registry, storage, stylize, video
 from factory.cluster_fit import REPO_ROOT
 from factory.settings import DataSettings
 from factory.style_names import validate_style_name
@@ -58,8 +59,10 @@ class BulkSettings:
     max_side: int = 0  # shrink photos so the longer side is at most this (0: full size)
     max_pixels: int = 50_000_000  # larger photos are skipped (a 45 MP camera fits): memory is ~130 bytes a pixel on CPU
     max_file_bytes: int = DataSettings.max_file_bytes
+    max_video_bytes: int = 16 * 1024**3  # a clip is copied whole to a task's disk when it comes from S3
     max_skipped_fraction: float = DataSettings.max_skipped_fraction
     quality: int = 95  # JPEG and WebP outputs
+    cpu_precision: str = "auto"  # CPU actors: a style's int8 copy where it has one and the cores have int8 units (factory/onnx_int8.py)
 
     def __post_init__(self):
         if not self.styles:
@@ -77,7 +80,8 @@ class BulkSettings:
                   (1 <= self.batch_size <= 256, "--batch-size must be 1..256"),
                   (self.max_side >= 0, "--max-side must be 0 (full size) or more"),
                   (0 <= self.max_skipped_fraction <= 1, "--max-skipped-fraction must be 0..1"),
-                  (1 <= self.quality <= 100, "--quality must be 1..100")]
+                  (1 <= self.quality <= 100, "--quality must be 1..100"),
+                  (self.cpu_precision in ("auto", "fp32", "int8"), "--cpu-precision must be auto, fp32 or int8")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -93,6 +97,7 @@ class Plan:
 
     filesystem: pyarrow.fs.FileSystem
     todo: list[dict]  # {"path", "relative", "styles": "a,b"}: the styles still to write for that photo
+    videos: list[dict]  # the same for each clip (factory/video.py's suffixes), stylised by bulk_videos
     listed: int  # files found under the source, oversized ones included
     already_there: int  # outputs found written by an earlier run
     oversized: dict[str, str]
@@ -114,18 +119,26 @@ def make_plan(settings: BulkSettings) -> Plan:
     filesystem, root = storage.pyarrow_filesystem(settings.source)
     if not storage.is_s3(settings.source) and filesystem.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         raise FileNotFoundError(f"no folder at {settings.source!r}: give a folder or s3://bucket/prefix of photos")
-    paths, oversized = data.list_files(filesystem, root, settings.max_file_bytes, "--max-file-bytes")
-    if not paths and not oversized:
+    files = data.list_file_sizes(filesystem, root)
+    if not files:
         raise FileNotFoundError(f"no files under {settings.source!r}: give a folder or s3://bucket/prefix of photos")
+    oversized = {}
+    for path, size in files:  # a clip may be far larger than a photo
+        reason = (data.too_large(size, settings.max_video_bytes, "max_video_bytes") if video.is_video(path)
+                  else data.too_large(size, settings.max_file_bytes, "--max-file-bytes"))
+        if reason:
+            oversized[path] = reason
     written = {style: existing_outputs(storage.join(settings.output, style)) for style in settings.styles}
-    todo, already_there = [], 0
-    for path in paths:
+    todo, videos, already_there = [], [], 0
+    for path in (path for path, _ in files if path not in oversized):
         relative = path[len(root) + 1:]
-        missing = [style for style in settings.styles if output_name(relative) not in written[style]]
+        clip = video.is_video(path)
+        name = bulk_videos.video_output_name(relative) if clip else output_name(relative)
+        missing = [style for style in settings.styles if name not in written[style]]
         already_there += len(settings.styles) - len(missing)
         if missing:
-            todo.append({"path": path, "relative": relative, "styles": ",".join(missing)})
-    return Plan(filesystem, todo, len(paths) + len(oversized), already_there, oversized)
+            (videos if clip else todo).append({"path": path, "relative": relative, "styles": ",".join(missing)})
+    return Plan(filesystem, todo, videos, len(files), already_there, oversized)
 
 
 def read_photos(batch: dict, filesystem: pyarrow.fs.FileSystem, settings: BulkSettings, ledger) -> dict:
@@ -161,12 +174,12 @@ def read_photos(batch: dict, filesystem: pyarrow.fs.FileSystem, settings: BulkSe
 class Stylist:
     """A model actor: every style of the job loaded once, photos of one size stylised in batches."""
 
-    def __init__(self, registry_uri: str, metadata: dict[str, dict], device: str, threads: int):
+    def __init__(self, registry_uri: str, metadata: dict[str, dict], device: str, threads: int, cpu_precision: str):
         import torch
 
         torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.nets = {style: stylize.load_style_net(registry_uri, style_metadata, self.device, threads)
+        self.nets = {style: stylize.load_style_net(registry_uri, style_metadata, self.device, threads, cpu_precision)
                      for style, style_metadata in metadata.items()}
 
     def __call__(self, batch: dict) -> dict:
@@ -260,24 +273,26 @@ def run(settings: BulkSettings, out=sys.stderr) -> dict:
     started = datetime.now(timezone.utc)
     versions = {style: registry.read_metadata(settings.registry, style) for style in settings.styles}  # one version a job
     plan = make_plan(settings)
-    total = sum(len(item["styles"].split(",")) for item in plan.todo)
-    print(f"{plan.listed} file(s) under {settings.source}: {total} output(s) to write for {', '.join(settings.styles)}, "
-          f"{plan.already_there} already there", file=out, flush=True)
+    total = sum(len(item["styles"].split(",")) for item in plan.todo + plan.videos)
+    print(f"{plan.listed} file(s) under {settings.source}: {total} output(s) to write for {', '.join(settings.styles)}"
+          f"{f' ({len(plan.videos)} clip(s))' if plan.videos else ''}, {plan.already_there} already there", file=out, flush=True)
     ledger = data.SkipLedger.remote(plan.listed, settings.max_skipped_fraction)
-    stopped, written = None, 0
+    stopped, progress = None, Progress(total, plan.already_there, out)  # progress.done: the outputs written, also when stopped
     try:
         if plan.oversized:
             data.record_skipped(ledger, plan.oversized)
         if plan.todo:
-            written = _stylise(settings, plan, versions, ledger, Progress(total, plan.already_there, out))
+            _stylise(settings, plan, versions, ledger, progress)
+        if plan.videos:
+            _stylise_videos(settings, plan, versions, ledger, progress)
     except Exception as error:  # a task's TooManySkipped or ContentReadError arrives wrapped by Ray
         stopped = ray.get(ledger.over_limit.remote()) or str(error).strip().splitlines()[-1]
     report = {
         "source": settings.source, "output": settings.output, "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "stopped" if stopped else "complete",
         "stopped_because": stopped, "styles": {style: metadata["version"] for style, metadata in versions.items()},
-        "files_listed": plan.listed, "outputs_written": written, "outputs_already_there": plan.already_there,
-        "outputs_still_to_write": total - written if stopped else 0,
+        "files_listed": plan.listed, "outputs_written": progress.done, "outputs_already_there": plan.already_there,
+        "outputs_still_to_write": total - progress.done if stopped else 0,
         "skipped": {**ray.get(ledger.summary.remote()), "files": ray.get(ledger.skipped.remote())},
     }
     del report["skipped"]["examples"]
@@ -288,7 +303,7 @@ def run(settings: BulkSettings, out=sys.stderr) -> dict:
     return report
 
 
-def _stylise(settings: BulkSettings, plan: Plan, versions: dict[str, dict], ledger, progress: Progress) -> int:
+def _stylise(settings: BulkSettings, plan: Plan, versions: dict[str, dict], ledger, progress: Progress) -> None:
     data.quiet_ray_data()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its "execution finished" lines, between ours
     cpu = settings.device == "cpu"
@@ -304,16 +319,27 @@ def _stylise(settings: BulkSettings, plan: Plan, versions: dict[str, dict], ledg
         # All the actors at once: Ray Data adds actors only as work queues up, which a short job never sees.
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
         fn_constructor_kwargs={"registry_uri": settings.registry, "metadata": versions, "device": settings.device,
-                               "threads": max(1, int(settings.cpus_per_worker))},
+                               "threads": max(1, int(settings.cpus_per_worker)), "cpu_precision": settings.cpu_precision},
         num_cpus=settings.cpus_per_worker if cpu else None, num_gpus=None if cpu else settings.gpus_per_worker)
     # Written as they come, a batch at a time: a job stopped midway keeps all it finished.
     dataset = dataset.map_batches(write_results, batch_size=settings.batch_size, batch_format="numpy",
                                   fn_kwargs={"output": settings.output, "quality": settings.quality})
-    written = 0
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        written += len(batch["style"])
         progress.add(len(batch["style"]), ledger)
-    return written
+
+
+def _stylise_videos(settings: BulkSettings, plan: Plan, versions: dict[str, dict], ledger, progress: Progress) -> None:
+    """Every clip of the plan a task (factory/bulk_videos.py), as many at once as the cluster has room for."""
+    cpu = settings.device == "cpu"
+    task = bulk_videos.stylise_clip.options(num_cpus=settings.cpus_per_worker if cpu else 1, num_gpus=0 if cpu else settings.gpus_per_worker)
+    pending = [task.remote(item, plan.filesystem, settings, versions, ledger) for item in plan.videos]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            progress.add(ray.get(done[0]), ledger)  # a task's TooManySkipped stops the job here
+    finally:  # stopped: the other clips stop too (each result is written whole or not at all), and the report counts what is done
+        for task_ref in pending:
+            ray.cancel(task_ref, force=True)
 
 
 def settings_from_args(args, styles: list[str]) -> BulkSettings:

@@ -124,18 +124,30 @@ def list_image_files(settings: DataSettings) -> tuple[pyarrow.fs.FileSystem, lis
     return filesystem, paths, oversized
 
 
+def list_file_sizes(filesystem: pyarrow.fs.FileSystem, root: str) -> list[tuple[str, int | None]]:
+    """(path, size in bytes) of every file under root but hidden ones, sorted by path."""
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted((entry.path, entry.size) for entry in entries
+                  if entry.type == pyarrow.fs.FileType.File and not any(part.startswith(".") for part in entry.path[len(root):].split("/")))
+
+
+def too_large(size: int | None, max_file_bytes: int, limit_name: str) -> str | None:
+    """The reason a file of this size is skipped, or None when it is within the limit."""
+    if size is not None and size > max_file_bytes:
+        return f"file too large ({size} bytes > {limit_name}={max_file_bytes})"
+    return None
+
+
 def list_files(filesystem: pyarrow.fs.FileSystem, root: str, max_file_bytes: int, limit_name: str) -> tuple[list[str], dict[str, str]]:
     """Every file under root but hidden ones (sorted), and those over max_file_bytes as (path -> reason)."""
-    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
     paths, oversized = [], {}
-    for entry in entries:
-        if entry.type != pyarrow.fs.FileType.File or any(part.startswith(".") for part in entry.path[len(root):].split("/")):
-            continue
-        if entry.size is not None and entry.size > max_file_bytes:
-            oversized[entry.path] = f"file too large ({entry.size} bytes > {limit_name}={max_file_bytes})"
+    for path, size in list_file_sizes(filesystem, root):
+        reason = too_large(size, max_file_bytes, limit_name)
+        if reason:
+            oversized[path] = reason
         else:
-            paths.append(entry.path)
-    return sorted(paths), oversized
+            paths.append(path)
+    return paths, oversized
 
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int, ledger) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from PIL import Image
 from conftest import REPO_ROOT, write_dirty_image_folder
 from factory import bulk_stylize, registry, stylize
 from serving import publish_random_family, publish_random_style
+from video_clips import decoded, not_a_video, sound_packets, truncated, write_clip
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,8 @@ def test_a_bucket_is_stylised_into_a_bucket_and_a_second_run_has_nothing_to_do(r
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="bulk-photos")
     names = photo_folder(tmp_path / "photos", 6)
-    for name in names:
+    write_clip(tmp_path / "photos" / "clip.mp4", frames=6)  # a clip too: copied to the task's disk, its result uploaded
+    for name in [*names, "clip.mp4"]:
         s3.upload_file(str(tmp_path / "photos" / name), "bulk-photos", f"catalogue/{name}")
     arguments = ["--registry", two_styles, "--style", "mosaic", "--style", "wave", "s3://bulk-photos/catalogue/",
                  "-o", "s3://bulk-photos/stylised"]
@@ -125,9 +127,11 @@ def test_a_bucket_is_stylised_into_a_bucket_and_a_second_run_has_nothing_to_do(r
         for name in names:
             body = s3.get_object(Bucket="bulk-photos", Key=f"stylised/{style}/{name}")["Body"].read()
             assert Image.open(io.BytesIO(body)).size == Image.open(tmp_path / "photos" / name).size
+        s3.download_file("bulk-photos", f"stylised/{style}/clip.mp4", str(tmp_path / f"{style}.mp4"))
+        assert len(decoded(tmp_path / f"{style}.mp4")[0]) == 6
     assert stylize.main(arguments) == 0
     report = json.loads(s3.get_object(Bucket="bulk-photos", Key=f"stylised/{bulk_stylize.REPORT_NAME}")["Body"].read())
-    assert (report["outputs_written"], report["outputs_already_there"]) == (0, 2 * len(names))
+    assert (report["outputs_written"], report["outputs_already_there"]) == (0, 2 * (len(names) + 1))
 
 
 def test_a_folder_of_mostly_bad_files_stops_the_job_naming_the_limit(ray_local, two_styles, tmp_path, capsys):
@@ -144,22 +148,54 @@ def test_a_folder_of_mostly_bad_files_stops_the_job_naming_the_limit(ray_local, 
     assert len(report["skipped"]["files"]) >= 2
 
 
+def test_clips_in_a_folder_are_stylised_with_their_sound_and_bad_ones_listed(ray_local, two_styles, tmp_path):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photo_folder(photos, 2)
+    source = write_clip(photos / "clip.mp4", frames=8)
+    write_clip(photos / "sub" / "pan.mkv", frames=5, sound=False)
+    truncated(photos / "cut.mkv")  # an MKV: a cut MP4 loses its index (at the end) and is "not a video"
+    not_a_video(photos / "notes.mov")
+    arguments = ["--registry", two_styles, "--style", "mosaic,udnie", str(photos), "-o", str(out), "--max-skipped-fraction", "0.5"]
+    assert stylize.main(arguments) == 0
+    for style in ("mosaic", "udnie"):
+        frames, _, _ = decoded(out / style / "clip.mp4")
+        assert len(frames) == len(source) and frames[0].shape == source[0].shape
+        assert sound_packets(out / style / "clip.mp4") == sound_packets(photos / "clip.mp4")
+        assert len(decoded(out / style / "sub" / "pan.mkv")[0]) == 5  # nested, in its own container
+        assert not (out / style / "cut.mkv").exists() and not list((out / style).glob(".*"))  # nothing partial left behind
+    assert np.abs(decoded(out / "mosaic" / "clip.mp4")[0][0].astype(int) - decoded(out / "udnie" / "clip.mp4")[0][0]).mean() > 5
+    report = json.loads((out / bulk_stylize.REPORT_NAME).read_text())
+    skipped = {Path(path).name: reason for path, reason in report["skipped"]["files"].items()}
+    assert sorted(skipped) == ["cut.mkv", "notes.mov"] and "truncated" in skipped["cut.mkv"] and "not a video" in skipped["notes.mov"]
+    assert report["outputs_written"] == 2 * 4  # two photos and two clips, in two styles
+
+    assert stylize.main(arguments) == 0  # again: every clip's result is there, only the bad ones are tried again
+    report = json.loads((out / bulk_stylize.REPORT_NAME).read_text())
+    assert (report["outputs_written"], report["outputs_already_there"]) == (0, 8)
+
+
 # Without Ray: what a job plans, and what it refuses before starting one.
 
 def test_the_plan_leaves_out_outputs_already_written_and_hidden_files(two_styles, tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     photo_folder(photos, 3)
     (photos / "scan.bmp").write_bytes(b"BM")  # a format we do not write: its result gets ".jpg" added
+    (photos / "film.webm").write_bytes(b"clip")  # a clip in a container we do not write: its result gets ".mp4" added
+    (photos / "big.mp4").write_bytes(b"x" * 2048)  # over max_video_bytes below
+    (out / "udnie").mkdir(parents=True)
+    (out / "udnie" / "film.webm.mp4").write_bytes(b"done")
     (photos / ".DS_Store").write_bytes(b"x")
     (out / "mosaic" / "sub").mkdir(parents=True)
     (out / "mosaic" / "p000.png").write_bytes(b"done")
     (out / "mosaic" / "sub" / ".p001.png.tmp123").write_bytes(b"half")  # an interrupted write: not done
-    (out / "udnie").mkdir()
     (out / "udnie" / "scan.bmp.jpg").write_bytes(b"done")
-    plan = bulk_stylize.make_plan(bulk_stylize.BulkSettings(source=str(photos), output=str(out), styles=("mosaic", "udnie"), registry=two_styles))
+    plan = bulk_stylize.make_plan(bulk_stylize.BulkSettings(source=str(photos), output=str(out), styles=("mosaic", "udnie"), registry=two_styles,
+                                                            max_video_bytes=1024))
     assert {item["relative"]: item["styles"] for item in plan.todo} == {
         "p002.png": "mosaic,udnie", "scan.bmp": "mosaic", "sub/p001.png": "mosaic,udnie", "p000.png": "udnie"}
-    assert (plan.listed, plan.already_there) == (4, 2)
+    assert {item["relative"]: item["styles"] for item in plan.videos} == {"film.webm": "mosaic"}
+    assert list(plan.oversized) == [str(photos / "big.mp4")] and "max_video_bytes=1024" in plan.oversized[str(photos / "big.mp4")]
+    assert (plan.listed, plan.already_there) == (6, 3)
 
 
 @pytest.mark.parametrize("arguments, message", [
