@@ -158,3 +158,31 @@ def _read_chunk(batch: dict, filesystem: pyarrow.fs.FileSystem, image_size: int)
     skip = min(int(batch["skip"][0]), len(rows))
     return {"image": rows[order[skip:]], "item": np.full(len(rows) - skip, batch["item"][0]),
             "row": np.arange(skip, len(rows))}
+
+
+def sample_images(source: ContentSource, count: int) -> list[np.ndarray]:
+    """Up to count content images as (H, W, 3) uint8 arrays, read in the driver: the first image files of
+    the source, or the first rows of its first prepared shard chunk. For calibrating int8 copies of the
+    models (factory/onnx_int8.py), so files that cannot be read or decoded are left out, not counted."""
+    if source.shards:
+        path, offset, rows, row_bytes = source.items[0]
+        with source.filesystem.open_input_file(str(path)) as handle:
+            raw = handle.read_at(min(count, int(rows)) * int(row_bytes), int(offset))
+        return list(np.frombuffer(raw, np.uint8).reshape(-1, source.image_size, source.image_size, 3))
+    from factory import images
+
+    found = []
+    for path in dict.fromkeys(source.items):  # a small set is listed several times over: each file once
+        try:
+            content = data.read_file(source.filesystem, str(path))
+        except OSError:  # unreadable now: training will say so if it stays so
+            continue
+        if content is None:
+            continue
+        try:
+            found.append(np.asarray(images.decode_rgb(content, max_pixels=source.max_pixels)))
+        except images.ImageRejected:
+            continue
+        if len(found) == count:
+            break
+    return found

@@ -54,11 +54,14 @@ def export(net: TransformNet) -> bytes:
 class OnnxTransformNet:
     """Callable like a TransformNet in eval mode: (B, 3, H, W) 0..255 -> stylised, any size, on the CPU."""
 
-    def __init__(self, model: bytes, threads: int | None = None, memory_arena: bool = True, style_vector: torch.Tensor | None = None):
+    def __init__(self, model: bytes, threads: int | None = None, memory_arena: bool = True, style_vector: torch.Tensor | None = None,
+                 precision: str = "fp32"):
         """style_vector: a family style's, for a family's export, fed with every image; without one, a
-        family's export takes each image's vector with the call (a pool replica's family model)."""
+        family's export takes each image's vector with the call (a pool replica's family model).
+        precision: what the graph computes in, "fp32" or "int8" (factory/onnx_int8.py), as a label for logs."""
         import onnxruntime  # here: only CPU replicas and the CLI need it
 
+        self.precision = precision
         self.style_vector = None if style_vector is None else style_vector.detach().float().cpu().numpy()[None]
         options = onnxruntime.SessionOptions()
         # As many threads as torch was given (Ray sets it from the CPUs a replica reserved), unless told.

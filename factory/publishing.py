@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from factory import contact_sheet, images, onnx_model, quality, registry, storage
+from factory import contact_sheet, images, onnx_int8, onnx_model, quality, registry, storage
 from factory.packs import PackPlan, recipe
 from factory.settings import FactoryConfig, ResolvedStyle
 from factory.checkpoint_state import CHECKPOINT_FILE, new_family
@@ -70,6 +70,31 @@ def held_out_figures(net, photos: HeldOutPhotos, style_image) -> dict:
     return {**means, "photos": per_photo}
 
 
+def int8_copy(export: bytes, calibration: list, photos: HeldOutPhotos, style_image, figures: dict,
+              width: float = 1.0) -> tuple[bytes | None, dict]:
+    """(the export's int8 copy, or None where its figures moved too much; what was found, for the metadata).
+    figures: the fp32 network's held_out_figures, which the int8 copy's on the same photos must stay
+    within onnx_int8.INT8_TOLERANCE of (relative), each of them. No copy at a width where int8 was
+    measured slower than fp32 (onnx_int8.INT8_WIDTHS)."""
+    if width not in onnx_int8.INT8_WIDTHS:
+        return None, {"published": False, "reason": f"width {width:g}: int8 runs no faster than fp32 there (bench/int8.py)"}
+    if not calibration:
+        return None, {"published": False, "reason": "no content photo to calibrate on"}
+    try:
+        quantised = onnx_int8.quantise(export, calibration)
+        int8_figures = held_out_figures(onnx_model.OnnxTransformNet(quantised, precision="int8"), photos, style_image)
+    except Exception as error:  # the fp32 model is what was trained: it is published whatever befalls its copy
+        logger.warning("no int8 copy: %s", error)
+        return None, {"published": False, "reason": f"quantisation failed: {error}"}
+    change = {key: round(onnx_int8.relative_change(figures[key], int8_figures[key]), 4) for key in ("colour_shift", "structure_kept")}
+    within = max(change.values()) <= onnx_int8.INT8_TOLERANCE
+    # The check ran on this machine's kernels: where a core has no int8 units, ONNX Runtime computes int8 otherwise.
+    check = {"published": within, "colour_shift": int8_figures["colour_shift"], "structure_kept": int8_figures["structure_kept"],
+             "relative_change": change, "tolerance": onnx_int8.INT8_TOLERANCE, "calibration_photos": len(calibration),
+             "checked_on_int8_units": onnx_int8.cpu_has_int8_units()}
+    return (quantised if within else None), check
+
+
 def publish_family(config: FactoryConfig, plan: PackPlan, net: TransformNet, state: dict, weights: VGGWeights, hashes: dict) -> dict:
     """A finished family's shared network, published once for all its styles; returns what its styles'
     metadata records of it."""
@@ -95,8 +120,10 @@ def stylise_preview(net: TransformNet, photo: "images.Image.Image") -> "images.I
     return images.to_image(output)
 
 
-def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeights, hashes: dict, photos: HeldOutPhotos) -> list[Outcome]:
-    """Every style of a finished pack, published from the run's last checkpoint."""
+def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeights, hashes: dict, photos: HeldOutPhotos,
+                 calibration: list | None = None) -> list[Outcome]:
+    """Every style of a finished pack, published from the run's last checkpoint. calibration: content
+    photos (onnx_int8.calibration_batch's) for each own-network style's int8 copy; none: no int8 copies."""
     metrics = result.metrics or {}
     if metrics.get("stopped"):  # the workers stopped the run (a loss that went NaN): nothing to publish
         raise RuntimeError(metrics["stopped"])
@@ -145,9 +172,13 @@ def publish_pack(config: FactoryConfig, plan: PackPlan, result, weights: VGGWeig
             # How the model stylises photos it never trained on, in numbers (factory/quality.py, factory/held_out.py).
             "quality": {**figures, "preview_photo": photos.preview_name},
         }
+        export = None if family else onnx_model.export(net)  # a family's export serves its styles
+        int8 = None
+        if export is not None:  # a family's export takes style vectors: not quantised (yet)
+            int8, metadata["int8"] = int8_copy(export, calibration or [], photos, style_image, figures, style.width)
         thumbnail = images.encode(images.fit_within(style_image, THUMBNAIL_MAX_SIDE))
         version = registry.publish(config.registry, style.name, model_state, metadata, thumbnail, images.encode(preview, "jpeg"),
-                                   onnx_model=None if family else onnx_model.export(net))  # a family's export serves its styles
+                                   onnx_model=export, int8_onnx_model=int8)
         logger.info("published %s version %s to %s (colour shift %.2f, structure kept %.2f)", style.name, version,
                     config.registry, figures["colour_shift"], figures["structure_kept"])
         outcomes.append(Outcome(style.name, "published", progress["step"], losses.get("total"), images_per_second, version,

@@ -5,6 +5,7 @@ Layout under the registry root (a folder or s3://bucket/prefix):
     <style>/current.json                      {"version": ..., "published_at": ...}, written last
     <style>/versions/<version>/model.pt        TransformNet state dict (tensors only)
     <style>/versions/<version>/model.onnx      the same network for ONNX Runtime (CPU serving); older versions lack it
+    <style>/versions/<version>/model.int8.onnx its int8 copy (factory/onnx_int8.py), where it keeps the style's figures
     <style>/versions/<version>/metadata.json   style, image hash, loss network, config, steps, losses...
     <style>/versions/<version>/thumbnail.jpg   the style image, at most 256 px
     <style>/versions/<version>/preview.jpg     a sample photo stylised by this model
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MODEL_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE = "model.pt", "metadata.json", "thumbnail.jpg", "preview.jpg"
-ONNX_FILE = "model.onnx"
+ONNX_FILE, INT8_ONNX_FILE = "model.onnx", "model.int8.onnx"
 INDEX_FILE, POINTER_FILE = "index.json", "current.json"
 MAX_MODEL_BYTES = 64 * 1024 * 1024  # a TransformNet is about 7 MB; anything far bigger is not ours
 
@@ -75,9 +76,9 @@ def version_uri(registry: str, style: str, version: str, filename: str = "") -> 
 
 
 def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbnail_jpeg: bytes, preview_jpeg: bytes,
-            onnx_model: bytes | None = None) -> str:
-    """Write a complete new version of `style` (with its ONNX export when given: factory/onnx_model.py),
-    then point current.json at it. Returns the version."""
+            onnx_model: bytes | None = None, int8_onnx_model: bytes | None = None) -> str:
+    """Write a complete new version of `style` (with its ONNX export when given: factory/onnx_model.py,
+    and that export's int8 copy: factory/onnx_int8.py), then point current.json at it. Returns the version."""
     validate_style_name(style)
     now, version = _new_version()
     model_bytes = _tensor_bytes(state_dict)
@@ -89,10 +90,13 @@ def publish(registry: str, style: str, state_dict: dict, metadata: dict, thumbna
         "published_at": now.isoformat(),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         **({"onnx_sha256": hashlib.sha256(onnx_model).hexdigest()} if onnx_model else {}),
+        **({"int8_onnx_sha256": hashlib.sha256(int8_onnx_model).hexdigest()} if int8_onnx_model else {}),
     }
     storage.write_bytes(version_uri(registry, style, version, MODEL_FILE), model_bytes)
     if onnx_model:
         storage.write_bytes(version_uri(registry, style, version, ONNX_FILE), onnx_model)
+    if int8_onnx_model:
+        storage.write_bytes(version_uri(registry, style, version, INT8_ONNX_FILE), int8_onnx_model)
     storage.write_bytes(version_uri(registry, style, version, THUMBNAIL_FILE), thumbnail_jpeg)
     storage.write_bytes(version_uri(registry, style, version, PREVIEW_FILE), preview_jpeg)
     storage.write_bytes(version_uri(registry, style, version, METADATA_FILE), json.dumps(metadata, indent=2, sort_keys=True).encode())
@@ -260,7 +264,7 @@ def read_metadata(registry: str, style: str, version: str | None = None) -> dict
 
 
 def read_file(registry: str, style: str, filename: str, version: str | None = None) -> bytes:
-    if filename not in (MODEL_FILE, ONNX_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE):
+    if filename not in (MODEL_FILE, ONNX_FILE, INT8_ONNX_FILE, METADATA_FILE, THUMBNAIL_FILE, PREVIEW_FILE):
         raise ValueError(f"unknown registry file {filename!r}")
     return storage.read_bytes(version_uri(registry, style, version or current_version(registry, style), filename))
 
@@ -319,25 +323,33 @@ def _load_weights(net, state_dict: dict, metadata: dict) -> None:
                          f"metadata records ({metadata.get('architecture', {})}): {mismatch}") from None
 
 
-def load_onnx(registry: str, metadata: dict) -> bytes | None:
-    """The version's ONNX export (a family's style: its family's), sha256-checked; None for a version
-    published without one."""
+def load_onnx(registry: str, metadata: dict, precision: str = "fp32") -> bytes | None:
+    """The version's ONNX export (a family's style: its family's), sha256-checked; with precision "int8",
+    its int8 copy where one was published (else the fp32 export). None for a version published without one."""
     if "family" in metadata:
         return _read_family_onnx(registry, metadata["family"], metadata)
+    if precision == "int8" and "int8_onnx_sha256" in metadata:
+        return _read_checked(version_uri(registry, metadata["style"], metadata["version"], INT8_ONNX_FILE), metadata["int8_onnx_sha256"], metadata)
     if "onnx_sha256" not in metadata:
         return None
     return _read_checked(version_uri(registry, metadata["style"], metadata["version"], ONNX_FILE), metadata["onnx_sha256"], metadata)
 
 
-def load_onnx_net(registry: str, metadata: dict, **options) -> "OnnxTransformNet | None":
+def load_onnx_net(registry: str, metadata: dict, precision: str = "auto", **options) -> "OnnxTransformNet | None":
     """The version's ONNX export in ONNX Runtime (options: OnnxTransformNet's), with a family style's
-    vector fed to it; None for a version published without an export."""
-    onnx = load_onnx(registry, metadata)
+    vector fed to it; None for a version published without an export. precision: "fp32", "int8" (its
+    int8 copy where published) or "auto" (onnx_int8.cpu_precision: int8 on cores with int8 units)."""
+    from factory import onnx_int8
+
+    precision = onnx_int8.cpu_precision(precision)
+    onnx = load_onnx(registry, metadata, precision)
     if onnx is None:
         return None
     from factory.onnx_model import OnnxTransformNet
 
-    return OnnxTransformNet(onnx, style_vector=load_style_vector(registry, metadata) if "family" in metadata else None, **options)
+    int8 = precision == "int8" and "int8_onnx_sha256" in metadata and "family" not in metadata
+    return OnnxTransformNet(onnx, style_vector=load_style_vector(registry, metadata) if "family" in metadata else None,
+                            precision="int8" if int8 else "fp32", **options)
 
 
 def load_family_onnx_net(registry: str, family: dict, **options) -> "OnnxTransformNet":

@@ -7,8 +7,10 @@
 
 Photos given one by one are stylised in this process at full size unless --max-side asks for less.
 One folder or s3:// prefix is a bulk job (factory/bulk_stylize.py): results go to
-<output>/<style>/<relative name>, a job run again skips what is written, and unusable files are listed
-in <output>/_stylise_report.json.
+<output>/<style>/<relative name>, clips among the photos are stylised as video (factory/bulk_videos.py),
+a job run again skips what is written, and unusable files are listed in <output>/_stylise_report.json.
+A clip given alone is stylised here (factory/video.py). On a CPU, --cpu-precision picks a style's int8
+copy where it has one (factory/onnx_int8.py).
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ def stylise(net: torch.nn.Module, image: "images.Image.Image", device: torch.dev
     return images.to_image(output)
 
 
-def load_style_net(registry_uri: str, metadata: dict, device: torch.device, threads: int | None = None):
+def load_style_net(registry_uri: str, metadata: dict, device: torch.device, threads: int | None = None, cpu_precision: str = "auto"):
     """The version's network as the device runs it best: on a CPU its ONNX export in ONNX Runtime (the
-    fast path; `threads` for its session), else, or for a version without an export, torch."""
-    onnx = registry.load_onnx_net(registry_uri, metadata, **({"threads": threads} if threads else {})) if device.type == "cpu" else None
+    fast path; `threads` for its session; in int8 where cpu_precision says so and the version has an int8
+    copy: factory/onnx_int8.py), else, or for a version without an export, torch."""
+    onnx = (registry.load_onnx_net(registry_uri, metadata, cpu_precision, **({"threads": threads} if threads else {}))
+            if device.type == "cpu" else None)
     return onnx or registry.load_net(registry_uri, metadata).to(device)
 
 
@@ -59,6 +63,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument("--registry", default="data/registry", help="registry folder or s3:// prefix (default: data/registry)")
     parser.add_argument("--max-side", type=int, help="downscale so the longer side is at most this many pixels")
     parser.add_argument("--device", help="torch device; default: cuda if present (a bulk job: if the cluster has a GPU), else cpu")
+    parser.add_argument("--cpu-precision", choices=("auto", "fp32", "int8"), default="auto",
+                        help="on a CPU, run a style's int8 copy where it has one (int8), never (fp32), or where the cores have "
+                             "int8 units (auto, the default)")
     bulk = parser.add_argument_group("a bulk job (one folder or s3:// prefix as input)")
     bulk.add_argument("--workers", type=int, help="model actors at most (default: as many as the cluster's CPUs or GPUs give)")
     bulk.add_argument("--cpus-per-worker", type=float, help="CPUs (threads) of each CPU model actor (default 1)")
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for style in styles:
             metadata = registry.read_metadata(args.registry, style)
-            nets[style] = load_style_net(args.registry, metadata, device)
+            nets[style] = load_style_net(args.registry, metadata, device, cpu_precision=args.cpu_precision)
             if metadata.get("loss_network", {}).get("random_weights"):
                 print(f"warning: {style!r} was trained with a random loss network; expect no real style", file=sys.stderr)
     except (registry.ModelNotFound, ValueError) as error:
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             target = output / f"{path.stem}-{style}.jpg" if many else output
             result = stylise(net, image, device)
             target.write_bytes(images.encode(result, OUTPUT_FORMATS.get(target.suffix.lower(), "jpeg"), quality=95))
-            runtime = "onnxruntime" if not isinstance(net, torch.nn.Module) else f"torch on {device}"  # ONNX Runtime: the CPU fast path
+            runtime = f"onnxruntime {net.precision}" if not isinstance(net, torch.nn.Module) else f"torch on {device}"  # ONNX Runtime: the CPU fast path
             print(f"{path} -> {target} ({result.width}x{result.height}, {runtime})")
     return 1 if failures else 0
 

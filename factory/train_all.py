@@ -27,8 +27,8 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from factory import cluster_fit, data, images, pack_watch, preflight, storage
-from factory.content_stream import ContentSource, shard_chunks
+from factory import cluster_fit, data, images, onnx_int8, pack_watch, preflight, storage
+from factory.content_stream import ContentSource, sample_images, shard_chunks
 from factory.loss_network import relu_index
 from factory.family_additions import addition_hashes, find_additions
 from factory.packs import PackPlan, check_families, family_hashes, family_of, plan_packs, recipe, recipe_hash, resolve_style
@@ -41,6 +41,8 @@ from factory.vgg_weights import VGGWeights, load_vgg19
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 SMALL_EPOCH_IMAGES = 64
+# Content photos each own-network style's int8 copy is calibrated on (factory/onnx_int8.py).
+CALIBRATION_PHOTOS = 16
 logger = logging.getLogger("factory")
 
 
@@ -285,11 +287,24 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def int8_calibration(content: ContentSource, plans: list[PackPlan]) -> list:
+    """Content photos for the int8 copies of own-network styles (factory/onnx_int8.py); none for a run of
+    families only, or where they cannot be read now (the styles are then published without a copy)."""
+    if all(plan.family for plan in plans):
+        return []
+    try:
+        return [onnx_int8.calibration_batch(image) for image in sample_images(content, CALIBRATION_PHOTOS)]
+    except Exception as error:  # a copy is an extra: training goes on, and says so
+        logger.warning("no content photos to calibrate int8 copies on (%s): publishing without them", error)
+        return []
+
+
 def train_and_publish(config: FactoryConfig, plans: list[PackPlan], content: ContentSource, content_count: int, weights: VGGWeights,
                       hashes: dict, photos: HeldOutPhotos, deployer: Deployer | None, gpu: bool, given_up: list) -> list[Outcome]:
     """Every pack trained and published, side by side as the cluster allows; packs given up past
     training.start_deadline_s are appended to `given_up`."""
     vgg_ref, board = ray.put(weights), pack_watch.PackBoard.remote()
+    calibration = int8_calibration(content, plans)
     concurrent = cluster_fit.concurrent_packs(config, gpu, len(plans))
     logger.info("%d style(s) to train in %d pack(s), %d at a time, %d content files, on %s; loss network: %s",
                 sum(len(plan.styles) for plan in plans), len(plans), concurrent, content_count, "GPU" if gpu else "CPU", weights.source)
@@ -298,7 +313,7 @@ def train_and_publish(config: FactoryConfig, plans: list[PackPlan], content: Con
         started = time.time()
         try:
             result = train_one_pack(config, plan, content, vgg_ref, board, gpu)
-            published = publish_pack(config, plan, result, weights, hashes, photos)
+            published = publish_pack(config, plan, result, weights, hashes, photos, calibration)
             if deployer:
                 deployed = deployer.deploy()
                 for outcome in published:

@@ -109,7 +109,7 @@ class EndpointSettings:
         require(16 <= self.default_max_side <= self.max_side_limit, "default_max_side must be 16..max_side_limit")
 
 
-CPU_RUNTIMES = ("onnxruntime", "torch")
+CPU_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "torch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,7 +120,8 @@ class PoolSettings:
     model_cache_mb: int = 1024
     # How a CPU pool replica runs models published with their ONNX export: "torch" (6.7 MB a style) or
     # "onnxruntime" (faster: 8.80 against 7.15 requests/s over 50 loaded styles on 2 cores,
-    # bench/serve_many.py; but 18.5 MB a style, which puts 200 styles over 2 GB). GPU: torch in fp16.
+    # bench/serve_many.py; but 18.5 MB a style, which puts 200 styles over 2 GB), or "onnxruntime-int8": a
+    # style's int8 copy where it has one (factory/onnx_int8.py; bench/int8.py), else its fp32 export. GPU: torch in fp16.
     cpu_runtime: str = "torch"
     # How often the front door re-reads the registry: a new or retrained style is served at most this
     # long after it is published. Each time is one conditional GET of the registry's index.json.

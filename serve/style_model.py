@@ -85,11 +85,12 @@ def fast_input(batch: torch.Tensor) -> torch.Tensor:
 # Memory of one loaded model per byte of its fp32 weights: fp16 on a GPU holds half; an ONNX Runtime
 # session without its arena measured 18.5 MB for 6.7 MB of weights (the graph's copy of the weights,
 # ORT's own, and a run's working memory).
-MEMORY_PER_WEIGHT_BYTE = {"cuda": 0.5, "onnxruntime": 2.8, "torch": 1.0}
+# int8: taken as fp32's until measured (its weights are a quarter, its working memory is not).
+MEMORY_PER_WEIGHT_BYTE = {"cuda": 0.5, "onnxruntime": 2.8, "onnxruntime-int8": 2.8, "torch": 1.0}
 
 
 def model_bytes(runtime: str) -> int:
-    """Memory one loaded model takes as a pool replica runs it: runtime "cuda", "onnxruntime" or "torch"."""
+    """Memory one loaded model takes as a pool replica runs it: runtime "cuda", "onnxruntime", "onnxruntime-int8" or "torch"."""
     parameters = sum(parameter.numel() for parameter in TransformNet().parameters())
     return int(parameters * 4 * MEMORY_PER_WEIGHT_BYTE[runtime])
 
@@ -98,10 +99,11 @@ class StyleModel:
     def __init__(self, registry_uri: str, style: str, version: str, device: torch.device | None = None,
                  fast: bool = True, compile_on_cpu: bool = False, max_batch_pixels: int = EndpointSettings.max_batch_pixels,
                  cpu_threads: int | None = None, memory_arena: bool = True, static_shapes: StaticShapes | None = None,
-                 family: bool = False):
+                 family: bool = False, cpu_precision: str = "fp32"):
         """A style's version; with family=True, a style family's version (`style` names the family): its
         shared network, run with each image's style vector (forward_by_size's `styles`, from
-        self.style_vectors), so one batch carries any of the family's styles and blends of them."""
+        self.style_vectors), so one batch carries any of the family's styles and blends of them.
+        cpu_precision: on the CPU fast path, "int8" runs a style's int8 copy where it has one (factory/onnx_int8.py)."""
         self.max_batch_pixels = max_batch_pixels
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.fast = fast and self.device.type == "cuda"
@@ -114,9 +116,9 @@ class StyleModel:
             return
         self.name, self.style_vectors = style, None
         self.metadata = registry.read_metadata(registry_uri, style, version)
-        onnx = (registry.load_onnx_net(registry_uri, self.metadata, threads=cpu_threads, memory_arena=memory_arena)
+        onnx = (registry.load_onnx_net(registry_uri, self.metadata, cpu_precision, threads=cpu_threads, memory_arena=memory_arena)
                 if fast and self.device.type == "cpu" else None)
-        self.runtime = "onnxruntime" if onnx else "torch"
+        self.runtime = ("onnxruntime-int8" if onnx.precision == "int8" else "onnxruntime") if onnx else "torch"
         if onnx:  # the CPU fast path, where the version has its export (older ones do not): model.pt is not read (a family style's holds only its vector)
             self.net = onnx
             return

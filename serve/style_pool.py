@@ -97,7 +97,7 @@ class StylePool:
         # What a load builds with is bound here: a reconfigure while a load runs cannot mix two settings.
         static_shapes = static_shapes_for(self.device, settings)  # GPU: compiled once, shared by every style
         load = functools.partial(self._load, fast=runtime != "torch", static_shapes=static_shapes,
-                                 max_batch_pixels=settings.max_batch_pixels)
+                                 max_batch_pixels=settings.max_batch_pixels, cpu_precision="int8" if runtime == "onnxruntime-int8" else "fp32")
         return ModelCache(load, capacity, failure_ttl_s=pool.failure_ttl_s, max_concurrent_loads=pool.max_concurrent_loads,
                           on_event=self.metrics.cache_event, classify=self._classify)
 
@@ -126,13 +126,13 @@ class StylePool:
             except Exception as error:  # a style that cannot be prewarmed must not keep the replica from starting
                 logger.warning("pool.prewarm names %r, which cannot be loaded: %s", style, error)
 
-    def _load(self, model_id: str, *, fast: bool, static_shapes, max_batch_pixels: int) -> StyleModel:
+    def _load(self, model_id: str, *, fast: bool, static_shapes, max_batch_pixels: int, cpu_precision: str) -> StyleModel:
         reference = parse_model_id(model_id)
         # Without ONNX Runtime's memory arena: a few hundred styles' sessions must fit the cache budget.
         # One thread: runs go side by side, one per core (cpu_threads only applies to ONNX Runtime, CPU only).
         model = StyleModel(self.registry_uri, reference.name, reference.version, device=self.device, fast=fast,
                            max_batch_pixels=max_batch_pixels, cpu_threads=1, memory_arena=False,
-                           static_shapes=static_shapes, family=reference.is_family)
+                           static_shapes=static_shapes, family=reference.is_family, cpu_precision=cpu_precision)
         model.model_id = model_id
         return model
 

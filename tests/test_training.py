@@ -18,10 +18,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirty_images, tmp_path, capsys):
-    """the_scream is a half-width network (model.width) in the same data-parallel pack."""
+    """the_scream is a half-width network (model.width) in the same data-parallel pack; both train with
+    the stability loss (loss.stability_weight), which a pack takes for all its styles or none."""
     folder, expected = dirty_images
     config = write_config(tmp_path / "config.yaml", source=str(folder), registry=str(tmp_path / "registry"),
-                          storage_path=str(tmp_path / "checkpoints"), steps=30, style_settings={"the_scream": {"width": 0.5}})
+                          storage_path=str(tmp_path / "checkpoints"), steps=30,
+                          style_settings={"starry_night": {"stability_weight": 1.0}, "the_scream": {"width": 0.5, "stability_weight": 2.0}})
 
     assert train_all.main(["--config", str(config)]) == 0
 
@@ -42,6 +44,10 @@ def test_two_workers_train_a_pack_of_two_styles_and_publish_both(ray_local, dirt
         assert set(metadata["quality"]) == {"colour_shift", "structure_kept", "photos", "preview_photo"}
         assert list(metadata["quality"]["photos"]) == ["chelsea.png"]  # the held-out evaluation photo, never a training one
         assert metadata["throughput"]["images_trained"] == 30 * 4  # a separate network: every photo of every step
+        assert metadata["recipe"]["style"]["stability_weight"] == {"starry_night": 1.0, "the_scream": 2.0}[style]
+        assert metadata["recipe"]["loss"]["stability_noise"] == 8.0 and metadata["final_losses"]["stability"] > 0
+        # The int8 copy was calibrated on the run's content photos and checked; published only if it passed.
+        assert metadata["int8"]["calibration_photos"] > 0 and ("int8_onnx_sha256" in metadata) == metadata["int8"]["published"]
         width = {"starry_night": 1.0, "the_scream": 0.5}[style]
         assert metadata["architecture"]["width"] == width and net.width == width
         assert next(net.parameters()).shape[0] == 32 * width  # the first conv's channels
