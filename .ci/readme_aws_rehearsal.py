@@ -256,6 +256,8 @@ def check_what_a_user_sees(env: dict) -> list[str]:
         problems.append(f"the retrain did not train from step 0 to {STEPS}: steps {new['steps']}, resumed at {new['resumed_at_steps']}")
     if new["model_sha256"] == old["model_sha256"]:
         problems.append("the retrain published the old weights again (same model.pt sha256)")
+    if "relative_change" not in new.get("int8", {}):  # quantised and judged, in a job run as `python factory/train_all.py`
+        problems.append(f"the retrain's int8 copy was not made and checked: {new.get('int8')}")
     photo = (ROOT / "data" / "samples" / "held_out" / "rocket.jpg").read_bytes()
     deadline, served = time.time() + 60, None
     while time.time() < deadline:

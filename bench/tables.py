@@ -351,9 +351,54 @@ def batch_stylise() -> str:
     return table(["arm", "images/s", "median (each round)", "over the loop", "less the job's start"], rows) + "\n" + note + source("batch_stylise", file, device, figures["measured_at"])
 
 
+def flicker() -> str:
+    """bench/flicker.py: flicker and the other figures with and without the stability loss, over seeds."""
+    figures, file, device = section("flicker")
+    shown = {"flicker_pan": "flicker, pan", "flicker_noise": "flicker, static + noise", "colour_shift": "colour shift",
+             "structure_kept": "structure kept", "held_out_loss": "held-out loss", "train_images_per_second": "training img/s"}
+    rows = []
+    for weight in map(str, figures["weights"]):
+        off = float(weight) == 0
+        rows.append([f"{float(weight):g}" + (" (off)" if off else "")]
+                    + [spread_cell(figures["figures"][weight][key]) + ("" if off else f"; x{figures['share_of_off'][weight][key]['mean']:.2f}")
+                       for key in shown])
+    clip = figures["clip"]
+    note = (f"*the two styles' mean, mean ± sd (min..max) over seeds {', '.join(map(str, figures['seeds']))}; x: over stability 0 of the same "
+            f"seed. Flicker: the stylised frames' mean change over the input's (1.0: as much), on clips of {clip['frames']} frames at "
+            f"{clip['side']} px made from {len(figures['held_out_photos'])} held-out photos: a pan of {clip['pan_pixels_per_frame']} px a frame, "
+            f"and a still with Gaussian noise of sd {clip['camera_noise_sd']:g} (input change: pan {figures['input_frame_change']['pan']:.2f}, "
+            f"noise {figures['input_frame_change']['noise']:.2f} of 255). Training: {figures['config']}, noise sd {figures['noise_sd']:g}; "
+            f"held-out loss is the perceptual loss alone, without the stability term.*\n")
+    step, step_file, step_device = section("stability_step")
+    step_note = (f"*A training step alone (`bench/stability_step.py`, {step['styles']} styles, batch {step['batch']}, {step['side']} px, "
+                 f"median of {step['rounds']} alternating rounds): {step['step_ms']['off']:.0f} ms without the stability loss, "
+                 f"{step['step_ms']['on']:.0f} ms with it, x{step['ratio']:.2f}.*\n")
+    return (table(["stability weight", *shown.values()], rows) + "\n" + note + source("flicker", file, device, figures["measured_at"])
+            + step_note + source("stability_step", step_file, step_device, step["measured_at"]))
+
+
+def int8() -> str:
+    """bench/int8.py: int8 against fp32 in ONNX Runtime at each width, ms and quality figures over seeds."""
+    figures, file, device = section("int8")
+    rows = []
+    for width in ("1.0", "0.5", "0.25"):
+        latency = {row["side"]: row for row in figures["latency"][width]}
+        rows.append([width] + [f"{latency[side]['fp32_ms']:,.0f} / {latency[side]['int8_ms']:,.0f} (x{latency[side]['speedup']:.2f})"
+                               for side in sorted(latency)]
+                    + [spread_cell(figures["worst_relative_change"][width][key], shown="{:.1%}") for key in ("colour_shift", "structure_kept")]
+                    + [f"{figures['share_within_tolerance'][width]:.0%}"])
+    sides = sorted({row["side"] for rows_ in figures["latency"].values() for row in rows_})
+    note = (f"*ms: batch 1, median of {figures['repeats']}, ONNX Runtime with {figures['threads']} threads, fp32 / int8 (speed-up). Change: "
+            f"a style's figure in int8 against fp32 on {len(figures['held_out_photos'])} held-out photos, the worst of the styles, mean ± sd "
+            f"(min..max) over seeds {', '.join(map(str, figures['seeds']))}; calibrated on {figures['calibration_photos']} content photos of "
+            f"{figures['config']}. Within: models whose figures all moved at most {figures['tolerance']:.0%}.*\n")
+    return table(["width", *(f"{side}² ms" for side in sides), "colour shift change", "structure kept change", f"within {figures['tolerance']:.0%}"],
+                 rows) + "\n" + note + source("int8", file, device, figures["measured_at"])
+
+
 RENDERERS = {render.__name__: render for render in (two_commands, ci_time, cold_loads, cpu_stylise, serve_many, serve_soak, families,
                                                       family_join, family_draws, family_goals, family_serving, widths, orders,
-                                                      batch_stylise)}
+                                                      batch_stylise, flicker, int8)}
 
 
 def rendered(text: str) -> str:

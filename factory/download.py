@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # the repository, not this script's folder: its onnx_model.py would shadow ONNX Runtime's own
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from factory import layout, storage
 

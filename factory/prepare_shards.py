@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # the repository, not this script's folder: its onnx_model.py would shadow ONNX Runtime's own
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import ray
 

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (`python factory/train_all.py`), as ray job submit does
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # the repository, not this script's folder: its onnx_model.py would shadow ONNX Runtime's own
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

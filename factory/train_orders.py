@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script, as the desk's job entrypoint does
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # the repository, not this script's folder: its onnx_model.py would shadow ONNX Runtime's own
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import yaml
 
