@@ -27,10 +27,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch
 
-from bench import held_out_eval, results
+from bench import held_out_eval, results, widths
 from bench.cpu_stylise import median_ms
 from bench.families import absolute_settings
-from bench.training_runs import train_into
 from factory import images, onnx_int8, onnx_model, quality, registry
 from factory.settings import MODEL_WIDTHS, load_config
 
@@ -38,15 +37,9 @@ FIGURES = ("colour_shift", "structure_kept")
 
 
 def trained_registry(config_path: str, folder: Path, width: float, seed: int, steps: int | None) -> str:
-    """The registry of the config's styles at this width and seed: trained, or reused from folder."""
-    label = f"{width}-seed{seed}"
-    uri = folder / f"registry-{label}"
-    if not uri.exists():
-        config = absolute_settings(yaml.safe_load(Path(config_path).read_text()))
-        path = folder / f"widths-{width}-seed{seed}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        train_into(path, folder, label, steps, f"model.width={width}", f"training.seed={seed}")
-    return str(uri)
+    """The registry of the config's styles at this width and seed: bench/widths.py's run, or one already in folder."""
+    existing = folder / f"registry-{width}-seed{seed}"
+    return str(existing) if existing.exists() else widths.train_width_run(config_path, folder, width, seed, steps)[0]
 
 
 def calibration_photos(config_path: str) -> list:

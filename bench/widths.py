@@ -56,15 +56,20 @@ def multiply_adds(net: torch.nn.Module, side: int) -> int:
     return total
 
 
-def train_width(config_path: str, folder: Path, width: float, seed: int, steps: int | None) -> dict:
-    """{style: figures} of the config's styles at this width and seed, judged on every held-out photo."""
+def train_width_run(config_path: str, folder: Path, width: float, seed: int, steps: int | None) -> tuple[str, dict]:
+    """(folder/registry-<width>-seed<seed>, {style: figures}): the config's styles trained at this width and seed."""
     config = absolute_settings(yaml.safe_load(Path(config_path).read_text()))
     path = folder / f"widths-{width}-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(config))
     label = f"{width}-seed{seed}"
-    figures = train_into(path, folder, label, steps, f"model.width={width}", f"training.seed={seed}")
-    styles = {entry["name"]: Path(entry["image"]).read_bytes() for entry in config["styles"]}
-    judged, _ = held_out_eval.judge(str(folder / f"registry-{label}"), styles)
+    return str(folder / f"registry-{label}"), train_into(path, folder, label, steps, f"model.width={width}", f"training.seed={seed}")
+
+
+def train_width(config_path: str, folder: Path, width: float, seed: int, steps: int | None) -> dict:
+    """{style: figures} of the config's styles at this width and seed, judged on every held-out photo."""
+    registry_uri, figures = train_width_run(config_path, folder, width, seed, steps)
+    styles = {entry["name"]: Path(entry["image"]).read_bytes() for entry in absolute_settings(yaml.safe_load(Path(config_path).read_text()))["styles"]}
+    judged, _ = held_out_eval.judge(registry_uri, styles)
     return {style: {**values, **judged[style]} for style, values in figures.items()}
 
 

@@ -323,12 +323,18 @@ def _load_weights(net, state_dict: dict, metadata: dict) -> None:
                          f"metadata records ({metadata.get('architecture', {})}): {mismatch}") from None
 
 
+def _served_precision(metadata: dict, precision: str) -> str:
+    """What a version runs in when asked for precision: "int8" only where its int8 copy was published
+    (never for a family's style: its family's export has none)."""
+    return "int8" if precision == "int8" and "int8_onnx_sha256" in metadata and "family" not in metadata else "fp32"
+
+
 def load_onnx(registry: str, metadata: dict, precision: str = "fp32") -> bytes | None:
     """The version's ONNX export (a family's style: its family's), sha256-checked; with precision "int8",
     its int8 copy where one was published (else the fp32 export). None for a version published without one."""
     if "family" in metadata:
         return _read_family_onnx(registry, metadata["family"], metadata)
-    if precision == "int8" and "int8_onnx_sha256" in metadata:
+    if _served_precision(metadata, precision) == "int8":
         return _read_checked(version_uri(registry, metadata["style"], metadata["version"], INT8_ONNX_FILE), metadata["int8_onnx_sha256"], metadata)
     if "onnx_sha256" not in metadata:
         return None
@@ -341,15 +347,14 @@ def load_onnx_net(registry: str, metadata: dict, precision: str = "auto", **opti
     int8 copy where published) or "auto" (onnx_int8.cpu_precision: int8 on cores with int8 units)."""
     from factory import onnx_int8
 
-    precision = onnx_int8.cpu_precision(precision)
-    onnx = load_onnx(registry, metadata, precision)
+    served = _served_precision(metadata, onnx_int8.cpu_precision(precision))
+    onnx = load_onnx(registry, metadata, served)
     if onnx is None:
         return None
     from factory.onnx_model import OnnxTransformNet
 
-    int8 = precision == "int8" and "int8_onnx_sha256" in metadata and "family" not in metadata
     return OnnxTransformNet(onnx, style_vector=load_style_vector(registry, metadata) if "family" in metadata else None,
-                            precision="int8" if int8 else "fp32", **options)
+                            precision=served, **options)
 
 
 def load_family_onnx_net(registry: str, family: dict, **options) -> "OnnxTransformNet":
